@@ -1,0 +1,109 @@
+"""`resnet-deploy import-weights`: foreign PyTorch weights → a model card."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from resnet_deploy.commands._common import (
+    ArchOption,
+    DepthOption,
+    JsonOption,
+    NumClassesOption,
+    RenameOption,
+    emit_json,
+    info,
+    resolve_arch,
+)
+from resnet_deploy.errors import UsageError
+
+
+def _floats3(text: str | None, flag: str) -> tuple[float, float, float] | None:
+    if text is None:
+        return None
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise UsageError(f"{flag} expects three comma-separated numbers, got {text!r}") from None
+    if len(values) != 3:
+        raise UsageError(f"{flag} expects three comma-separated numbers (r,g,b), got {text!r}")
+    return values  # type: ignore[return-value]
+
+
+def class_names_from_folder(folder: Path) -> list[str]:
+    """ImageFolder order: the sorted names of the class subfolders (a split folder is looked into)."""
+    if not folder.is_dir():
+        raise UsageError(f"--classes-from {folder}: not a folder")
+    for split in ("train", "val", "test"):
+        if (folder / split).is_dir():
+            folder = folder / split
+            break
+    names = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not names:
+        raise UsageError(f"--classes-from {folder}: no class subfolders")
+    return names
+
+
+def import_weights(
+    source: Annotated[Path, typer.Argument(help="Foreign weights: .pth/.pt/.th state_dict or plain .safetensors.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="The model card to write (.safetensors).")],
+    depth: DepthOption = None,
+    arch: ArchOption = None,
+    num_classes: NumClassesOption = None,
+    rename: RenameOption = None,
+    classes: Annotated[str | None, typer.Option("--classes", help="Comma-separated class names.")] = None,
+    classes_from: Annotated[
+        Path | None, typer.Option("--classes-from", help="Read class names from an ImageFolder tree.")
+    ] = None,
+    mean: Annotated[str | None, typer.Option("--mean", help="Normalization mean r,g,b (0-1 scale).")] = None,
+    std: Annotated[str | None, typer.Option("--std", help="Normalization std r,g,b (0-1 scale).")] = None,
+    input_size: Annotated[int | None, typer.Option("--input-size", help="Crop size fed to the network.")] = None,
+    resize_size: Annotated[
+        int | None, typer.Option("--resize-size", help="Shorter-side resize before the crop (0: none).")
+    ] = None,
+    interpolation: Annotated[str | None, typer.Option("--interpolation", help="bilinear or bicubic.")] = None,
+    dataset: Annotated[str | None, typer.Option("--dataset", help="Name of the data set the weights fit.")] = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Write a model card from foreign PyTorch weights (loaded safely, checked strictly)."""
+    import dataclasses
+
+    from resnet_deploy.card import save_card
+    from resnet_deploy.checkpoints import load_model, parse_renames
+
+    if output.suffix.lower() != ".safetensors":
+        raise UsageError(f"--output {output}: a model card is a .safetensors file")
+    if classes and classes_from:
+        raise UsageError("give --classes or --classes-from, not both")
+    class_names = [c.strip() for c in classes.split(",")] if classes else None
+    if classes_from:
+        class_names = class_names_from_folder(classes_from)
+    name = resolve_arch(depth, arch)
+    loaded = load_model(source, arch=name, num_classes=num_classes, class_names=class_names,
+                        renames=parse_renames(rename or []))
+    card = loaded.card
+    if loaded.kind != "foreign":
+        info(f"{source} already carries a model card; its metadata is kept and overridden only by flags")
+    pre = card.preprocessing
+    if interpolation is not None and interpolation not in ("bilinear", "bicubic", "nearest"):
+        raise UsageError(f"--interpolation must be bilinear, bicubic or nearest, got {interpolation!r}")
+    pre = dataclasses.replace(
+        pre,
+        mean=_floats3(mean, "--mean") or pre.mean,
+        std=_floats3(std, "--std") or pre.std,
+        input_size=input_size or pre.input_size,
+        resize_size=(None if resize_size == 0 else resize_size) if resize_size is not None else pre.resize_size,
+        interpolation=interpolation or pre.interpolation,
+    )
+    if any(s <= 0 for s in pre.std):
+        raise UsageError("--std values must be positive")
+    card = dataclasses.replace(card, preprocessing=pre, dataset=dataset or card.dataset)
+    save_card(output, loaded.model, card)
+    result = {"output": str(output), "arch": card.arch, "num_classes": card.num_classes,
+              "source_sha256": loaded.source_sha256, "preprocessing": pre.to_dict()}
+    if json_output:
+        emit_json(result)
+    else:
+        info(f"wrote {output} ({card.arch}, {card.num_classes} classes, {pre.describe()})")

@@ -1,0 +1,89 @@
+"""`resnet-deploy inspect`: a model by name, a model card / checkpoint, or an ONNX model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from resnet_deploy.commands._common import (
+    ArchOption,
+    DepthOption,
+    JsonOption,
+    NumClassesOption,
+    emit_json,
+    resolve_arch,
+    stdout,
+)
+from resnet_deploy.errors import UsageError
+
+
+def inspect(
+    artifact: Annotated[Path | None, typer.Argument(help="A model card, checkpoint or .onnx file.")] = None,
+    depth: DepthOption = None,
+    arch: ArchOption = None,
+    num_classes: NumClassesOption = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Show architecture, parameters, multiply-adds and metadata of a model or artifact."""
+    from resnet_deploy.card import ModelCard
+    from resnet_deploy.summary import summarize
+
+    if artifact is not None and artifact.suffix.lower() == ".onnx":
+        from resnet_deploy.onnx_summary import summarize_onnx
+
+        onnx_summary = summarize_onnx(artifact)
+        if json_output:
+            emit_json(onnx_summary.to_dict())
+        else:
+            print_onnx_summary(onnx_summary)
+        return
+    if artifact is not None:
+        from resnet_deploy.checkpoints import load_model
+
+        loaded = load_model(artifact, arch=resolve_arch(depth, arch, required=False), num_classes=num_classes)
+        summary = summarize(loaded.card, loaded.model, source=str(artifact))
+    else:
+        name = resolve_arch(depth, arch)
+        assert name is not None
+        try:
+            card = ModelCard.default_for(name, num_classes=num_classes)
+        except KeyError as exc:
+            raise UsageError(str(exc.args[0])) from None
+        summary = summarize(card)
+    if json_output:
+        emit_json(summary.to_dict())
+        return
+    table = Table(title=f"{summary.arch}", show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column()
+    table.add_row("family", f"{summary.family} ({'plain, no shortcuts' if summary.plain else 'residual'})")
+    table.add_row("depth", str(summary.depth))
+    table.add_row("parameters", f"{summary.params:,} ({summary.params / 1e6:.2f} M)")
+    table.add_row("multiply-adds", f"{summary.macs / 1e9:.3f} G at {summary.input_size}×{summary.input_size}")
+    table.add_row("classes", str(summary.num_classes))
+    card = summary.card
+    from resnet_deploy.card import Preprocessing
+
+    table.add_row("preprocessing", Preprocessing.from_dict(card["preprocessing"]).describe())
+    if card.get("arch_options"):
+        table.add_row("options", ", ".join(f"{k}={v}" for k, v in card["arch_options"].items()))
+    for key in ("dataset", "metrics", "recipe", "lineage"):
+        if card.get(key):
+            value = card[key]
+            text = ", ".join(f"{k}={v}" for k, v in value.items()) if isinstance(value, dict) else str(value)
+            table.add_row(key, text)
+    names = card.get("class_names") or []
+    table.add_row("class names", ", ".join(names[:12]) + (f", … ({len(names)} in all)" if len(names) > 12 else ""))
+    stdout.print(table)
+
+
+def print_onnx_summary(summary) -> None:  # noqa: ANN001 - OnnxSummary, imported lazily
+    table = Table(title=str(summary.path), show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column()
+    for key, value in summary.rows():
+        table.add_row(key, value)
+    stdout.print(table)
