@@ -9,6 +9,7 @@ from typing import Annotated
 
 import typer
 
+from engines.base import EngineError
 from resnet_deploy import __version__
 from resnet_deploy.commands import (
     bench_cmd,
@@ -74,7 +75,7 @@ def main(argv: list[str] | None = None) -> None:
     except (KeyboardInterrupt, typer.Abort):
         print("error: interrupted", file=sys.stderr)
         sys.exit(130)
-    except ResnetDeployError as exc:
+    except (ResnetDeployError, EngineError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)
     except Exception as exc:  # a bug: say so in one line unless asked for the traceback

@@ -1,0 +1,119 @@
+"""ONNX Runtime: CPU here, CUDA and TensorRT execution providers where present.
+
+All graph optimizations on; the provider order and the intra-op thread count are configurable.
+The precision is read from the graph (FP16 initializers, QuantizeLinear nodes), so an FP16 or
+INT8 model is never reported as FP32.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from engines.base import BackendUnavailableError, Engine, EngineError, TensorInfo
+
+PROVIDER_ALIASES = {
+    "cpu": "CPUExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "tensorrt": "TensorrtExecutionProvider",
+    "openvino": "OpenVINOExecutionProvider",
+}
+_ORT_DTYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(double)": "float64"}
+
+
+def default_providers(device: str) -> list[str]:
+    if device.startswith("cuda"):
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]
+
+
+def graph_precision(path: Path) -> str:
+    """int8 if the graph quantizes, fp16 if its float weights are half, else fp32."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    ops = {node.op_type for node in model.graph.node}
+    if "QuantizeLinear" in ops or "DequantizeLinear" in ops or "QLinearConv" in ops:
+        return "int8"
+    float_types = [init.data_type for init in model.graph.initializer
+                   if init.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)]
+    if float_types and sum(t == onnx.TensorProto.FLOAT16 for t in float_types) > len(float_types) / 2:
+        return "fp16"
+    return "fp32"
+
+
+class OnnxRuntimeEngine(Engine):
+    name = "onnxruntime"
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        device: str = "cpu",
+        providers: list[str] | None = None,
+        threads: int | None = None,
+        precision: str | None = None,
+    ) -> None:
+        try:
+            import onnxruntime as ort
+        except ImportError as exc:
+            raise BackendUnavailableError(f"ONNX Runtime is not installed ({exc}); pip install onnxruntime") from None
+        self.path = Path(path)
+        wanted = [PROVIDER_ALIASES.get(p.lower(), p) for p in (providers or default_providers(device))]
+        available = ort.get_available_providers()
+        missing = [p for p in wanted if p not in available]
+        if missing:
+            raise BackendUnavailableError(
+                f"ONNX Runtime provider(s) {', '.join(missing)} not available here (available: {', '.join(available)})"
+            )
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if threads is not None:
+            options.intra_op_num_threads = threads
+        options.log_severity_level = 3  # errors only: provider fallbacks stay off the user's terminal
+        try:
+            self._session = ort.InferenceSession(str(self.path), sess_options=options, providers=wanted)
+        except Exception as exc:  # ORT raises its own exception types (Fail, InvalidGraph, NoSuchFile)
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise EngineError(f"{self.path}: ONNX Runtime cannot load this model ({first})") from None
+        super().__init__(precision=precision or graph_precision(self.path), device=device)
+        self.providers = self._session.get_providers()
+        self.threads = threads
+        self._ort = ort
+        inp = self._session.get_inputs()[0]
+        out = self._session.get_outputs()[0]
+        self._input = TensorInfo(inp.name, _dims(inp.shape), _ORT_DTYPES.get(inp.type, inp.type))
+        self._output = TensorInfo(out.name, _dims(out.shape), _ORT_DTYPES.get(out.type, out.type))
+        if self._input.dtype != "float32":
+            raise EngineError(f"{self.path}: input {inp.name!r} is {inp.type}; expected float32 input")
+        self._output_names = [out.name]
+
+    @property
+    def input(self) -> TensorInfo:
+        return self._input
+
+    @property
+    def output(self) -> TensorInfo:
+        return self._output
+
+    @property
+    def session(self) -> Any:
+        return self._session
+
+    def _infer(self, batch: np.ndarray) -> np.ndarray:
+        (logits,) = self._session.run(self._output_names, {self._input.name: batch})
+        return logits if logits.dtype == np.float32 else logits.astype(np.float32)
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "onnxruntime": self._ort.__version__, "providers": self.providers,
+                "threads": self.threads}
+
+    def close(self) -> None:
+        self._session = None
+        super().close()
+
+
+def _dims(shape: list[Any]) -> tuple[int | None, ...]:
+    return tuple(d if isinstance(d, int) and d > 0 else None for d in shape)
