@@ -86,7 +86,9 @@ def extract_state_dict(obj: Any, path: Path) -> dict[str, torch.Tensor]:
     )
 
 
-def normalize_keys(state: Mapping[str, torch.Tensor], renames: Iterable[tuple[str, str]] = ()) -> dict[str, torch.Tensor]:
+def normalize_keys(
+    state: Mapping[str, torch.Tensor], renames: Iterable[tuple[str, str]] = ()
+) -> dict[str, torch.Tensor]:
     """Strip DataParallel/compile prefixes, then apply the user's prefix renames."""
     renames = list(renames)
     result = {}
@@ -117,7 +119,8 @@ def load_state_strict(model: nn.Module, state: Mapping[str, torch.Tensor], sourc
     ]
     if missing or unexpected or mis_shaped:
         parts = []
-        for label, keys in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", mis_shaped)):
+        problems = (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", mis_shaped))
+        for label, keys in problems:
             if keys:
                 shown = ", ".join(keys[:8]) + (f", … ({len(keys) - 8} more)" if len(keys) > 8 else "")
                 parts.append(f"{label}: {shown}")

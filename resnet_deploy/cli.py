@@ -82,7 +82,8 @@ def main(argv: list[str] | None = None) -> None:
         if os.environ.get("RESNET_DEPLOY_DEBUG"):
             raise
         print(
-            f"error: unexpected {type(exc).__name__}: {exc} (a bug; rerun with RESNET_DEPLOY_DEBUG=1 for the traceback)",
+            f"error: unexpected {type(exc).__name__}: {exc} "
+            "(a bug; rerun with RESNET_DEPLOY_DEBUG=1 for the traceback)",
             file=sys.stderr,
         )
         sys.exit(1)

@@ -269,8 +269,8 @@ def check_classes(dataset: ImageDataset, class_names: Sequence[str], artifact: s
         )
     placeholder = all(name == f"class_{i}" for i, name in enumerate(class_names))
     if not placeholder and list(class_names) != list(dataset.class_names):
-        differing = [f"{i}: {a!r} vs {b!r}" for i, (a, b) in enumerate(zip(class_names, dataset.class_names))
-                     if a != b]
+        pairs = enumerate(zip(class_names, dataset.class_names, strict=True))
+        differing = [f"{i}: {a!r} vs {b!r}" for i, (a, b) in pairs if a != b]
         raise UsageError(
             f"{artifact}: class names differ from {dataset.root} (model vs data: {', '.join(differing[:5])})"
         )

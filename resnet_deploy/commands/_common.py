@@ -22,7 +22,9 @@ DepthOption = Annotated[
     int | None,
     typer.Option("--depth", help="ResNet depth: 18/34/50/101/152 (ImageNet family) or 20/32/44/56/110/1202 (CIFAR)."),
 ]
-ArchOption = Annotated[str | None, typer.Option("--arch", help="Exact architecture name, e.g. resnet50, resnet20, plain20.")]
+ArchOption = Annotated[
+    str | None, typer.Option("--arch", help="Exact architecture name, e.g. resnet50, resnet20, plain20.")
+]
 CheckpointOption = Annotated[
     Path | None,
     typer.Option("--checkpoint", help="Model card (.safetensors), trainer checkpoint or foreign .pth/.pt weights."),
