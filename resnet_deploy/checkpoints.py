@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import pickle
+import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,7 +54,10 @@ def parse_renames(pairs: Iterable[str]) -> list[tuple[str, str]]:
 def torch_load_untrusted(path: Path) -> Any:
     """`torch.load` that never unpickles arbitrary objects."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            # torch warns about the pickle protocol of plain pickles; the refusal below says what matters.
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         if "weights only load failed" in str(exc).lower() or "weights_only" in str(exc):
             raise UsageError(
@@ -62,7 +66,7 @@ def torch_load_untrusted(path: Path) -> Any:
                 "state_dict from a trusted environment."
             ) from None
         raise UsageError(f"{path}: not a PyTorch checkpoint ({_first_line(exc)})") from None
-    except (RuntimeError, EOFError, ValueError, OSError) as exc:
+    except Exception as exc:  # any parse failure of an untrusted file means "not a checkpoint"
         raise UsageError(f"{path}: not a PyTorch checkpoint ({_first_line(exc)})") from None
 
 
