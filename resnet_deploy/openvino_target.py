@@ -1,0 +1,237 @@
+"""`build-engine --target openvino`: an ONNX model saved as OpenVINO IR (.xml + .bin) with a manifest beside it.
+
+Precision lives in the ONNX model, as for TensorRT: `--int8` gives a Q/DQ ONNX and OpenVINO runs its
+convolutions in int8; `--fp16` gives an FP16 IR. What OpenVINO adds is the *inference precision* of
+the floating-point layers, a compile-time hint that the IR cannot carry natively, so it is stored in
+the IR's rt_info (`resnet_deploy/inference_precision`, read back by `OpenVINOEngine`) and in the
+manifest. Defaults per precision:
+
+| precision | inference precision hint | weights in the .bin |
+| --- | --- | --- |
+| fp32 | f32 (a CPU with bf16 would otherwise silently run bf16) | fp32 |
+| bf16 | bf16 | fp32 (bf16 rounding happens at compile time, once) |
+| fp16 | f16 (a CPU without native f16 falls back to bf16 or f32) | fp16 |
+| int8 | none: the device default for the few float layers left | int8 weights, fp32 scales |
+
+`ov.save_model` compresses float weights to fp16 by default; that is turned off except for fp16,
+so an fp32 IR computes exactly what the ONNX model does and INT8 scales are not rounded.
+
+The IR is written into a temporary folder beside the output and moved into place (.bin first,
+then .xml, then the manifest, which records both files' hashes), so an interrupted build never
+leaves a half-written IR under the final name.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from resnet_deploy.artifacts import manifest_path
+from resnet_deploy.atomic import sha256_file, write_text
+from resnet_deploy.card import ModelCard
+from resnet_deploy.errors import BackendUnavailable, CheckFailed, UsageError
+
+MANIFEST_FORMAT = "resnet-deploy/openvino-ir"
+MANIFEST_FORMAT_VERSION = 1
+INSTALL_HINT = "OpenVINO is not installed (pip install 'resnet-deploy[openvino]')"
+PRECISIONS = ("fp32", "fp16", "bf16", "int8")
+DEFAULT_HINTS: dict[str, str | None] = {"fp32": "f32", "bf16": "bf16", "fp16": "f16", "int8": None}
+CHECK_IMAGES = 4  # random images compared against ONNX Runtime on the source model
+
+
+@dataclass
+class OpenVINOBuildResult:
+    path: Path  # the .xml
+    bin_path: Path
+    manifest_path: Path
+    precision: str  # what was asked for: fp32, fp16, bf16, int8
+    inference_precision: str | None  # the hint stored in the IR: f32, bf16, f16 or None (device default)
+    runtime_precision: str  # what this machine's OpenVINO really runs: fp32, bf16, fp16, int8
+    compressed_to_fp16: bool
+    source_sha256: str
+    max_abs_logit_diff: float  # IR on OpenVINO vs source ONNX on ONNX Runtime, random images
+    agreement: float  # top-1 agreement on the same images (0-1)
+    seconds: float
+    notes: list[str] = field(default_factory=list)  # things the user should know (printed as warnings)
+    manifest: dict[str, Any] = field(default_factory=dict)
+
+
+def openvino_usable() -> tuple[bool, str]:
+    """Whether OpenVINO is installed and sees a CPU, with a one-line reason either way."""
+    try:
+        import openvino as ov
+    except ImportError:
+        return False, INSTALL_HINT
+    try:
+        core = ov.Core()
+        devices = core.available_devices
+    except Exception as exc:  # a broken install raises RuntimeError from the plugin loader
+        return False, f"OpenVINO {ov.get_version()} cannot start ({exc})"
+    if "CPU" not in devices:
+        return False, f"OpenVINO sees no CPU device (devices: {', '.join(devices) or 'none'})"
+    name = core.get_property("CPU", "FULL_DEVICE_NAME")
+    capabilities = core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    return True, f"OpenVINO {ov.get_version().split('-')[0]} on {name} ({', '.join(capabilities)})"
+
+
+def default_ir_path(onnx_path: str | Path, precision: str) -> Path:
+    """model.onnx → model.xml (fp32) / model.bf16.xml; model.int8.onnx → model.int8.xml."""
+    source = Path(onnx_path)
+    stem = source.name[: -len(".onnx")] if source.name.lower().endswith(".onnx") else source.stem
+    if precision != "fp32" and not stem.endswith(f".{precision}"):
+        stem = f"{stem}.{precision}"
+    return source.with_name(f"{stem}.xml")
+
+
+def build_openvino_ir(
+    onnx_path: str | Path,
+    output: str | Path,
+    *,
+    precision: str = "fp32",
+    inference_precision: str | None = None,
+    card: ModelCard | dict[str, Any] | None = None,
+) -> OpenVINOBuildResult:
+    """Convert `onnx_path` to IR at `output` (.xml; the .bin goes beside it) and write its manifest."""
+    started = time.perf_counter()
+    source, output = Path(onnx_path), Path(output)
+    ov = _import_openvino()
+    from engines.onnxruntime_engine import graph_precision
+    from engines.openvino_engine import RT_INFO_INFERENCE_PRECISION, OpenVINOEngine, hint_type_name
+
+    if precision not in PRECISIONS:
+        raise UsageError(f"OpenVINO precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if not source.is_file():
+        raise UsageError(f"{source}: no such file")
+    if output.suffix.lower() != ".xml":
+        raise UsageError(f"{output}: an OpenVINO IR is named .xml (its weights go beside it as .bin)")
+    hint = hint_type_name(inference_precision) if inference_precision is not None else DEFAULT_HINTS[precision]
+    card_dict = _card_dict(card, source)
+    source_precision = graph_precision(source)
+    if precision == "int8" and source_precision != "int8":
+        raise UsageError(f"{source}: --int8 needs a quantized (Q/DQ) ONNX model, this one is {source_precision}; "
+                         "build-engine --int8 quantizes it first")
+    if precision in ("fp32", "bf16") and source_precision != "fp32":
+        raise UsageError(f"{source}: --{precision} needs the FP32 ONNX model, this one is {source_precision}")
+
+    try:
+        model = ov.convert_model(str(source))
+    except Exception as exc:  # OpenVINO's ONNX frontend raises its own exception types
+        raise UsageError(f"{source}: OpenVINO cannot convert this ONNX model ({_first_line(exc)})") from None
+    model.set_rt_info(precision, ["resnet_deploy", "precision"])
+    if hint is not None:
+        model.set_rt_info(hint, list(RT_INFO_INFERENCE_PRECISION))
+    compress = precision == "fp16"
+
+    output.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent))
+    try:
+        staged_xml = staging / output.name
+        ov.save_model(model, str(staged_xml), compress_to_fp16=compress)
+        runtime, describe, max_diff, agreement = _check_against_source(staged_xml, source, OpenVINOEngine)
+        if precision == "int8" and runtime != "int8":
+            raise CheckFailed(f"{source}: OpenVINO runs this model as {runtime}, not int8 (its Q/DQ nodes were not "
+                              "fused into quantized convolutions); use ONNX Runtime for this INT8 model")
+        bin_path = output.with_suffix(".bin")
+        os.replace(staged_xml.with_suffix(".bin"), bin_path)
+        os.replace(staged_xml, output)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+    notes = _notes(precision, hint, runtime)
+    manifest = {
+        "format": MANIFEST_FORMAT,
+        "format_version": MANIFEST_FORMAT_VERSION,
+        "openvino_version": ov.get_version(),
+        "precision": precision,
+        "inference_precision_hint": hint,
+        "runtime_precision": runtime,
+        "compressed_to_fp16": compress,
+        "built_on": {"device": describe.get("ov_device"), "device_name": describe.get("device_name"),
+                     "inference_precision": describe.get("inference_precision")},
+        "check": {"images": CHECK_IMAGES, "max_abs_logit_diff": max_diff, "agreement": agreement,
+                  "reference": "source ONNX on ONNX Runtime (CPU), random images"},
+        "source_onnx": {"path": str(source), "sha256": sha256_file(source), "precision": source_precision},
+        "xml_sha256": sha256_file(output),
+        "bin_sha256": sha256_file(bin_path),
+        "card": card_dict,
+        "built_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "versions": _versions(),
+        "notes": notes,
+    }
+    manifest_file = manifest_path(output)
+    write_text(manifest_file, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    return OpenVINOBuildResult(
+        path=output, bin_path=bin_path, manifest_path=manifest_file, precision=precision,
+        inference_precision=hint, runtime_precision=runtime, compressed_to_fp16=compress,
+        source_sha256=manifest["source_onnx"]["sha256"], max_abs_logit_diff=max_diff, agreement=agreement,
+        seconds=time.perf_counter() - started, notes=notes, manifest=manifest,
+    )
+
+
+def _import_openvino() -> Any:
+    try:
+        import openvino
+    except ImportError:
+        raise BackendUnavailable(INSTALL_HINT) from None
+    return openvino
+
+
+def _card_dict(card: ModelCard | dict[str, Any] | None, source: Path) -> dict[str, Any]:
+    if card is None:
+        from resnet_deploy.artifacts import artifact_card
+
+        card = artifact_card(source)
+    return card.to_dict() if isinstance(card, ModelCard) else ModelCard.from_dict(card).to_dict()
+
+
+def _check_against_source(xml: Path, source: Path, engine_cls: Any) -> tuple[str, dict, float, float]:
+    """Compile the staged IR as a user would (its stored hint) and compare it with the source on ONNX Runtime."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(source), providers=["CPUExecutionProvider"])
+    port = session.get_inputs()[0]
+    step = port.shape[0] if isinstance(port.shape[0], int) and port.shape[0] > 0 else CHECK_IMAGES
+    dims = [d if isinstance(d, int) and d > 0 else 1 for d in port.shape[1:]]
+    images = np.random.default_rng(0).standard_normal((max(step, CHECK_IMAGES), *dims), dtype=np.float32)
+    batches = [images[i : i + step] for i in range(0, len(images) - step + 1, step)]
+    reference = np.concatenate([session.run(None, {port.name: b})[0] for b in batches]).astype(np.float32)
+    with engine_cls(xml) as engine:
+        runtime, describe = engine.precision, engine.describe()
+        logits = np.concatenate([engine.infer(b) for b in batches])
+    max_diff = float(np.abs(logits - reference).max())
+    agreement = float((logits.argmax(1) == reference.argmax(1)).mean())
+    return runtime, describe, max_diff, agreement
+
+
+def _notes(precision: str, hint: str | None, runtime: str) -> list[str]:
+    notes = []
+    wanted = {"f32": "fp32", "bf16": "bf16", "f16": "fp16"}.get(hint or "")
+    if precision != "int8" and wanted is not None and runtime != wanted:
+        notes.append(f"this CPU runs the IR in {runtime}, not {wanted} (no native {wanted}); the IR keeps the "
+                     f"{hint} hint, so a CPU that has it will use it")
+    if precision == "int8" and hint is None:
+        notes.append("the float layers left in the INT8 model use the device's default inference precision")
+    return notes
+
+
+def _versions() -> dict[str, str | None]:
+    from resnet_deploy import __version__
+    from resnet_deploy.environment import library_versions
+
+    found = library_versions()
+    return {"resnet_deploy": __version__, **{k: found.get(k) for k in ("openvino", "onnx", "onnxruntime")}}
+
+
+def _first_line(exc: BaseException) -> str:
+    from engines.openvino_engine import ov_message
+
+    return ov_message(exc)
