@@ -1,0 +1,560 @@
+"""TensorRT code that runs without TensorRT: version dispatch, plan header, manifest and staleness,
+inspector precision summaries (JSON written by hand in NVIDIA's documented 10.x/11.x formats), the
+"mostly FP32" verdict, and the clean refusal when TensorRT or a GPU is missing."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import struct
+from pathlib import Path
+
+import pytest
+
+from engines.base import BackendUnavailableError, EngineInputError
+from engines.tensorrt_build import profile_shapes, resolve_batch_profile
+from engines.tensorrt_inspect import (
+    datatype_from_text,
+    layer_precision,
+    precision_verdict,
+    summarize_engine_information,
+)
+from engines.tensorrt_manifest import (
+    EngineManifest,
+    ManifestError,
+    RunningEnvironment,
+    StaleEngineError,
+    check_compatible,
+    manifest_path,
+    read_manifest,
+    stale_reasons,
+)
+from engines.tensorrt_support import (
+    PLAN_TAG,
+    enum_name,
+    load_compatible,
+    normalize_hardware_compatibility,
+    parse_version,
+    read_plan_version,
+    torch_dtype_name,
+    version_plan,
+)
+
+HAS_TENSORRT = importlib.util.find_spec("tensorrt") is not None
+needs_no_tensorrt = pytest.mark.skipif(HAS_TENSORRT, reason="TensorRT is installed here; this checks its absence")
+
+
+# --------------------------------------------------------------------------------------------------
+# Versions and the per-version plan
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("10.13.3.9", (10, 13, 3, 9)),
+    ("11.4.0.106", (11, 4, 0, 106)),
+    ("10.14.1.48.post1", (10, 14, 1, 48)),
+    ("10.16.0", (10, 16, 0)),
+    ("11.1.0rc2", (11, 1, 0)),
+])
+def test_parse_version(text, expected):
+    assert parse_version(text) == expected
+
+
+def test_parse_version_rejects_garbage():
+    with pytest.raises(ValueError):
+        parse_version("tensorrt")
+
+
+def test_tensorrt_10_sets_strong_typing_explicitly():
+    plan = version_plan((10, 13, 3, 9))
+    assert plan.required_network_flags == ("STRONGLY_TYPED",)
+    assert plan.optional_network_flags == ()
+    assert plan.inspector_io_key == "Bindings"
+
+
+def test_tensorrt_11_is_always_strongly_typed_and_never_names_explicit_batch():
+    plan = version_plan((11, 4, 0, 106))
+    assert plan.required_network_flags == ()  # the flag may be gone; strong typing is always on
+    assert plan.optional_network_flags == ("STRONGLY_TYPED",)
+    assert plan.inspector_io_key == "I/O Tensors"
+    for major in (10, 11, 12):
+        flags = version_plan((major, 0, 0, 0))
+        assert "EXPLICIT_BATCH" not in flags.required_network_flags + flags.optional_network_flags
+        # weak-typing precision flags are never set (removed in 11, an error with STRONGLY_TYPED in 10)
+        assert {"FP16", "INT8", "BF16", "FP8"} <= set(flags.forbidden_builder_flags)
+
+
+def test_tensorrt_older_than_10_is_refused_with_the_upgrade_hint():
+    with pytest.raises(BackendUnavailableError, match=r"TensorRT is not available \(TensorRT 8\.6\.1 .* 10 or newer"):
+        version_plan((8, 6, 1))
+
+
+@pytest.mark.parametrize(("built", "running", "vc", "ok"), [
+    ((10, 13, 3, 9), (10, 13, 3, 9), False, True),
+    ((10, 13, 3, 9), (10, 13, 3, 10), False, False),  # another build number: not loadable
+    ((10, 13, 3, 9), (10, 16, 1, 11), False, False),
+    ((10, 13, 3, 9), (10, 16, 1, 11), True, True),  # version compatible: later runtimes load it
+    ((10, 13, 3, 9), (11, 4, 0, 106), True, True),  # 10 → 11 allowed
+    ((11, 1, 0, 106), (10, 16, 1, 11), True, False),  # 11 → 10 never
+    ((8, 5, 1, 7), (10, 0, 0, 6), True, False),  # version compatibility starts at 8.6
+])
+def test_load_compatibility_rules(built, running, vc, ok):
+    assert load_compatible(built, running, version_compatible=vc) is ok
+
+
+# --------------------------------------------------------------------------------------------------
+# Plan header
+
+
+def _plan_header(version: tuple[int, int, int, int], *, tag: int = PLAN_TAG, serialization: int = 0) -> bytes:
+    # Documented layout: u32 tag, u32 serialization version, 16 more bytes, then major.minor.patch.build.
+    return struct.pack("<II", tag, serialization) + bytes(16) + bytes(version) + b"\x00" * 64
+
+
+def test_plan_header_version_is_read_from_bytes_24_to_27():
+    assert read_plan_version(_plan_header((10, 13, 3, 9))) == (10, 13, 3, 9)
+    assert read_plan_version(_plan_header((11, 4, 0, 106))) == (11, 4, 0, 106)
+    assert _plan_header((10, 13, 3, 9))[:4] == b"ftrt"  # the tag as it appears in a file
+
+
+@pytest.mark.parametrize("header", [
+    _plan_header((10, 0, 0, 1), tag=0x12345678),
+    _plan_header((10, 0, 0, 1), serialization=1),
+    b"ftrt",
+    b"",
+    b"\x08\x01\x12\x07pytorch" + bytes(40),  # an ONNX file's first bytes
+])
+def test_non_plans_have_no_version(header):
+    assert read_plan_version(header) is None
+
+
+# --------------------------------------------------------------------------------------------------
+# Data types and options
+
+
+def test_tensorrt_dtypes_map_to_torch_by_hand_including_bf16_and_fp8():
+    torch = pytest.importorskip("torch")
+    for trt_name, torch_name in {"FLOAT": "float32", "HALF": "float16", "BF16": "bfloat16", "INT8": "int8",
+                                 "FP8": "float8_e4m3fn", "INT64": "int64", "BOOL": "bool"}.items():
+        assert torch_dtype_name(trt_name) == torch_name
+        assert isinstance(getattr(torch, torch_name), torch.dtype)
+    assert torch_dtype_name("DataType.HALF") == "float16"
+    with pytest.raises(ValueError, match="INT4"):
+        torch_dtype_name("INT4")
+    with pytest.raises(ValueError):
+        torch_dtype_name("COMPLEX")
+
+
+def test_enum_name_reads_pybind_style_names():
+    class Member:
+        name = "HALF"
+
+    assert enum_name(Member()) == "HALF"
+    assert enum_name("DataType.BF16") == "BF16"
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    (None, "none"), ("none", "none"), ("ampere+", "ampere_plus"), ("AMPERE_PLUS", "ampere_plus"),
+    ("same-cc", "same_compute_capability"), ("same_compute_capability", "same_compute_capability"),
+])
+def test_hardware_compatibility_names(text, expected):
+    assert normalize_hardware_compatibility(text) == expected
+
+
+def test_unknown_hardware_compatibility_is_refused():
+    with pytest.raises(ValueError, match="ampere\\+"):
+        normalize_hardware_compatibility("hopper+")
+
+
+def test_batch_profile_dynamic_and_static():
+    assert resolve_batch_profile((-1, 3, 224, 224), 1, 8, 32) == (1, 8, 32)
+    assert profile_shapes((-1, 3, 224, 224), (1, 8, 32)) == ((1, 3, 224, 224), (8, 3, 224, 224), (32, 3, 224, 224))
+    assert resolve_batch_profile((1, 3, 32, 32), 1, 8, 32) is None  # static ONNX, default flags: its own batch
+    assert resolve_batch_profile((4, 3, 32, 32), 4, 4, 4) is None
+    with pytest.raises(EngineInputError, match="static batch of 1"):
+        resolve_batch_profile((1, 3, 32, 32), 1, 16, 64)
+    with pytest.raises(EngineInputError, match="only the batch"):
+        resolve_batch_profile((-1, 3, -1, -1), 1, 8, 32)
+    with pytest.raises(EngineInputError, match="min <= opt <= max"):
+        resolve_batch_profile((-1, 3, 32, 32), 8, 4, 32)
+    with pytest.raises(EngineInputError, match="NCHW"):
+        resolve_batch_profile((-1, 10), 1, 8, 32)
+
+
+def test_build_options_validation():
+    from resnet_deploy.errors import UsageError
+    from resnet_deploy.tensorrt_target import TensorRTBuildOptions, parse_byte_size
+
+    assert TensorRTBuildOptions().validated().hardware_compatibility == "none"
+    assert TensorRTBuildOptions(hardware_compatibility="ampere+").validated().hardware_compatibility == "ampere_plus"
+    for bad in (TensorRTBuildOptions(min_batch=0), TensorRTBuildOptions(opt_batch=64),
+                TensorRTBuildOptions(opt_level=6), TensorRTBuildOptions(workspace_bytes=0),
+                TensorRTBuildOptions(hardware_compatibility="any")):
+        with pytest.raises(UsageError):
+            bad.validated()
+    assert parse_byte_size("4G") == parse_byte_size("4GiB") == 4 << 30
+    assert parse_byte_size("512M") == 512 << 20
+    assert parse_byte_size("1000") == 1000
+    with pytest.raises(UsageError):
+        parse_byte_size("lots")
+
+
+# --------------------------------------------------------------------------------------------------
+# Manifest and staleness
+
+
+def _manifest(**changes) -> EngineManifest:
+    manifest = EngineManifest(
+        tensorrt_version="10.13.3.9", gpu_name="NVIDIA A100-SXM4-80GB", compute_capability="8.0", precision="fp16",
+        batch_profile={"min": 1, "opt": 8, "max": 32}, plan_version="10.13.3.9", cuda_version="13.0",
+        layer_precisions={"fp16": 20, "fp32": 2}, input={"name": "input", "shape": [-1, 3, 32, 32], "dtype": "FLOAT"},
+        output={"name": "logits", "shape": [-1, 10], "dtype": "FLOAT"},
+        build_options={"version_compatible": False, "hardware_compatibility": "none", "workspace_bytes": None},
+        source_onnx={"path": "m.fp16.onnx", "sha256": "ab" * 32}, plan_sha256="cd" * 32,
+        card={"arch": "resnet20", "class_names": ["a", "b"]}, build_seconds=12.5, built_at="2026-01-01T00:00:00+00:00",
+    )
+    for key, value in changes.items():
+        setattr(manifest, key, value)
+    return manifest
+
+
+A100 = RunningEnvironment("10.13.3.9", "NVIDIA A100-SXM4-80GB", (8, 0))
+
+
+def test_manifest_round_trip_through_a_file(tmp_path: Path):
+    plan = tmp_path / "model.fp16.plan"
+    manifest = _manifest()
+    manifest_path(plan).write_text(manifest.to_json())
+    assert manifest_path(plan).name == "model.fp16.plan.json"
+    data = json.loads(manifest_path(plan).read_text())
+    assert data["gpu"] == {"name": "NVIDIA A100-SXM4-80GB", "compute_capability": "8.0"}
+    assert data["card"]["arch"] == "resnet20"
+    assert read_manifest(plan) == manifest
+
+
+def test_missing_or_malformed_manifest_is_a_clear_error(tmp_path: Path):
+    plan = tmp_path / "m.plan"
+    with pytest.raises(ManifestError, match="no manifest m.plan.json .* build-engine --target tensorrt"):
+        read_manifest(plan)
+    manifest_path(plan).write_text("{not json")
+    with pytest.raises(ManifestError, match="unreadable manifest"):
+        read_manifest(plan)
+    manifest_path(plan).write_text(json.dumps({"format": "something-else"}))
+    with pytest.raises(ManifestError, match="not a resnet-deploy TensorRT engine manifest"):
+        read_manifest(plan)
+    broken = _manifest().to_dict()
+    del broken["gpu"]
+    manifest_path(plan).write_text(json.dumps(broken))
+    with pytest.raises(ManifestError, match="lacks"):
+        read_manifest(plan)
+
+
+def test_same_tensorrt_and_gpu_is_not_stale():
+    assert stale_reasons(_manifest(), A100) == []
+    check_compatible(_manifest(), A100, plan_path="m.plan")
+
+
+def test_other_tensorrt_version_is_stale_with_a_rebuild_hint():
+    env = RunningEnvironment("10.16.1.11", A100.gpu_name, (8, 0))
+    with pytest.raises(StaleEngineError, match=r"built with TensorRT 10\.13\.3\.9 but TensorRT 10\.16\.1\.11") as err:
+        check_compatible(_manifest(), env, plan_path="m.plan")
+    assert "--version-compatible" in str(err.value)
+    assert "build-engine --target tensorrt" in str(err.value)
+    assert err.value.exit_code == 2
+
+
+def test_version_compatible_plans_load_forward_only():
+    vc = _manifest(build_options={"version_compatible": True, "hardware_compatibility": "none"})
+    assert stale_reasons(vc, RunningEnvironment("11.4.0.106", A100.gpu_name, (8, 0))) == []
+    newer = _manifest(tensorrt_version="11.1.0.106", plan_version="11.1.0.106",
+                      build_options={"version_compatible": True})
+    (reason,) = stale_reasons(newer, RunningEnvironment("10.16.1.11", A100.gpu_name, (8, 0)),
+                              plan_version=(11, 1, 0, 106))
+    assert "never loads on an older TensorRT" in reason
+
+
+def test_the_plan_header_version_wins_over_the_manifest():
+    # A plan replaced by one from another TensorRT while its manifest stayed: the header tells the truth.
+    assert stale_reasons(_manifest(), A100, plan_version=(10, 8, 0, 43))
+
+
+def test_other_gpu_is_stale_unless_built_hardware_compatible():
+    h100 = RunningEnvironment("10.13.3.9", "NVIDIA H100 80GB HBM3", (9, 0))
+    (reason,) = stale_reasons(_manifest(), h100)
+    assert "NVIDIA A100-SXM4-80GB (compute capability 8.0)" in reason and "H100" in reason
+    assert "ampere+" in reason
+    ampere_plus = _manifest(build_options={"hardware_compatibility": "ampere_plus"})
+    assert stale_reasons(ampere_plus, h100) == []
+    turing = RunningEnvironment("10.13.3.9", "Tesla T4", (7, 5))
+    assert stale_reasons(ampere_plus, turing)
+
+
+def test_same_compute_capability_other_model():
+    a30 = RunningEnvironment("10.13.3.9", "NVIDIA A30", (8, 0))
+    (reason,) = stale_reasons(_manifest(), a30)
+    assert "same-cc" in reason
+    same_cc = _manifest(build_options={"hardware_compatibility": "same_compute_capability"})
+    assert stale_reasons(same_cc, a30) == []
+
+
+# --------------------------------------------------------------------------------------------------
+# Inspector JSON (written by hand in the documented formats) → realized precision
+
+NHWC8_FP16 = "Channel major FP16 format where channel % 8 == 0"
+
+# 10.x, DETAILED verbosity: long "Format/Datatype" strings, "Bindings" as names. An FP16-typed ResNet
+# with FP32 I/O: reformats at the ends (not counted), one FP32 Cast, FP16 convolutions and pooling.
+TRT10_FP16 = {
+    "Layers": [
+        {"Name": "Reformatting CopyNode for Input Tensor 0 to /Cast", "LayerType": "Reformat",
+         "Inputs": [{"Name": "input", "Location": "Device", "Dimensions": [8, 3, 32, 32],
+                     "Format/Datatype": "Row major linear FP32"}],
+         "Outputs": [{"Name": "input_r", "Location": "Device", "Dimensions": [8, 3, 32, 32],
+                      "Format/Datatype": "Channel major FP32 format where channel % 4 == 0"}],
+         "ParameterType": "Reformat", "Origin": "REFORMAT", "TacticValue": "0x0000000000000000"},
+        {"Name": "/Cast", "LayerType": "Cast",
+         "Inputs": [{"Name": "input_r", "Dimensions": [8, 3, 32, 32],
+                     "Format/Datatype": "Channel major FP32 format where channel % 4 == 0"}],
+         "Outputs": [{"Name": "/Cast_output_0", "Dimensions": [8, 3, 32, 32],
+                      "Format/Datatype": "Channel major FP16 format where channel % 8 == 0"}]},
+        {"Name": "/conv1/Conv + /relu/Relu", "LayerType": "CaskConvolution",
+         "Inputs": [{"Name": "/Cast_output_0", "Dimensions": [8, 3, 32, 32],
+                     "Format/Datatype": "Channel major FP16 format where channel % 8 == 0"}],
+         "Outputs": [{"Name": "/relu/Relu_output_0", "Dimensions": [8, 16, 32, 32],
+                      "Format/Datatype": "Channel major FP16 format where channel % 8 == 0"}],
+         "ParameterType": "Convolution", "Kernel": [3, 3], "Weights": {"Type": "Half", "Count": 432},
+         "Bias": {"Type": "Half", "Count": 16},
+         "TacticName": "sm80_xmma_fprop_implicit_gemm_f16f16_f16f16_f16_nhwckrsc_nhwc", "TacticValue": "0x1"},
+        {"Name": "/layer1/layer1.0/conv1/Conv + /layer1/layer1.0/relu/Relu", "LayerType": "CaskConvolution",
+         "Inputs": [{"Name": "/relu/Relu_output_0", "Format/Datatype": NHWC8_FP16}],
+         "Outputs": [{"Name": "a", "Format/Datatype": "Channel major FP16 format where channel % 8 == 0"}],
+         "Weights": {"Type": "Half", "Count": 2304}},
+        {"Name": "/layer1/layer1.0/conv2/Conv + /layer1/layer1.0/Add + /layer1/layer1.0/relu_1/Relu",
+         "LayerType": "CaskConvolution",
+         "Inputs": [{"Name": "a", "Format/Datatype": "Channel major FP16 format where channel % 8 == 0"},
+                    {"Name": "/relu/Relu_output_0", "Format/Datatype": NHWC8_FP16}],
+         "Outputs": [{"Name": "b", "Format/Datatype": "Channel major FP16 format where channel % 8 == 0"}],
+         "Weights": {"Type": "Half", "Count": 2304}},
+        {"Name": "/ReduceMean", "LayerType": "CaskPooling",
+         "Inputs": [{"Name": "b", "Format/Datatype": "Channel major FP16 format where channel % 8 == 0"}],
+         "Outputs": [{"Name": "c", "Format/Datatype": "Row major linear FP16 format"}]},
+        {"Name": "/fc/Gemm", "LayerType": "CaskGemmConvolution",
+         "Inputs": [{"Name": "c", "Format/Datatype": "Row major linear FP16 format"}],
+         "Outputs": [{"Name": "logits_h", "Format/Datatype": "Row major linear FP16 format"}],
+         "Weights": {"Type": "Half", "Count": 640}},
+        {"Name": "/fc/Gemm [profile 1]", "LayerType": "CaskGemmConvolution",  # a second profile: not counted twice
+         "Inputs": [{"Name": "c", "Format/Datatype": "Row major linear FP32"}],
+         "Outputs": [{"Name": "logits_h", "Format/Datatype": "Row major linear FP32"}]},
+        {"Name": "/Cast_1", "LayerType": "Cast",
+         "Inputs": [{"Name": "logits_h", "Format/Datatype": "Row major linear FP16 format"}],
+         "Outputs": [{"Name": "logits", "Format/Datatype": "Row major linear FP32"}]},
+        {"Name": "shape_noop", "LayerType": "NoOp",
+         "Inputs": [{"Name": "x", "Format/Datatype": "Row major linear FP32"}], "Outputs": []},
+    ],
+    "Bindings": ["input", "logits"],
+}
+
+# 11.x: "I/O Tensors" objects replace "Bindings", and tensors carry "Format" and "DataType" (also
+# spelled "Datatype") separately. A Q/DQ INT8 ResNet with an FP16 remainder.
+TRT11_INT8 = {
+    "Layers": [
+        {"Name": "/conv1/input_quantizer/QuantizeLinear", "LayerType": "Scale",
+         "Inputs": [{"Name": "input", "Dimensions": [8, 3, 32, 32],
+                     "Format": "Row major linear FP32 format (kLINEAR)", "DataType": "Float"}],
+         "Outputs": [{"Name": "q", "Dimensions": [8, 3, 32, 32],
+                      "Format": "Channel major INT8 format where channel % 4 == 0", "DataType": "Int8"}]},
+        {"Name": "/conv1/Conv + /relu/Relu", "LayerType": "CaskConvolution",
+         "Inputs": [{"Name": "q", "Format": "Channel major INT8 format where channel % 4 == 0", "DataType": "Int8"}],
+         "Outputs": [{"Name": "r", "Format": "Thirty-two wide channel vectorized row major Int8 format",
+                      "DataType": "Int8"}],
+         "Weights": {"Type": "Int8", "Count": 432}, "Bias": {"Type": "Float", "Count": 16}},
+        {"Name": "/layer1/layer1.0/conv1/Conv", "LayerType": "CaskConvolution",
+         "Inputs": [{"Name": "r", "Format": "Thirty-two wide channel vectorized row major Int8 format",
+                     "Datatype": "Int8"}],
+         "Outputs": [{"Name": "s", "Format": "Thirty-two wide channel vectorized row major Int8 format",
+                      "Datatype": "Int8"}],
+         "Weights": {"Type": "Int8", "Count": 2304}},
+        {"Name": "Reformatting CopyNode for Input Tensor 0 to /ReduceMean",  # no LayerType: named as a reformat
+         "Inputs": [{"Name": "s", "DataType": "Int8"}], "Outputs": [{"Name": "s2", "DataType": "Half"}]},
+        {"Name": "/ReduceMean", "LayerType": "CaskPooling",
+         "Inputs": [{"Name": "s2", "Format": "Channel major FP16 format where channel % 8 == 0", "DataType": "Half"}],
+         "Outputs": [{"Name": "t", "DataType": "Half"}]},
+        {"Name": "/fc/Gemm", "LayerType": "CaskGemmConvolution",
+         "Inputs": [{"Name": "t", "DataType": "Half"}], "Outputs": [{"Name": "logits", "DataType": "Float"}],
+         "Weights": {"Type": "Half", "Count": 640}},
+    ],
+    "I/O Tensors": [
+        {"Name": "input", "IOMode": "Input", "DataType": "Float", "Dimensions": [-1, 3, 32, 32], "Location": "Device",
+         "IsShapeInferenceIO": False, "ProfileInfo": [{"MinShape": [1, 3, 32, 32], "OptShape": [8, 3, 32, 32],
+                                                       "MaxShape": [32, 3, 32, 32],
+                                                       "Format": "Row major linear FP32 format (kLINEAR)"}]},
+        {"Name": "logits", "IOMode": "Output", "DataType": "Float", "Dimensions": [-1, 10], "Location": "Device",
+         "IsShapeInferenceIO": False},
+    ],
+}
+
+# Built without DETAILED verbosity: names only.
+TRT_NAMES_ONLY = {"Layers": ["/conv1/Conv + /relu/Relu", "/ReduceMean", "/fc/Gemm"], "Bindings": ["input", "logits"]}
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("Row major linear FP32", "fp32"),
+    ("Channel major FP16 format where channel % 8 == 0", "fp16"),
+    ("Thirty-two wide channel vectorized row major Int8 format", "int8"),
+    ("Row major linear BFloat16 format", "bf16"),
+    ("Channel major BFloat16 format where channel % 8 == 0", "bf16"),
+    ("Row major linear FP8 format", "fp8"),
+    ("Row major linear UInt8 format", "uint8"),
+    ("Row major linear Int32", "int32"),
+    ("Row major linear FP32 format (kLINEAR)", "fp32"),
+    ("Float", "fp32"), ("Half", "fp16"), ("Int8", "int8"), ("BFloat16", "bf16"), ("FP8", "fp8"),
+    ("Unknown format", None), (None, None),
+])
+def test_datatype_strings_long_and_short(text, expected):
+    assert datatype_from_text(text) == expected
+
+
+def test_bf16_is_matched_before_float():
+    assert datatype_from_text("BFloat16") == "bf16"  # contains "Float"
+    assert layer_precision({"Inputs": [{"DataType": "BFloat16"}], "Weights": {"Type": "Float"}}) == "bf16"
+
+
+def test_quantized_weights_decide_before_the_activations():
+    layer = {"Inputs": [{"Format/Datatype": "Channel major FP16 format where channel % 8 == 0"}],
+             "Weights": {"Type": "Int8", "Count": 2304}}
+    assert layer_precision(layer) == "int8"
+    assert layer_precision({"Weights": {"Type": "Half", "Count": 10}}) == "fp16"  # no tensors: weights type
+    assert layer_precision({"Name": "x"}) == "unknown"
+
+
+def test_trt10_detailed_fp16_summary():
+    summary = summarize_engine_information(json.dumps(TRT10_FP16))
+    assert summary.detailed
+    assert summary.io_tensors == ["input", "logits"]
+    # The input Cast runs on FP32 data, the output Cast on FP16; the reformat, the NoOp and the
+    # [profile 1] copy are not counted.
+    assert summary.counts == {"fp16": 6, "fp32": 1}
+    assert summary.compute_layers == 7
+    verdict = precision_verdict(summary, "fp16")
+    assert verdict.passed and verdict.verified
+    assert verdict.reduced_fraction == pytest.approx(6 / 7)
+
+
+def test_trt11_split_fields_int8_summary():
+    summary = summarize_engine_information(TRT11_INT8)
+    assert summary.io_tensors == ["input", "logits"]
+    assert summary.counts == {"int8": 2, "fp32": 1, "fp16": 2}
+    assert {layer.name: layer.precision for layer in summary.layers}["/conv1/Conv + /relu/Relu"] == "int8"
+    verdict = precision_verdict(summary, "int8")
+    assert verdict.passed and verdict.verified
+
+
+def test_names_only_inspector_cannot_verify():
+    summary = summarize_engine_information(TRT_NAMES_ONLY)
+    assert not summary.detailed and summary.counts == {}
+    verdict = precision_verdict(summary, "fp16")
+    assert verdict.passed and not verdict.verified
+    assert "could not be verified" in verdict.message
+
+
+def _all_fp32(engine: dict) -> dict:
+    text = json.dumps(engine)
+    for old in ("Channel major FP16 format where channel % 8 == 0", "Row major linear FP16 format", '"Half"'):
+        text = text.replace(old, '"Float"' if old == '"Half"' else "Row major linear FP32")
+    return json.loads(text)
+
+
+def test_mostly_fp32_fp16_engine_fails_the_check():
+    summary = summarize_engine_information(_all_fp32(TRT10_FP16))
+    assert summary.counts == {"fp32": 7}
+    verdict = precision_verdict(summary, "fp16")
+    assert not verdict.passed and verdict.verified
+    assert verdict.fp32_fraction == 1.0
+    assert "100% of its 7 compute layers in FP32" in verdict.message
+    assert precision_verdict(summary, "fp32").passed  # an FP32 request is what it is
+
+
+def test_int8_engine_without_int8_layers_fails():
+    fp16_only = summarize_engine_information(TRT10_FP16)
+    verdict = precision_verdict(fp16_only, "int8")
+    assert not verdict.passed and "no INT8 compute layer" in verdict.message
+
+
+def test_verdict_threshold_is_a_majority():
+    half = {"Layers": [{"Name": "a", "LayerType": "CaskConvolution", "Inputs": [{"DataType": "Float"}]},
+                       {"Name": "b", "LayerType": "CaskConvolution", "Inputs": [{"DataType": "Half"}]}]}
+    assert precision_verdict(summarize_engine_information(half), "fp16").passed  # 50 % FP32 is not "mostly"
+    half["Layers"].append({"Name": "c", "LayerType": "CaskPooling", "Inputs": [{"DataType": "Float"}]})
+    assert not precision_verdict(summarize_engine_information(half), "fp16").passed
+
+
+# --------------------------------------------------------------------------------------------------
+# Without TensorRT (this machine): clean refusals that name what to install
+
+
+@needs_no_tensorrt
+def test_opening_a_plan_without_tensorrt_names_the_extra(tmp_path: Path):
+    from engines.tensorrt_engine import TensorRTEngine
+
+    plan = tmp_path / "model.plan"
+    plan.write_bytes(_plan_header((10, 13, 3, 9)))
+    with pytest.raises(BackendUnavailableError) as err:
+        TensorRTEngine(plan)
+    message = str(err.value)
+    assert message.startswith("TensorRT is not available (pip install 'resnet-deploy[tensorrt]'")
+    assert err.value.exit_code == 2
+
+
+@needs_no_tensorrt
+def test_open_engine_dispatches_plans_to_tensorrt(tmp_path: Path):
+    from resnet_deploy.artifacts import open_engine
+
+    plan = tmp_path / "model.engine"
+    plan.write_bytes(_plan_header((10, 13, 3, 9)))
+    with pytest.raises(BackendUnavailableError, match=r"^TensorRT is not available \(pip install"):
+        open_engine(plan, device="cuda")
+
+
+@needs_no_tensorrt
+def test_build_without_tensorrt_is_a_usage_error_before_any_work(tmp_path: Path):
+    from resnet_deploy.errors import BackendUnavailable
+    from resnet_deploy.tensorrt_target import build_tensorrt_engine, tensorrt_usable
+
+    usable, reason = tensorrt_usable()
+    assert not usable and "resnet-deploy[tensorrt]" in reason
+    with pytest.raises(BackendUnavailable, match=r"^TensorRT is not available \(pip install") as err:
+        build_tensorrt_engine(tmp_path / "missing.onnx", tmp_path / "m.plan", precision="fp16")
+    assert err.value.exit_code == 2
+    assert not (tmp_path / "m.plan").exists() and not (tmp_path / "m.plan.json").exists()
+
+
+def _tiny_onnx(path: Path) -> Path:
+    """A two-node ONNX classifier with a model card in its metadata (made with onnx.helper, no export)."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from resnet_deploy.card import ModelCard
+
+    weight = numpy_helper.from_array(np.ones((10, 3), dtype=np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("GlobalAveragePool", ["input"], ["p"]), helper.make_node("Flatten", ["p"], ["f"]),
+         helper.make_node("Gemm", ["f", "w"], ["logits"], transB=1)],
+        "tiny", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, 32, 32])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 10])], [weight])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    card = ModelCard.default_for("resnet20")
+    helper.set_model_props(model, {"resnet_deploy.card": card.to_json()})
+    onnx.save(model, str(path))
+    return path
+
+
+@needs_no_tensorrt
+def test_cli_build_engine_target_tensorrt_without_tensorrt_exits_2(tmp_path: Path, cli):
+    onnx_path = _tiny_onnx(tmp_path / "tiny.onnx")
+    result = cli("build-engine", "--onnx", str(onnx_path), "--target", "tensorrt", "--output", str(tmp_path / "t.plan"))
+    if "not implemented" in result.stderr or "No such option" in result.stderr:
+        pytest.skip("build-engine --target tensorrt is not wired yet")
+    assert result.returncode == 2, result.stderr
+    assert "error: TensorRT is not available (" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "t.plan").exists()
