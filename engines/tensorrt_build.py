@@ -85,6 +85,7 @@ class BuildOutput:
     build_seconds: float
     timing_cache: bytes | None
     timing_cache_status: str  # "loaded", "created", "rejected (rebuilt)", "off"
+    tf32: bool | None = None  # FP32 layers may use TF32 math (TensorRT's default); None: flag unknown
     warnings: list[str] = field(default_factory=list)
 
 
@@ -175,6 +176,8 @@ def build_plan(onnx_path: str | Path, settings: BuildSettings | None = None, *,
             raise TensorRTBuildError(f"TensorRT rejected the batch profile {batch} for input {input_spec.name!r}. "
                                      f"{format_log_tail(logger.tail())}")
     _configure(trt, plan, config, settings, hardware)
+    tf32_flag = getattr(trt.BuilderFlag, "TF32", None)
+    tf32 = bool(config.get_flag(tf32_flag)) if tf32_flag is not None else None
     cache_status = "off"
     if use_timing_cache:
         cache_status = _attach_timing_cache(config, timing_cache)
@@ -200,6 +203,7 @@ def build_plan(onnx_path: str | Path, settings: BuildSettings | None = None, *,
         build_seconds=seconds,
         timing_cache=cache_out,
         timing_cache_status=cache_status,
+        tf32=tf32,
         warnings=logger.warnings(),
     )
 
