@@ -326,7 +326,6 @@ def onnx_metadata_for(loaded: LoadedModel, spec: ExportSpec) -> dict[str, str]:
         "random_weights": "true" if is_random(loaded) else "false",
         "torch_version": torch.__version__,
         "onnx_version": onnx.__version__,
-        "opset": str(spec.opset),
         "batch": "dynamic" if spec.batch is None else str(spec.batch),
         PRECISION_KEY: "fp32",
     }

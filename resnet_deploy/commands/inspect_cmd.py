@@ -84,6 +84,8 @@ def print_onnx_summary(summary) -> None:  # noqa: ANN001 - OnnxSummary, imported
     table = Table(title=str(summary.path), show_header=False, title_justify="left")
     table.add_column(style="bold")
     table.add_column()
+    from rich.markup import escape
+
     for key, value in summary.rows():
-        table.add_row(key, value)
+        table.add_row(escape(key), escape(value))  # shapes like float32[batchx3x32x32] are not markup
     stdout.print(table)
