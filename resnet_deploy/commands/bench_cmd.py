@@ -1,10 +1,256 @@
-"""`resnet-deploy bench`."""
+"""`resnet-deploy bench`: latency and throughput across backends, precisions and batch sizes."""
 
 from __future__ import annotations
 
-from resnet_deploy.commands._common import not_implemented
+import shlex
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from resnet_deploy.commands._common import (
+    ArchOption,
+    DepthOption,
+    JsonOption,
+    emit_json,
+    info,
+    resolve_arch,
+    stderr,
+    warn,
+)
+from resnet_deploy.errors import UsageError
+
+if TYPE_CHECKING:  # heavy modules stay out of `--help`
+    from resnet_deploy.bench import BenchReport, TimingConfig
+    from resnet_deploy.bench_artifacts import BenchPlan
+
+ALL_BACKENDS = ("torch", "onnxruntime", "openvino", "tensorrt")
+ALL_PRECISIONS = ("fp32", "fp16", "bf16", "int8")
+DEFAULT_BATCH_SIZES = "1,8,32"
 
 
-def bench() -> None:
-    """Not implemented yet."""
-    not_implemented("bench")
+def bench(
+    artifacts: Annotated[list[Path] | None, typer.Argument(
+        help="Artifacts to bench (.safetensors/.pt, .onnx, .xml, .plan); or name a model with --depth/--arch.",
+        show_default=False)] = None,
+    depth: DepthOption = None,
+    arch: ArchOption = None,
+    backends: Annotated[str | None, typer.Option(
+        "--backends", help=f"Comma-separated: {','.join(ALL_BACKENDS)} [default: all; those unavailable here are "
+                           "listed as skipped].")] = None,
+    precisions: Annotated[str | None, typer.Option(
+        "--precisions", help=f"Comma-separated: {','.join(ALL_PRECISIONS)} [default: all with --depth/--arch; "
+                             "an artifact runs the precision it carries].")] = None,
+    batch_sizes: Annotated[str, typer.Option("--batch-sizes", help="Comma-separated batch sizes.")]
+        = DEFAULT_BATCH_SIZES,
+    device: Annotated[str | None, typer.Option(
+        "--device", help="cpu or cuda[:N] [default: cuda when PyTorch sees a GPU, else cpu].")] = None,
+    warmup: Annotated[int, typer.Option("--warmup", help="Warm-up calls per batch size, not timed.")] = 5,
+    iters: Annotated[int | None, typer.Option("--iters", help="Timed calls per batch size.")] = None,
+    duration: Annotated[float | None, typer.Option(
+        "--duration", help="Seconds of timed calls per batch size (at least 10 calls) [default: 3].")] = None,
+    threads: Annotated[int | None, typer.Option(
+        "--threads", help="CPU threads for every backend [default: each backend's own].")] = None,
+    calib_data: Annotated[Path | None, typer.Option(
+        "--calib-data", help="Images to calibrate INT8 on (with --depth/--arch) [default: random images, "
+                             "fine for latency only].")] = None,
+    calib_samples: Annotated[int | None, typer.Option(
+        "--calib-samples", help="Calibration images taken from --calib-data.")] = None,
+    exclude_copies: Annotated[bool, typer.Option(
+        "--exclude-copies", help="On a GPU, time device-resident inputs (host<->device copies excluded).")] = False,
+    cache_dir: Annotated[Path | None, typer.Option(
+        "--cache-dir", help="Where --depth/--arch builds its ONNX models [default: ~/.cache/resnet-deploy/bench].")]
+        = None,
+    report: Annotated[Path | None, typer.Option("--report", help="Write a Markdown report here.")] = None,
+    plot: Annotated[Path | None, typer.Option(
+        "--plot", help="Write a PNG: latency vs batch size and throughput per backend/precision.")] = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Measure latency (mean, std, p50-p99) and throughput per backend, precision and batch size, with the
+    speed-up over PyTorch FP32 at the same batch size. Warm-up excluded, every call synchronized."""
+    from resnet_deploy.bench import TimingConfig
+
+    artifacts = list(artifacts or [])
+    if artifacts and (depth is not None or arch is not None):
+        raise UsageError("give artifacts or --depth/--arch, not both")
+    arch_name = None if artifacts else resolve_arch(depth, arch, required=True)
+    backend_list = _parse_choices(backends, ALL_BACKENDS, "--backends")
+    precision_list = _parse_choices(precisions, ALL_PRECISIONS, "--precisions")
+    sizes = _parse_batch_sizes(batch_sizes)
+    timing = _timing(TimingConfig, warmup=warmup, iters=iters, duration=duration)
+    if threads is not None and threads < 1:
+        raise UsageError(f"--threads must be at least 1, got {threads}")
+    if plot is not None and plot.suffix.lower() != ".png":
+        raise UsageError(f"--plot {plot}: the plot is a PNG; give a path ending in .png")
+    if artifacts:
+        for path in artifacts:
+            if not path.is_file():
+                raise UsageError(f"{path}: no such file")
+        if calib_data is not None:
+            raise UsageError("--calib-data builds INT8 models for --depth/--arch; "
+                             "an INT8 artifact is already calibrated")
+    if calib_data is not None and not calib_data.is_dir():
+        raise UsageError(f"--calib-data {calib_data}: no such folder")
+    if calib_samples is not None and calib_samples < 1:
+        raise UsageError(f"--calib-samples must be at least 1, got {calib_samples}")
+
+    from resnet_deploy.bench_artifacts import (
+        check_requested_backends,
+        default_cache_dir,
+        plan_for_architecture_or_artifacts,
+    )
+
+    check_requested_backends(backend_list or (), explicit=backend_list is not None)
+    device_name = _resolve_device(device)
+    include_copies = not exclude_copies
+    if exclude_copies and not device_name.startswith("cuda"):
+        info("note: --exclude-copies has no effect on the CPU (there are no host<->device copies)")
+
+    plan = plan_for_architecture_or_artifacts(
+        arch_name, artifacts, backends=backend_list, precisions=precision_list, batch_sizes=sizes,
+        device=device_name, threads=threads, include_copies=include_copies,
+        cache_dir=cache_dir or default_cache_dir(), calib_data=calib_data, calib_samples=calib_samples,
+        progress=_say)
+    report_doc = _run(plan, sizes, timing, include_copies)
+
+    command = "resnet-deploy " + " ".join(shlex.quote(arg) for arg in sys.argv[1:])
+    for result in report_doc.noisy():
+        warn(f"{result.model} {result.label()} batch {result.batch_size}: coefficient of variation "
+             f"{result.cv:.1%} is high (a busy machine or unlocked clocks); rerun on a quiet machine or with more "
+             "--iters/--duration")
+    if plot is not None and report_doc.results:
+        from resnet_deploy.bench_report import write_plot
+
+        write_plot(report_doc, plot)
+        _say(f"plot written to {plot}")
+    elif plot is not None:
+        warn(_escape(f"nothing was measured, so no plot was written to {plot}"))
+    if report is not None:
+        from resnet_deploy.bench_report import write_markdown
+
+        write_markdown(report_doc, report, command=command,
+                       plot=plot if plot is not None and report_doc.results else None)
+        _say(f"report written to {report}")
+    if json_output:
+        emit_json({"command": command, **report_doc.to_dict()})
+    else:
+        _print_tables(report_doc)
+    if not report_doc.results:
+        raise UsageError("nothing could be measured here; see the skipped rows for why")
+
+
+def _run(plan: BenchPlan, sizes: list[int], timing: TimingConfig, include_copies: bool) -> BenchReport:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from resnet_deploy.bench_artifacts import run_plan, total_steps
+    from resnet_deploy.environment import capture_environment
+
+    total = total_steps(plan, sizes)
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=stderr, transient=True) as progress:
+        task = progress.add_task("bench", total=total)
+        report = run_plan(
+            plan, batch_sizes=sizes, timing=timing, include_copies=include_copies,
+            environment={},
+            progress=lambda message: progress.update(task, description=_escape(message)),
+            on_step=lambda: progress.advance(task))
+    report.environment = capture_environment()  # after the run: the load average it saw, the threads it set
+    return report
+
+
+def _print_tables(report: BenchReport) -> None:
+    from rich.markup import escape
+    from rich.table import Table
+
+    from resnet_deploy.bench_report import fmt_ms, fmt_speedup, models_of, ordered_results
+    from resnet_deploy.commands._common import stdout
+
+    width = None if stdout.is_terminal else 140  # piped: do not squeeze the table into 80 columns
+    env = report.environment
+    machine = (env.get("gpu") or {}).get("name") or (env.get("cpu") or {}).get("model", "?")
+    for model in models_of(report):
+        rows = ordered_results([r for r in report.results if r.model == model])
+        if rows:
+            table = Table(title=escape(f"{model} on {machine} (latency per call, ms)"), title_justify="left")
+            for name in ("backend", "precision", "batch", "mean", "p50", "p90", "p99", "CV", "images/s",
+                         "vs torch fp32"):
+                table.add_column(name, justify="left" if name in ("backend", "precision") else "right")
+            for r in rows:
+                s = r.latency_ms
+                cv = f"[yellow]{r.cv:.1%} ⚠[/yellow]" if r.noisy else f"{r.cv:.1%}"
+                table.add_row(r.backend, r.precision, str(r.batch_size), fmt_ms(s.mean), fmt_ms(s.p50),
+                              fmt_ms(s.p90), fmt_ms(s.p99), cv, f"{r.throughput_ips:.1f}", fmt_speedup(r.speedup))
+            stdout.print(table, width=width)
+        skipped = [s for s in report.skipped if s.model == model]
+        if skipped:
+            table = Table(title=escape(f"{model}: skipped"), title_justify="left")
+            for name in ("backend", "precision", "batch", "reason"):
+                table.add_column(name)
+            for s in skipped:
+                table.add_row(s.backend, s.precision, "all" if s.batch_size is None else str(s.batch_size),
+                              escape(s.reason))
+            stdout.print(table, width=width)
+    for note in report.notes:
+        stdout.print(escape(f"note: {note}"), width=width)
+
+
+def _escape(text: str) -> str:
+    from rich.markup import escape
+
+    return escape(text)
+
+
+def _say(message: str) -> None:
+    info(_escape(message))
+
+
+def _parse_choices(text: str | None, allowed: tuple[str, ...], option: str) -> list[str] | None:
+    if text is None:
+        return None
+    items = [item.strip().lower() for item in text.split(",") if item.strip()]
+    unknown = [item for item in items if item not in allowed]
+    if unknown or not items:
+        raise UsageError(f"{option}: unknown value(s) {', '.join(unknown) or '(empty)'}; choose from "
+                         f"{','.join(allowed)}")
+    return list(dict.fromkeys(items))
+
+
+def _parse_batch_sizes(text: str) -> list[int]:
+    try:
+        sizes = [int(item) for item in text.split(",") if item.strip()]
+    except ValueError:
+        raise UsageError(f"--batch-sizes {text!r}: expected comma-separated integers, e.g. 1,8,32") from None
+    if not sizes or any(size < 1 for size in sizes):
+        raise UsageError(f"--batch-sizes {text!r}: batch sizes must be integers >= 1")
+    return sorted(set(sizes))
+
+
+def _timing(config_type: type[TimingConfig], *, warmup: int, iters: int | None, duration: float | None) -> TimingConfig:
+    if iters is not None and duration is not None:
+        raise UsageError("give --iters or --duration, not both")
+    if warmup < 0:
+        raise UsageError(f"--warmup must be >= 0, got {warmup}")
+    if iters is not None and iters < 1:
+        raise UsageError(f"--iters must be at least 1, got {iters}")
+    if duration is not None and duration <= 0:
+        raise UsageError(f"--duration must be positive, got {duration}")
+    if iters is not None:
+        return config_type(warmup=warmup, iterations=iters, duration_s=None)
+    return config_type(warmup=warmup, duration_s=duration if duration is not None else 3.0)
+
+
+def _resolve_device(device: str | None) -> str:
+    import torch
+
+    if device is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    name = device.strip().lower()
+    if name == "cpu":
+        return name
+    if name == "cuda" or (name.startswith("cuda:") and name[5:].isdigit()):
+        if not torch.cuda.is_available():
+            raise UsageError(f"--device {device}: CUDA is not available here (no NVIDIA GPU or driver); "
+                             "use --device cpu")
+        return name
+    raise UsageError(f"--device {device}: expected cpu, cuda or cuda:N")

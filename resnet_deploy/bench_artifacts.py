@@ -1,0 +1,525 @@
+"""What a bench run measures, and the artifacts it needs.
+
+`plan_for_arch` (`--depth/--arch`) builds the FP32/FP16/INT8 ONNX models (and TensorRT plans on a GPU)
+into a cache folder keyed by architecture, opset and precision, and keeps the PyTorch model in memory;
+`plan_for_artifacts` benches files the user gives. Both return a `BenchPlan`: cases to run (each opens
+its engine lazily, so an artifact is only built when a case needs it) and the combinations that cannot
+run here, each with its reason. `run_plan` times every case at every batch size.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import importlib.util
+import json
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from engines.base import BackendUnavailableError, Engine, EngineError, EngineInputError
+from resnet_deploy.bench import BenchReport, BenchResult, Skipped, TimingConfig, add_speedups, time_engine
+from resnet_deploy.errors import UsageError
+
+BACKENDS = ("torch", "onnxruntime", "openvino", "tensorrt")
+PRECISIONS = ("fp32", "fp16", "bf16", "int8")
+EXTRAS = {"openvino": "pip install 'resnet-deploy[openvino]'", "tensorrt": "pip install 'resnet-deploy[tensorrt]'"}
+CACHE_FORMAT = 1
+RANDOM_CALIBRATION_SAMPLES = 32  # ranges from random images only matter for latency; few are enough
+
+Progress = Callable[[str], None]
+
+
+@dataclass
+class BenchCase:
+    """One backend/precision to time at every batch size; `open()` builds what it needs and opens the engine."""
+
+    model: str
+    backend: str
+    precision: str
+    open: Callable[[], Engine] = field(repr=False)
+    artifact: str | None = None
+    batch_sizes: tuple[int, ...] | None = None  # None: every batch size of the run
+
+    def sizes(self, requested: Sequence[int]) -> list[int]:
+        return [b for b in requested if self.batch_sizes is None or b in self.batch_sizes]
+
+
+@dataclass
+class BenchPlan:
+    cases: list[BenchCase]
+    skipped: list[Skipped]
+    notes: list[str] = field(default_factory=list)
+
+
+# --- what runs where -------------------------------------------------------------------------------------------
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "resnet-deploy" / "bench"
+
+
+def backend_installed(backend: str) -> bool:
+    module = {"torch": "torch", "onnxruntime": "onnxruntime", "openvino": "openvino", "tensorrt": "tensorrt"}[backend]
+    return importlib.util.find_spec(module) is not None
+
+
+def backend_usable(backend: str, device: str) -> tuple[bool, str]:
+    """Whether `backend` can run on `device` here; the reason names what to install or change."""
+    if backend == "torch":
+        return True, ""
+    if not backend_installed(backend):
+        extra = EXTRAS.get(backend, f"pip install {backend}")
+        return False, f"{backend} is not installed ({extra})"
+    if backend == "onnxruntime":
+        if device.startswith("cuda"):
+            import onnxruntime as ort
+
+            if "CUDAExecutionProvider" not in ort.get_available_providers():
+                return False, "ONNX Runtime has no CUDA provider here (install onnxruntime-gpu matching your CUDA)"
+        return True, ""
+    if backend == "openvino":
+        if device.startswith("cuda"):
+            return False, "OpenVINO runs on CPUs (and Intel GPUs), not CUDA; bench it with --device cpu"
+        try:
+            from resnet_deploy.openvino_target import openvino_usable
+        except ImportError:
+            return True, ""
+        return openvino_usable()
+    # tensorrt
+    if not device.startswith("cuda"):
+        return False, "TensorRT needs an NVIDIA GPU; bench it with --device cuda"
+    try:
+        from resnet_deploy.tensorrt_target import tensorrt_usable
+    except ImportError:
+        return False, "the TensorRT build step (resnet_deploy.tensorrt_target) is missing from this install"
+    return tensorrt_usable()
+
+
+def precision_unsupported(backend: str, precision: str, device: str) -> str | None:
+    """Why a backend never runs a precision in this tool (None: it does)."""
+    cpu = not device.startswith("cuda")
+    if backend == "torch":
+        if precision == "int8":
+            return "PyTorch eager has no INT8 path here; INT8 runs from the Q/DQ ONNX (onnxruntime, openvino, tensorrt)"
+        if precision == "fp16" and cpu:
+            return "PyTorch FP16 on the CPU is emulated and slow; use bf16, or fp16 with --device cuda"
+    if backend in ("onnxruntime", "tensorrt") and precision == "bf16":
+        return "no bf16 ONNX model is produced; bf16 runs on torch and openvino (use fp16 here)"
+    if backend == "openvino" and precision == "fp16":
+        return "OpenVINO on a CPU computes an FP16 model in f32 or bf16; ask for bf16 (its fast reduced precision)"
+    return None
+
+
+def check_requested_backends(backends: Sequence[str], explicit: bool) -> None:
+    """A backend named explicitly with `--backends` whose package is missing is an error naming the extra."""
+    if not explicit:
+        return
+    for backend in backends:
+        if backend in EXTRAS and not backend_installed(backend):
+            raise UsageError(f"--backends {backend}: {backend} is not installed; {EXTRAS[backend]}")
+
+
+# --- artifacts built for --depth/--arch ------------------------------------------------------------------------
+
+
+def _versions_key() -> dict[str, str | None]:
+    from resnet_deploy.environment import library_versions
+
+    versions = library_versions()
+    return {name: versions.get(name) for name in ("torch", "onnx", "onnxruntime")}
+
+
+def _default_opset() -> int | None:
+    try:
+        from resnet_deploy import export
+    except ImportError:
+        return None
+    return getattr(export, "DEFAULT_OPSET", None)
+
+
+class ArtifactCache:
+    """The ONNX models (and TensorRT plans) of one architecture with random weights, built once and reused.
+
+    Folder: `<cache>/<arch>-opset<N>/`; `cache.json` records the library versions the files were built
+    with, and a change of version rebuilds them.
+    """
+
+    def __init__(self, root: Path, loaded: Any, *, calib_data: Path | None, calib_samples: int | None,
+                 progress: Progress | None = None) -> None:
+        self.loaded = loaded
+        self.arch = loaded.card.arch
+        opset = _default_opset()
+        self.folder = Path(root) / (f"{self.arch}-opset{opset}" if opset else self.arch)
+        self.calib_data = calib_data
+        self.calib_samples = calib_samples
+        self._progress = progress or (lambda message: None)
+        self._built: dict[str, Path] = {}
+        self._key = {"format": CACHE_FORMAT, "arch": self.arch, "opset": opset, "seed": loaded.card.lineage.get("seed"),
+                     **_versions_key()}
+        self._fresh = self._key_matches()
+
+    def _key_matches(self) -> bool:
+        try:
+            return json.loads((self.folder / "cache.json").read_text()) == self._key
+        except (OSError, json.JSONDecodeError):
+            return False
+
+    def _reuse(self, path: Path) -> bool:
+        return self._fresh and path.is_file()
+
+    def _mark_fresh(self) -> None:
+        if not self._fresh:
+            from resnet_deploy.atomic import write_text
+
+            write_text(self.folder / "cache.json", json.dumps(self._key, indent=2) + "\n")
+            self._fresh = True
+
+    def fp32_onnx(self) -> Path:
+        path = self.folder / "model.onnx"
+        if "fp32" in self._built or self._reuse(path):
+            return self._built.setdefault("fp32", path)
+        from resnet_deploy.export import export_onnx
+
+        self._progress(f"exporting {self.arch} to ONNX → {path}")
+        result = export_onnx(self.loaded, path)  # dynamic batch, verified against PyTorch
+        self._mark_fresh()
+        self._built["fp32"] = Path(result.path)
+        return self._built["fp32"]
+
+    def fp16_onnx(self) -> Path:
+        source = self.fp32_onnx()
+        path = self.folder / "model.fp16.onnx"
+        if "fp16" in self._built or (self._reuse(path) and path.stat().st_mtime >= source.stat().st_mtime):
+            return self._built.setdefault("fp16", path)
+        from resnet_deploy.precision import convert_fp16
+
+        self._progress(f"converting {self.arch} to FP16 → {path}")
+        result = convert_fp16(source, path)
+        self._built["fp16"] = Path(result.path)
+        return self._built["fp16"]
+
+    def calibration_tag(self) -> str:
+        if self.calib_data is None:
+            return "random"
+        text = f"{self.calib_data.resolve()}|{self.calib_samples}"
+        return "calib-" + hashlib.sha256(text.encode()).hexdigest()[:10]
+
+    def int8_onnx(self) -> Path:
+        source = self.fp32_onnx()
+        path = self.folder / f"model.int8.{self.calibration_tag()}.onnx"
+        if "int8" in self._built or (self._reuse(path) and path.stat().st_mtime >= source.stat().st_mtime):
+            return self._built.setdefault("int8", path)
+        from resnet_deploy.precision import quantize_int8
+
+        if self.calib_data is None:
+            self._progress(f"quantizing {self.arch} to INT8 (random calibration images) → {path}")
+            result = quantize_int8(source, path, calib_data=None, samples=RANDOM_CALIBRATION_SAMPLES,
+                                   random_calibration=True)
+        else:
+            self._progress(f"quantizing {self.arch} to INT8 (calibrating on {self.calib_data}) → {path}")
+            kwargs = {"samples": self.calib_samples} if self.calib_samples else {}
+            result = quantize_int8(source, path, calib_data=self.calib_data, **kwargs)
+        self._built["int8"] = Path(result.path)
+        return self._built["int8"]
+
+    def onnx_for(self, precision: str) -> Path:
+        return {"fp32": self.fp32_onnx, "fp16": self.fp16_onnx, "int8": self.int8_onnx}[precision]()
+
+    def tensorrt_plan(self, precision: str, batch: int) -> Path:
+        """A strongly typed TensorRT plan compiled from the ONNX of `precision`, tuned for `batch` (profile 1..batch).
+        The plan's manifest lets the engine refuse it on another GPU or TensorRT version; the file name keys both."""
+        from resnet_deploy.tensorrt_target import TensorRTBuildOptions, build_tensorrt_engine
+
+        source = self.onnx_for(precision)
+        calib = f"{self.calibration_tag()}." if precision == "int8" else ""
+        path = self.folder / f"model.{precision}.{calib}{_gpu_tag()}.b{batch}.plan"
+        if self._reuse(path) and path.stat().st_mtime >= source.stat().st_mtime:
+            return path
+        self._progress(f"building the TensorRT {precision} engine (batch {batch}) for {self.arch} → {path}")
+        options = TensorRTBuildOptions(min_batch=1, opt_batch=batch, max_batch=batch)
+        build_tensorrt_engine(source, path, precision=precision, options=options, card=self.loaded.card)
+        return path
+
+
+def _gpu_tag() -> str:
+    import torch
+
+    name = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "gpu"
+    return "".join(c if c.isalnum() else "-" for c in name).strip("-").lower()
+
+
+def _torch_opener(model: Any, card: Any, precision: str, device: str, threads: int | None) -> Callable[[], Engine]:
+    def open_torch() -> Engine:
+        from engines.torch_engine import TorchEngine
+
+        size = card.preprocessing.input_size
+        # The engine casts and moves its module in place: give each precision its own copy.
+        return TorchEngine(copy.deepcopy(model), input_shape=(3, size, size), num_classes=card.num_classes,
+                           precision=precision, device=device, threads=threads)
+
+    return open_torch
+
+
+def plan_for_arch(
+    arch: str,
+    *,
+    backends: Sequence[str],
+    precisions: Sequence[str],
+    batch_sizes: Sequence[int],
+    device: str,
+    threads: int | None,
+    include_copies: bool,
+    cache_dir: Path,
+    calib_data: Path | None = None,
+    calib_samples: int | None = None,
+    progress: Progress | None = None,
+) -> BenchPlan:
+    from resnet_deploy.checkpoints import random_model
+
+    loaded = random_model(arch)
+    cache = ArtifactCache(cache_dir, loaded, calib_data=calib_data, calib_samples=calib_samples, progress=progress)
+    model, card = loaded.model, loaded.card
+    label = card.arch
+    cases: list[BenchCase] = []
+    skipped: list[Skipped] = []
+    notes = [f"{label}: random weights (seed {card.lineage.get('seed', 0)}); latency does not depend on weight "
+             f"values. Built artifacts are cached in {cache.folder}."]
+    for backend in backends:
+        usable, reason = backend_usable(backend, device)
+        for precision in precisions:
+            why = reason if not usable else precision_unsupported(backend, precision, device)
+            if why:
+                skipped.append(Skipped(label, backend, precision, why))
+                continue
+            if backend == "tensorrt":  # like trtexec: one plan per batch size, its profile tuned for it
+                cases += [_tensorrt_case(cache, card.arch, precision, batch, device=device,
+                                         include_copies=include_copies) for batch in batch_sizes]
+                continue
+            cases.append(_arch_case(cache, model, card, backend, precision, device=device, threads=threads))
+    if any(c.precision == "int8" for c in cases):
+        if calib_data is None:
+            notes.append("INT8 models are calibrated on random images: fine for latency, meaningless for accuracy "
+                         "(give --calib-data DIR to calibrate on real images).")
+        else:
+            notes.append(f"INT8 models are calibrated on images from {calib_data}.")
+    return BenchPlan(cases, skipped, notes)
+
+
+def _arch_case(cache: ArtifactCache, model: Any, card: Any, backend: str, precision: str, *, device: str,
+               threads: int | None) -> BenchCase:
+    label = card.arch
+    if backend == "torch":
+        return BenchCase(label, backend, precision, _torch_opener(model, card, precision, device, threads),
+                         artifact="(in memory)")
+    if backend == "onnxruntime":
+        def open_ort() -> Engine:
+            from engines.onnxruntime_engine import OnnxRuntimeEngine
+
+            return OnnxRuntimeEngine(cache.onnx_for(precision), device=device, threads=threads)
+
+        return BenchCase(label, backend, precision, open_ort, artifact=f"{cache.folder}/")
+    if backend == "openvino":
+        def open_openvino() -> Engine:
+            from engines.openvino_engine import OpenVINOEngine
+
+            # fp32/bf16: the FP32 ONNX with that inference precision; int8: the Q/DQ ONNX.
+            source = cache.int8_onnx() if precision == "int8" else cache.fp32_onnx()
+            hint = {"fp32": "f32", "bf16": "bf16"}.get(precision)
+            return OpenVINOEngine(source, device="cpu", performance_hint="LATENCY", inference_precision=hint,
+                                  threads=threads)
+
+        return BenchCase(label, backend, precision, open_openvino, artifact=f"{cache.folder}/")
+
+    raise ValueError(f"no engine for backend {backend!r}")
+
+
+def _tensorrt_case(cache: ArtifactCache, label: str, precision: str, batch: int, *, device: str,
+                   include_copies: bool) -> BenchCase:
+    def open_tensorrt() -> Engine:
+        from resnet_deploy.artifacts import open_engine
+
+        return open_engine(cache.tensorrt_plan(precision, batch), device=device, include_copies=include_copies)
+
+    return BenchCase(label, "tensorrt", precision, open_tensorrt, artifact=f"{cache.folder}/", batch_sizes=(batch,))
+
+
+# --- artifacts given on the command line ------------------------------------------------------------------------
+
+
+def plan_for_artifacts(
+    paths: Sequence[Path],
+    *,
+    backends: Sequence[str] | None,
+    precisions: Sequence[str] | None,
+    device: str,
+    threads: int | None,
+    include_copies: bool,
+) -> BenchPlan:
+    """Each artifact on the backend(s) that open it; a PyTorch FP32 baseline per architecture from its card
+    (random weights) unless a PyTorch artifact of it is given or `--backends` leaves torch out."""
+    from resnet_deploy.artifacts import artifact_card, backend_for, open_engine
+
+    cases: list[BenchCase] = []
+    skipped: list[Skipped] = []
+    notes: list[str] = []
+    cards: dict[str, Any] = {}
+    torch_given: set[str] = set()
+    wanted_backends = list(backends) if backends else None
+    for path in paths:
+        native = backend_for(path)  # raises UsageError for an unknown suffix
+        card = artifact_card(path)  # raises UsageError for a missing file or card
+        label = card.arch
+        cards.setdefault(label, card)
+        runners = [native]
+        if native == "onnxruntime" and wanted_backends and "openvino" in wanted_backends:
+            runners.append("openvino")  # OpenVINO reads ONNX directly
+        if wanted_backends:
+            runners = [b for b in runners if b in wanted_backends]
+            if not runners:
+                raise UsageError(f"{path}: none of --backends {','.join(wanted_backends)} can run a {path.suffix} "
+                                 f"artifact (it runs on {native})")
+        graph = _graph_precision(path)
+        for backend in runners:
+            usable, reason = backend_usable(backend, device)
+            for precision in _artifact_precisions(backend, graph, precisions):
+                why = reason if not usable else precision_unsupported(backend, precision, device)
+                if why:
+                    skipped.append(Skipped(label, backend, precision, why))
+                    continue
+                if backend == "torch" and precision == "fp32":
+                    torch_given.add(label)
+                # OpenVINO on an FP32 model: the precision asked for is its inference precision.
+                hint = {"fp32": "f32", "bf16": "bf16"}.get(precision) if graph == "fp32" else None
+                cases.append(BenchCase(label, backend, precision, _artifact_opener(
+                    open_engine, path, backend, precision, hint, device, threads, include_copies), artifact=str(path)))
+    if wanted_backends is None or "torch" in wanted_backends:
+        for label, card in cards.items():
+            if label in torch_given:
+                continue
+            model = card.build_model()
+            cases.insert(0, BenchCase(label, "torch", "fp32", _torch_opener(model, card, "fp32", device, threads),
+                                      artifact="(baseline from the card)"))
+            notes.append(f"{label}: the PyTorch FP32 baseline is built from the artifact's card with random weights "
+                         "(latency does not depend on weight values).")
+    return BenchPlan(cases, skipped, notes)
+
+
+def _artifact_precisions(backend: str, graph: str, precisions: Sequence[str] | None) -> list[str]:
+    """PyTorch runs the precisions asked for (fp32 by default); OpenVINO picks its inference precision for an
+    FP32 model; everything else runs the precision its graph carries."""
+    if backend == "torch":
+        return list(precisions) if precisions else ["fp32"]
+    if backend == "openvino" and graph == "fp32":
+        return [p for p in (precisions or ["fp32"]) if p in ("fp32", "bf16")] or ["fp32"]
+    return [graph]
+
+
+def _graph_precision(path: Path) -> str:
+    """The precision an artifact's graph carries (PyTorch weights: fp32; engines: their manifest's)."""
+    suffix = path.suffix.lower()
+    if suffix == ".onnx":
+        from engines.onnxruntime_engine import graph_precision
+
+        return graph_precision(path)
+    if suffix in (".safetensors", ".pt", ".pth", ".th"):
+        return "fp32"
+    from resnet_deploy.artifacts import read_manifest
+
+    manifest = read_manifest(path) or {}
+    return str(manifest.get("precision") or "fp32")
+
+
+def _artifact_opener(open_engine: Callable[..., Engine], path: Path, backend: str, precision: str, hint: str | None,
+                     device: str, threads: int | None, include_copies: bool) -> Callable[[], Engine]:
+    def open_artifact() -> Engine:
+        if backend == "openvino":
+            from engines.openvino_engine import OpenVINOEngine
+
+            return OpenVINOEngine(path, device="cpu", performance_hint="LATENCY", inference_precision=hint,
+                                  threads=threads)
+        return open_engine(path, device=device, precision=precision if backend == "torch" else None,
+                           threads=threads, include_copies=include_copies)
+
+    return open_artifact
+
+
+def plan_for_architecture_or_artifacts(arch: str | None, artifacts: Sequence[Path], *, backends: Sequence[str] | None,
+                                       precisions: Sequence[str] | None, batch_sizes: Sequence[int], device: str,
+                                       threads: int | None, include_copies: bool, cache_dir: Path,
+                                       calib_data: Path | None = None, calib_samples: int | None = None,
+                                       progress: Progress | None = None) -> BenchPlan:
+    """`bench ARTIFACT...` or `bench --depth/--arch`: every backend and precision unless narrowed."""
+    if artifacts:
+        return plan_for_artifacts(artifacts, backends=backends, precisions=precisions, device=device,
+                                  threads=threads, include_copies=include_copies)
+    if arch is None:
+        raise UsageError("name a model: artifacts, --depth N or --arch NAME")
+    return plan_for_arch(arch, backends=backends or BACKENDS, precisions=precisions or PRECISIONS,
+                         batch_sizes=batch_sizes, device=device, threads=threads, include_copies=include_copies,
+                         cache_dir=cache_dir, calib_data=calib_data, calib_samples=calib_samples, progress=progress)
+
+
+# --- running ------------------------------------------------------------------------------------------------------
+
+
+def run_plan(
+    plan: BenchPlan,
+    *,
+    batch_sizes: Sequence[int],
+    timing: TimingConfig,
+    include_copies: bool,
+    environment: dict[str, Any],
+    progress: Progress | None = None,
+    on_step: Callable[[], None] | None = None,
+) -> BenchReport:
+    """Time every case at every batch size; a case that cannot open or run a batch size becomes a skipped row.
+    `progress` gets a line before each step, `on_step` is called after each case/batch size."""
+    say = progress or (lambda message: None)
+    step = on_step or (lambda: None)
+    results: list[BenchResult] = []
+    skipped = list(plan.skipped)
+    for case in plan.cases:
+        say(f"opening {case.model} {case.backend} {case.precision}")
+        try:
+            engine = case.open()
+        except BackendUnavailableError as exc:
+            skipped.append(Skipped(case.model, case.backend, case.precision, str(exc), _only(case)))
+            for _ in case.sizes(batch_sizes):
+                step()
+            continue
+        with engine:
+            if engine.precision != case.precision:
+                skipped.append(Skipped(case.model, case.backend, case.precision,
+                                       f"asked for {case.precision}, but {case.backend} runs {engine.precision} here",
+                                       _only(case)))
+                for _ in case.sizes(batch_sizes):
+                    step()
+                continue
+            for batch_size in case.sizes(batch_sizes):
+                say(f"timing {case.model} {case.backend} {case.precision} batch {batch_size}")
+                try:
+                    result = time_engine(engine, batch_size, timing, model=case.model, include_copies=include_copies,
+                                         artifact=case.artifact)
+                except EngineInputError as exc:
+                    skipped.append(Skipped(case.model, case.backend, case.precision, str(exc), batch_size))
+                except EngineError as exc:  # e.g. out of device memory at a large batch
+                    skipped.append(Skipped(case.model, case.backend, case.precision, f"failed: {exc}", batch_size))
+                else:
+                    results.append(result)
+                step()
+    add_speedups(results)
+    return BenchReport(environment=environment, results=results, skipped=skipped, timing=timing,
+                       notes=list(plan.notes))
+
+
+def _only(case: BenchCase) -> int | None:
+    """The batch size a per-batch case stands for (None: all of them)."""
+    return case.batch_sizes[0] if case.batch_sizes and len(case.batch_sizes) == 1 else None
+
+
+def total_steps(plan: BenchPlan, batch_sizes: Sequence[int]) -> int:
+    return sum(len(case.sizes(batch_sizes)) for case in plan.cases)

@@ -1,0 +1,197 @@
+"""A bench run as a Markdown report and a PNG plot (latency vs batch size, throughput per backend/precision).
+
+Both are drawn from the same `BenchReport` the table and the JSON come from, so the picture always
+shows what the table says. Files are written atomically.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from resnet_deploy.atomic import atomic_path, write_text
+from resnet_deploy.bench import CV_WARN_THRESHOLD, BenchReport, BenchResult
+
+BACKEND_COLORS = {"torch": "#ee4c2c", "onnxruntime": "#1f77b4", "openvino": "#7b2d8e", "tensorrt": "#76b900"}
+PRECISION_MARKERS = {"fp32": "o", "fp16": "s", "bf16": "D", "int8": "^"}
+PRECISION_LINES = {"fp32": "-", "fp16": "--", "bf16": "-.", "int8": ":"}
+BACKEND_ORDER = ("torch", "onnxruntime", "openvino", "tensorrt")
+PRECISION_ORDER = ("fp32", "fp16", "bf16", "int8")
+
+
+def series_key(result: BenchResult) -> tuple[int, int, str, str]:
+    """Sort rows as the table shows them: backend, then precision (known ones first)."""
+    b = BACKEND_ORDER.index(result.backend) if result.backend in BACKEND_ORDER else len(BACKEND_ORDER)
+    p = PRECISION_ORDER.index(result.precision) if result.precision in PRECISION_ORDER else len(PRECISION_ORDER)
+    return (b, p, result.backend, result.precision)
+
+
+def ordered_results(results: Sequence[BenchResult]) -> list[BenchResult]:
+    return sorted(results, key=lambda r: (r.model, r.batch_size, series_key(r)))
+
+
+def models_of(report: BenchReport) -> list[str]:
+    seen: dict[str, None] = {}
+    for item in [*report.results, *report.skipped]:
+        seen.setdefault(item.model, None)
+    return list(seen)
+
+
+def fmt_ms(value: float) -> str:
+    return f"{value:.2f}" if value >= 10 else f"{value:.3f}"
+
+
+def fmt_speedup(value: float | None) -> str:
+    return "—" if value is None else f"{value:.2f}×"
+
+
+def environment_lines(env: dict[str, Any]) -> list[str]:
+    """Short human lines for the machine a report was measured on."""
+    cpu = env.get("cpu") or {}
+    lines = [f"- Date: {env.get('date', '?')}",
+             f"- CPU: {cpu.get('model', '?')}, {cpu.get('usable_cores', '?')} usable of "
+             f"{cpu.get('logical_cores', '?')} logical cores"
+             + (f", features {', '.join(cpu['flags'])}" if cpu.get("flags") else "")]
+    gpu = env.get("gpu")
+    if gpu:
+        clocks = f", SM clock {gpu['clocks_sm']}/{gpu['clocks_max_sm']} MHz" if gpu.get("clocks_sm") else ""
+        lines.append(f"- GPU: {gpu.get('name', '?')}, driver {gpu.get('driver_version', '?')}{clocks}")
+    threads = {k: v for k, v in (env.get("threads") or {}).items() if v is not None}
+    if threads:
+        lines.append("- Threads: " + ", ".join(f"{k}={v}" for k, v in threads.items()))
+    versions = {k: v for k, v in (env.get("versions") or {}).items() if v}
+    lines.append("- Versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()))
+    lines.append(f"- Platform: {env.get('platform', '?')}, Python {env.get('python', '?')}")
+    return lines
+
+
+def render_markdown(report: BenchReport, *, command: str | None = None, plot: str | None = None) -> str:
+    out: list[str] = ["# resnet-deploy bench", ""]
+    if command:
+        out += ["Command:", "", "```", command, "```", ""]
+    out += ["## Machine", "", *environment_lines(report.environment), ""]
+    out += ["## Method", "",
+            f"- {report.timing.describe()}; each call synchronized with the device; latency per call in ms.",
+            "- Input: random data of the model's input shape, drawn fresh for each run.",
+            "- Speed-up: PyTorch FP32 mean latency / row mean latency, same model and batch size.",
+            f"- CV (std/mean) above {CV_WARN_THRESHOLD:.0%} is marked ⚠: a noisy machine or unlocked clocks.", ""]
+    if report.notes:
+        out += ["## Notes", "", *[f"- {note}" for note in report.notes], ""]
+    for model in models_of(report):
+        out += [f"## {model}", ""]
+        rows = ordered_results([r for r in report.results if r.model == model])
+        if rows:
+            out += ["| backend | precision | batch | mean ms | std | p50 | p90 | p95 | p99 | min | max | images/s | CV "
+                    "| speed-up vs PyTorch FP32 |",
+                    "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+            for r in rows:
+                s = r.latency_ms
+                cv = f"{r.cv:.1%}" + (" ⚠" if r.noisy else "")
+                out.append(f"| {r.backend} | {r.precision} | {r.batch_size} | {s.mean:.3f} | {s.std:.3f} | "
+                           f"{s.p50:.3f} | {s.p90:.3f} | {s.p95:.3f} | {s.p99:.3f} | {s.min:.3f} | {s.max:.3f} | "
+                           f"{r.throughput_ips:.1f} | {cv} | {fmt_speedup(r.speedup)} |")
+            out.append("")
+            copies = sorted({r.copies for r in rows})
+            out += [f"Device: {', '.join(sorted({r.device for r in rows}))}; host↔device copies: {', '.join(copies)}.",
+                    ""]
+        skipped = [s for s in report.skipped if s.model == model]
+        if skipped:
+            out += ["Skipped:", "", "| backend | precision | batch | reason |", "| --- | --- | --- | --- |"]
+            for s in skipped:
+                batch = "all" if s.batch_size is None else str(s.batch_size)
+                out.append(f"| {s.backend} | {s.precision} | {batch} | {s.reason} |")
+            out.append("")
+    if plot:
+        out += [f"![latency and throughput]({plot})", ""]
+    return "\n".join(out)
+
+
+def write_markdown(report: BenchReport, path: str | Path, *, command: str | None = None,
+                   plot: str | Path | None = None) -> Path:
+    target = Path(path)
+    plot_ref = None
+    if plot is not None:
+        plot = Path(plot)
+        try:  # a link relative to the report, so the pair can move together
+            plot_ref = str(plot.resolve().relative_to(target.resolve().parent))
+        except ValueError:
+            plot_ref = str(plot.resolve())
+    write_text(target, render_markdown(report, command=command, plot=plot_ref))
+    return target
+
+
+def write_plot(report: BenchReport, path: str | Path) -> Path:
+    """Per model: mean latency vs batch size (log scale, p90 as the upper whisker) and throughput bars
+    annotated with the speed-up over PyTorch FP32."""
+    from matplotlib.figure import Figure  # no pyplot: no global state, no display needed
+
+    models = [m for m in models_of(report) if any(r.model == m for r in report.results)]
+    if not models:
+        raise ValueError("nothing was measured; there is nothing to plot")
+    fig = Figure(figsize=(13, 4.8 * len(models)), layout="constrained")
+    axes = fig.subplots(len(models), 2, squeeze=False)
+    for row, model in enumerate(models):
+        results = ordered_results([r for r in report.results if r.model == model])
+        _plot_latency(axes[row][0], model, results)
+        _plot_throughput(axes[row][1], model, results)
+    cpu = (report.environment.get("cpu") or {}).get("model", "?")
+    gpu = (report.environment.get("gpu") or {}).get("name")
+    fig.suptitle(f"resnet-deploy bench on {gpu or cpu} — {report.environment.get('date', '')}", fontsize=11)
+    target = Path(path)
+    with atomic_path(target) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    return target
+
+
+def _series(results: Sequence[BenchResult]) -> dict[tuple[str, str], list[BenchResult]]:
+    series: dict[tuple[str, str], list[BenchResult]] = {}
+    for r in sorted(results, key=series_key):
+        series.setdefault((r.backend, r.precision), []).append(r)
+    return series
+
+
+def _plot_latency(ax: Any, model: str, results: Sequence[BenchResult]) -> None:
+    for (backend, precision), rows in _series(results).items():
+        rows = sorted(rows, key=lambda r: r.batch_size)
+        xs = [r.batch_size for r in rows]
+        means = [r.latency_ms.mean for r in rows]
+        upper = [r.latency_ms.p90 - r.latency_ms.mean for r in rows]
+        lower = [0.0 for _ in rows]
+        ax.errorbar(xs, means, yerr=[lower, [max(u, 0.0) for u in upper]], capsize=3,
+                    color=BACKEND_COLORS.get(backend, "gray"), marker=PRECISION_MARKERS.get(precision, "x"),
+                    linestyle=PRECISION_LINES.get(precision, "-"), label=f"{backend} {precision}")
+    batch_sizes = sorted({r.batch_size for r in results})
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xticks(batch_sizes, [str(b) for b in batch_sizes])
+    ax.set_xlabel("batch size")
+    ax.set_ylabel("latency per call, ms (mean; whisker to p90)")
+    ax.set_title(f"{model}: latency vs batch size")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+
+
+def _plot_throughput(ax: Any, model: str, results: Sequence[BenchResult]) -> None:
+    series = _series(results)
+    batch_sizes = sorted({r.batch_size for r in results})
+    width = 0.8 / max(len(series), 1)
+    for i, ((backend, precision), rows) in enumerate(series.items()):
+        by_batch = {r.batch_size: r for r in rows}
+        xs = [j + (i - (len(series) - 1) / 2) * width for j, b in enumerate(batch_sizes) if b in by_batch]
+        present = [by_batch[b] for b in batch_sizes if b in by_batch]
+        bars = ax.bar(xs, [r.throughput_ips for r in present], width=width * 0.95,
+                      color=BACKEND_COLORS.get(backend, "gray"), hatch=_HATCHES.get(precision, ""),
+                      edgecolor="white", label=f"{backend} {precision}")
+        labels = [fmt_speedup(r.speedup) if r.speedup is not None else "" for r in present]
+        ax.bar_label(bars, labels=labels, fontsize=7, rotation=90, padding=2)
+    ax.set_xticks(range(len(batch_sizes)), [str(b) for b in batch_sizes])
+    ax.set_xlabel("batch size")
+    ax.set_ylabel("throughput, images/s (label: speed-up vs PyTorch FP32)")
+    ax.set_title(f"{model}: throughput")
+    ax.margins(y=0.15)
+    ax.grid(True, axis="y", alpha=0.3)
+    ax.legend(fontsize=8)
+
+
+_HATCHES = {"fp32": "", "fp16": "//", "bf16": "..", "int8": "xx"}
