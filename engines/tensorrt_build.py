@@ -242,12 +242,15 @@ def _configure(trt: Any, plan: VersionPlan, config: Any, settings: BuildSettings
 
 
 def _attach_timing_cache(config: Any, data: bytes | None) -> str:
-    cache = config.create_timing_cache(data or b"")
-    if config.set_timing_cache(cache, False):
+    try:
+        cache = config.create_timing_cache(data or b"")
+    except Exception:  # a corrupt cache file: treated like a refused one below
+        cache = None
+    if cache is not None and config.set_timing_cache(cache, False):
         return "loaded" if data else "created"
-    # A cache from another GPU or TensorRT version is refused: start an empty one rather than fail.
+    # A cache from another GPU or TensorRT version (or a corrupt one) is refused: start empty rather than fail.
     fresh = config.create_timing_cache(b"")
-    if not config.set_timing_cache(fresh, False):
+    if fresh is None or not config.set_timing_cache(fresh, False):
         raise TensorRTBuildError("TensorRT refused even an empty timing cache")
     return "rejected (rebuilt)"
 

@@ -9,9 +9,10 @@ returns is checked. Device buffers are torch CUDA tensors (no pycuda); host stag
 For `bench`: with `include_copies=True` (the default) a timed call is the whole `infer` (host→device
 copy, execution, device→host copy). With `include_copies=False`, `timed_call(batch)` copies the batch
 to the GPU once and times the execution only; `prepare` / `run_prepared` / `fetch` expose the same
-steps. `cuda_graph=True` captures the execution for each fixed batch shape as a CUDA graph (after one
-plain run) and replays it; if capture fails the engine falls back to plain execution and says why in
-`describe()`.
+steps. `cuda_graph=True` captures the execution for a fixed batch shape as a CUDA graph (after one
+plain run) and replays it while that shape stays; a new batch size re-captures (so keep the batch size
+fixed when timing with graphs). If capture fails the engine falls back to plain execution and says
+why in `describe()`.
 
 Pages followed:
 * Python API, ICudaEngine / IExecutionContext / Runtime (10.x "latest" and 11.4):
@@ -191,7 +192,10 @@ class TensorRTEngine(Engine):
         if not ctx.set_input_shape(self._in_name, shape):
             raise EngineError(f"{self.path}: TensorRT refused input shape {shape}. "
                               f"{format_log_tail(self._logger.tail())}")
-        self._active = None  # the context's shape changed
+        # The context's shape changed: no slot is bound any more, and a captured graph (which froze the
+        # old shape and context state) must be captured again.
+        self._active = None
+        self._graph, self._graph_slot = None, None
         out_shape = tuple(int(d) for d in ctx.get_tensor_shape(self._out_name))
         if any(d < 0 for d in out_shape):
             raise EngineError(f"{self.path}: output shape {out_shape} is still unknown after setting the input")
@@ -225,6 +229,7 @@ class TensorRTEngine(Engine):
         """Point the context at this slot's shape and buffers (skipped when it already is)."""
         if self._active is slot:
             return
+        self._graph, self._graph_slot = None, None  # captured for another shape/context state
         ctx = self._context
         shape = tuple(slot.device_input.shape)
         if not ctx.set_input_shape(self._in_name, shape):

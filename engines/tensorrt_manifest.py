@@ -143,6 +143,8 @@ def stale_reasons(manifest: EngineManifest, env: RunningEnvironment,
     reasons: list[str] = []
     built = plan_version or parse_version(manifest.tensorrt_version)
     running = parse_version(env.tensorrt_version)
+    if plan_version is not None:  # the header stores each part in one byte
+        running = tuple(part & 0xFF for part in running)
     if not load_compatible(built, running, version_compatible=manifest.version_compatible):
         reason = f"it was built with TensorRT {format_version(built)} but TensorRT {env.tensorrt_version} is installed"
         if manifest.version_compatible or running < built:

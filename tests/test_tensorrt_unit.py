@@ -277,6 +277,13 @@ def test_the_plan_header_version_wins_over_the_manifest():
     assert stale_reasons(_manifest(), A100, plan_version=(10, 8, 0, 43))
 
 
+def test_header_version_parts_are_single_bytes():
+    # A build number above 255 is stored modulo 256 in the header: still the same TensorRT.
+    manifest = _manifest(tensorrt_version="10.13.3.300")
+    env = RunningEnvironment("10.13.3.300", A100.gpu_name, (8, 0))
+    assert stale_reasons(manifest, env, plan_version=(10, 13, 3, 300 & 0xFF)) == []
+
+
 def test_other_gpu_is_stale_unless_built_hardware_compatible():
     h100 = RunningEnvironment("10.13.3.9", "NVIDIA H100 80GB HBM3", (9, 0))
     (reason,) = stale_reasons(_manifest(), h100)
