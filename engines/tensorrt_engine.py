@@ -27,6 +27,7 @@ Pages followed:
 
 from __future__ import annotations
 
+import hashlib
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -36,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from engines.base import Engine, EngineError, EngineInputError, TensorInfo
-from engines.tensorrt_manifest import RunningEnvironment, check_compatible, read_manifest
+from engines.tensorrt_manifest import ManifestError, RunningEnvironment, check_compatible, read_manifest
 from engines.tensorrt_support import (
     PLAN_HEADER_SIZE,
     device_index,
@@ -93,6 +94,9 @@ class TensorRTEngine(Engine):
         plan_version = read_plan_version(data[:PLAN_HEADER_SIZE])
         if plan_version is None:
             raise EngineInputError(f"{self.path}: not a TensorRT plan (its header lacks the plan tag)")
+        if manifest.plan_sha256 and hashlib.sha256(data).hexdigest() != manifest.plan_sha256:
+            raise ManifestError(f"{self.path}: its manifest describes another plan (sha256 differs); rebuild it "
+                                "with `resnet-deploy build-engine --target tensorrt`")
         props = torch.cuda.get_device_properties(index)
         env = RunningEnvironment(trt.__version__, props.name, (props.major, props.minor))
         check_compatible(manifest, env, plan_path=self.path, plan_version=plan_version)

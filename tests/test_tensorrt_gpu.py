@@ -157,6 +157,17 @@ def test_stale_engine_is_refused(fp32_plan, tmp_path: Path):
         TensorRTEngine(plan)
 
 
+def test_manifest_of_another_plan_is_refused(fp32_plan, tmp_path: Path):
+    from engines.tensorrt_engine import TensorRTEngine
+    from engines.tensorrt_manifest import ManifestError
+
+    plan = tmp_path / "edited.plan"
+    plan.write_bytes(fp32_plan.plan_path.read_bytes() + b"\0")
+    shutil.copy(fp32_plan.manifest_path, tmp_path / "edited.plan.json")
+    with pytest.raises(ManifestError, match="sha256 differs"):
+        TensorRTEngine(plan)
+
+
 def test_timing_cache_is_reused(fp32_plan, workdir: Path, onnx_fp32: Path):
     options = TensorRTBuildOptions(min_batch=1, opt_batch=4, max_batch=8, timing_cache=fp32_plan.timing_cache)
     again = build_tensorrt_engine(onnx_fp32, workdir / "again.plan", precision="fp32", options=options)
