@@ -1,0 +1,246 @@
+"""The engine contract: every backend available here meets the same interface (engines.base.Engine).
+
+One suite, parametrized over `ENGINE_FACTORIES`. A new backend (TensorRT, OpenVINO) adds one
+`EngineFactory` entry to that list: a `make(model)` that opens its engine on the shared contract
+model (a PyTorch module, its card file and its ONNX export), the tolerance it is held to against
+the PyTorch fp32 reference, an `unavailable()` that returns a skip reason (or None), and marks
+(`pytest.mark.gpu` for CUDA/TensorRT).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from engines.base import Engine, EngineError, EngineInputError, TensorInfo
+from resnet_deploy.export import compare_logits
+
+ARCH = "resnet20"
+INPUT_SHAPE = (3, 32, 32)
+NUM_CLASSES = 10
+PRECISIONS = {"fp32", "fp16", "bf16", "int8"}
+
+
+@dataclass
+class ContractModel:
+    """The model every engine is opened on, in each artifact form a backend may need."""
+
+    module: torch.nn.Module  # fp32 reference; factories must copy it before changing it
+    card_path: Path  # .safetensors model card
+    onnx_path: Path  # verified FP32 ONNX export
+    workdir: Path  # where a backend may build its own artifact (engine plan, IR)
+
+
+@dataclass(frozen=True)
+class EngineFactory:
+    id: str
+    make: Callable[[ContractModel], Engine]
+    tolerance: float  # max |logit diff| vs the fp32 reference, relative to max(1, max |logit|)
+    unavailable: Callable[[], str | None] = lambda: None
+    marks: tuple[Any, ...] = ()
+    deterministic: bool = True  # same input, same output bit for bit
+
+
+def _cuda_unavailable() -> str | None:
+    return None if torch.cuda.is_available() else "CUDA is not available"
+
+
+def _ort_cuda_unavailable() -> str | None:
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        return "ONNX Runtime has no CUDAExecutionProvider"
+    return _cuda_unavailable()
+
+
+def _torch(precision: str, device: str = "cpu", channels_last: bool = False) -> Callable[[ContractModel], Engine]:
+    def make(model: ContractModel) -> Engine:
+        from engines.torch_engine import TorchEngine
+
+        return TorchEngine(copy.deepcopy(model.module), input_shape=INPUT_SHAPE, num_classes=NUM_CLASSES,
+                           precision=precision, device=device, channels_last=channels_last)
+
+    return make
+
+
+def _torch_card(model: ContractModel) -> Engine:
+    from resnet_deploy.artifacts import open_engine
+
+    return open_engine(model.card_path)
+
+
+def _onnxruntime_cpu(model: ContractModel) -> Engine:
+    from resnet_deploy.artifacts import open_engine
+
+    return open_engine(model.onnx_path, threads=1)
+
+
+def _onnxruntime_cuda(model: ContractModel) -> Engine:
+    from engines.onnxruntime_engine import OnnxRuntimeEngine
+
+    engine = OnnxRuntimeEngine(model.onnx_path, device="cuda")
+    assert engine.providers[0] == "CUDAExecutionProvider", f"fell back to {engine.providers}"
+    return engine
+
+
+# Other backends append their factories here (TensorRT, OpenVINO, ...).
+ENGINE_FACTORIES: list[EngineFactory] = [
+    EngineFactory("torch-fp32", _torch("fp32"), tolerance=1e-5),
+    EngineFactory("torch-fp32-channels-last", _torch("fp32", channels_last=True), tolerance=1e-4),
+    EngineFactory("torch-bf16", _torch("bf16"), tolerance=5e-2),
+    EngineFactory("torch-card-file", _torch_card, tolerance=1e-5),
+    EngineFactory("onnxruntime-cpu", _onnxruntime_cpu, tolerance=1e-4),
+    # CUDA convolutions default to TF32 in PyTorch and ONNX Runtime, hence the looser FP32 bounds.
+    EngineFactory("torch-cuda-fp32", _torch("fp32", "cuda"), tolerance=1e-2, unavailable=_cuda_unavailable,
+                  marks=(pytest.mark.gpu,), deterministic=False),
+    EngineFactory("torch-cuda-fp16", _torch("fp16", "cuda"), tolerance=5e-2, unavailable=_cuda_unavailable,
+                  marks=(pytest.mark.gpu,), deterministic=False),
+    EngineFactory("onnxruntime-cuda", _onnxruntime_cuda, tolerance=1e-2, unavailable=_ort_cuda_unavailable,
+                  marks=(pytest.mark.gpu,), deterministic=False),
+]
+
+
+def calibrate_batchnorm(module: torch.nn.Module, *, shape: tuple[int, ...], batches: int = 4, seed: int = 0) -> None:
+    """Give BatchNorm real running statistics (train-mode passes), so logits look like a trained model's."""
+    torch.manual_seed(seed)
+    norms = [m for m in module.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None  # cumulative average over the calibration batches
+    module.train()
+    with torch.no_grad():
+        for _ in range(batches):
+            module(torch.randn(16, *shape))
+    for norm in norms:
+        norm.momentum = 0.1
+    module.eval()
+
+
+@pytest.fixture(scope="module")
+def contract_model(tmp_path_factory: pytest.TempPathFactory) -> ContractModel:
+    from resnet_deploy.card import save_card
+    from resnet_deploy.checkpoints import load_model, random_model
+    from resnet_deploy.export import export_onnx
+
+    workdir = tmp_path_factory.mktemp("contract")
+    loaded = random_model(ARCH)
+    calibrate_batchnorm(loaded.model, shape=INPUT_SHAPE)
+    card_path = save_card(workdir / f"{ARCH}.safetensors", loaded.model, loaded.card)
+    onnx_path = export_onnx(load_model(card_path), workdir / f"{ARCH}.onnx").path
+    return ContractModel(module=loaded.model, card_path=card_path, onnx_path=onnx_path, workdir=workdir)
+
+
+@pytest.fixture(scope="module")
+def inputs() -> dict[int, np.ndarray]:
+    rng = np.random.default_rng(7)
+    return {n: rng.standard_normal((n, *INPUT_SHAPE), dtype=np.float32) for n in (1, 7)}
+
+
+@pytest.fixture(scope="module")
+def reference(contract_model: ContractModel, inputs: dict[int, np.ndarray]) -> dict[int, np.ndarray]:
+    with torch.inference_mode():
+        return {n: contract_model.module(torch.from_numpy(x)).numpy() for n, x in inputs.items()}
+
+
+def _params() -> list[Any]:
+    return [pytest.param(f, id=f.id, marks=f.marks) for f in ENGINE_FACTORIES]
+
+
+@pytest.fixture(scope="module", params=_params())
+def factory(request: pytest.FixtureRequest) -> EngineFactory:
+    reason = request.param.unavailable()
+    if reason:
+        pytest.skip(f"{request.param.id}: {reason}")
+    return request.param
+
+
+@pytest.fixture(scope="module")
+def engine(factory: EngineFactory, contract_model: ContractModel) -> Any:
+    with factory.make(contract_model) as opened:
+        yield opened
+
+
+def test_describes_itself(engine: Engine) -> None:
+    assert isinstance(engine.name, str) and engine.name not in ("", "base")
+    assert engine.precision in PRECISIONS
+    assert isinstance(engine.device, str) and engine.device
+    described = engine.describe()
+    assert {"backend", "precision", "device"} <= described.keys()
+    json.dumps(described, default=str)  # recordable next to a result
+
+
+def test_io_metadata(engine: Engine) -> None:
+    assert isinstance(engine.input, TensorInfo) and isinstance(engine.output, TensorInfo)
+    assert engine.input.name == "input"
+    assert engine.input.dtype == "float32"
+    assert engine.input.shape[0] is None, "the contract model has a dynamic batch axis"
+    assert tuple(engine.input.shape[1:]) == INPUT_SHAPE
+    assert engine.output.dtype == "float32"
+    assert engine.output.shape[-1] == NUM_CLASSES
+
+
+@pytest.mark.parametrize("batch_size", [1, 7])
+def test_shapes_dtypes_and_agreement(
+    engine: Engine, factory: EngineFactory, inputs: dict[int, np.ndarray], reference: dict[int, np.ndarray],
+    batch_size: int,
+) -> None:
+    logits = engine.infer(inputs[batch_size])
+    assert isinstance(logits, np.ndarray)
+    assert logits.shape == (batch_size, NUM_CLASSES)
+    assert logits.dtype == np.float32
+    assert np.isfinite(logits).all()
+    result = compare_logits(reference[batch_size], logits, "random", batch_size, factory.tolerance, relative=True)
+    assert result.passed, f"{factory.id}: max |diff| {result.max_abs_diff:.3g} > {result.allowed:.3g} " \
+                          f"or {result.disagreements} top-1 disagreements"
+
+
+def test_deterministic_and_batch_independent(
+    engine: Engine, factory: EngineFactory, inputs: dict[int, np.ndarray]
+) -> None:
+    batch = inputs[7]
+    first, second = engine.infer(batch), engine.infer(batch.copy())
+    if factory.deterministic:
+        np.testing.assert_array_equal(first, second)
+    else:
+        np.testing.assert_allclose(first, second, rtol=0, atol=factory.tolerance * max(1.0, np.abs(first).max()))
+    # A sample's logits do not depend on the rest of its batch.
+    single = engine.infer(np.ascontiguousarray(batch[3:4]))
+    np.testing.assert_allclose(single[0], first[3], rtol=0, atol=factory.tolerance * max(1.0, np.abs(first).max()))
+    assert not np.shares_memory(first, batch)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        pytest.param(np.zeros((2, 3, 31, 32), np.float32), id="wrong-spatial-size"),
+        pytest.param(np.zeros((2, 1, 32, 32), np.float32), id="wrong-channels"),
+        pytest.param(np.zeros((3, 32, 32), np.float32), id="no-batch-axis"),
+        pytest.param(np.zeros((2, 32, 32, 3), np.float32), id="nhwc"),
+        pytest.param(np.zeros((2, 3, 32, 32), np.float64), id="float64"),
+        pytest.param(np.zeros((2, 3, 32, 32), np.uint8), id="uint8"),
+        pytest.param(np.zeros((0, 3, 32, 32), np.float32), id="empty-batch"),
+        pytest.param([[0.0] * 32] * 32, id="not-an-array"),
+    ],
+)
+def test_rejects_bad_input_cleanly(engine: Engine, bad: Any) -> None:
+    with pytest.raises(EngineInputError) as caught:
+        engine.infer(bad)
+    assert isinstance(caught.value, EngineError) and caught.value.exit_code == 2
+    assert "\n" not in str(caught.value) and str(caught.value)
+
+
+def test_close_and_context_manager(factory: EngineFactory, contract_model: ContractModel,
+                                   inputs: dict[int, np.ndarray]) -> None:
+    with factory.make(contract_model) as opened:
+        assert opened.infer(inputs[1]).shape == (1, NUM_CLASSES)
+    with pytest.raises(EngineError, match="closed"):
+        opened.infer(inputs[1])
+    opened.close()  # closing twice is harmless
