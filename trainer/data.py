@@ -1,0 +1,472 @@
+"""Training data: splits, the data order, and two loaders.
+
+* Small fixed-size data (CIFAR-like): every image is decoded ONCE into a uint8 tensor (cached on disk,
+  keyed by the file list, so 50k JPEGs are not decoded again next run), kept on the training device,
+  and batches are gathered and augmented there as tensor operations. The GPU never waits on Python.
+* Large data (ImageNet-like): worker processes decode and augment, pinned memory, persistent workers.
+
+Both draw batches from one `BatchPlan`: a per-epoch permutation seeded by (seed, epoch), cut into
+global batches, each rank taking its slice. Batch `i` is a pure function of (seed, i), which is what
+makes `--resume` exact and keeps DDP ranks disjoint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from resnet_deploy.atomic import atomic_path
+from resnet_deploy.data import ImageDataset, open_dataset
+from resnet_deploy.errors import UsageError
+from trainer.augment import mix_seed, normalize, pca_lighting, random_crop_flip, seeded
+
+CACHE_VERSION = 1
+TENSOR_LOADER_LIMIT_BYTES = 16 << 30  # beyond this, decoded images do not belong in one tensor
+Progress = Callable[[int], None]
+
+
+# --- splits ----------------------------------------------------------------------------------------
+
+
+@dataclass
+class TrainData:
+    """The training split (all of it, plus which rows train and which are held out) and the test split."""
+
+    root: Path
+    train: ImageDataset
+    train_rows: list[int]
+    holdout_rows: list[int]  # empty unless --val-split
+    test: ImageDataset
+    test_split: str
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.train.class_names
+
+    @property
+    def eval_split(self) -> str:
+        return "holdout" if self.holdout_rows else self.test_split
+
+    def describe(self) -> str:
+        held = f" ({len(self.holdout_rows)} held out for validation)" if self.holdout_rows else ""
+        return (f"{self.root}: {len(self.train_rows)} training images{held}, {len(self.test)} {self.test_split} "
+                f"images, {len(self.class_names)} classes ({self.train.kind})")
+
+
+def open_train_data(root: str | Path, *, val_split: int = 0, seed: int = 0) -> TrainData:
+    """`DIR/train` + `DIR/val` or `DIR/test` (ImageFolder), or CIFAR-10/100 python batches."""
+    root = Path(root)
+    if not root.is_dir():
+        raise UsageError(f"--data {root}: no such folder (expected DIR/train/<class>/... and DIR/val or DIR/test)")
+    try:
+        train = open_dataset(root, split="train")
+    except UsageError as exc:
+        raise UsageError(f"--data {root}: no training split ({exc}); expected DIR/train/<class>/<image> and "
+                         "DIR/val or DIR/test, or CIFAR python batches") from None
+    test_split = "test"
+    if train.kind == "cifar":
+        test = open_dataset(root, split="test")
+    else:
+        names = [name for name in ("val", "test") if (root / name).is_dir()]
+        if not names:
+            raise UsageError(f"--data {root}: no val/ or test/ folder beside train/ to evaluate on")
+        test_split = names[0]
+        test = open_dataset(root, split=test_split)
+    if test.class_names != train.class_names:
+        only_train = sorted(set(train.class_names) - set(test.class_names))
+        only_test = sorted(set(test.class_names) - set(train.class_names))
+        raise UsageError(
+            f"--data {root}: train/ and {test_split}/ have different classes "
+            f"(only in train: {', '.join(only_train[:5]) or '-'}; "
+            f"only in {test_split}: {', '.join(only_test[:5]) or '-'})"
+        )
+    rows = list(range(len(train)))
+    holdout: list[int] = []
+    if val_split:
+        if not 0 < val_split < len(train):
+            raise UsageError(f"--val-split {val_split}: must be between 1 and {len(train) - 1} images")
+        order = torch.randperm(len(train), generator=torch.Generator().manual_seed(mix_seed(seed, 0x5B1)))
+        holdout = sorted(order[:val_split].tolist())
+        rows = sorted(order[val_split:].tolist())
+    return TrainData(root, train, rows, holdout, test, test_split)
+
+
+# --- the data order --------------------------------------------------------------------------------
+
+
+@dataclass
+class BatchPlan:
+    """Which rows each rank trains on at each iteration; the last partial batch of an epoch is dropped."""
+
+    num_samples: int
+    per_rank: int
+    world_size: int
+    rank: int
+    seed: int
+    _cache: tuple[int, torch.Tensor] | None = field(default=None, repr=False)
+
+    @property
+    def global_batch(self) -> int:
+        return self.per_rank * self.world_size
+
+    @property
+    def iters_per_epoch(self) -> int:
+        return self.num_samples // self.global_batch
+
+    def order(self, epoch: int) -> torch.Tensor:
+        if self._cache is None or self._cache[0] != epoch:
+            generator = torch.Generator().manual_seed(mix_seed(self.seed, epoch, 0xDA7A))
+            self._cache = (epoch, torch.randperm(self.num_samples, generator=generator))
+        return self._cache[1]
+
+    def position(self, iteration: int) -> tuple[int, int]:
+        """(epoch, step within the epoch)."""
+        return divmod(iteration, self.iters_per_epoch)
+
+    def slice_of(self, step: int) -> slice:
+        start = step * self.global_batch + self.rank * self.per_rank
+        return slice(start, start + self.per_rank)
+
+    def indices(self, iteration: int) -> torch.Tensor:
+        epoch, step = self.position(iteration)
+        return self.order(epoch)[self.slice_of(step)]
+
+
+# --- decoding once into a tensor -------------------------------------------------------------------
+
+
+def default_cache_dir() -> Path:
+    if os.environ.get("RESNET_DEPLOY_CACHE"):
+        return Path(os.environ["RESNET_DEPLOY_CACHE"]) / "decoded"
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "resnet-deploy" / "decoded"
+
+
+def cache_key(dataset: ImageDataset, size: int) -> str:
+    """Identifies the decoded tensor: every file's path, size and mtime, the labels and the image size."""
+    digest = hashlib.sha256(f"v{CACHE_VERSION}|{size}|{dataset.root.resolve()}|".encode())
+    for sample, label in zip(dataset.samples, dataset.labels, strict=True):
+        stat = os.stat(sample)
+        digest.update(f"{sample}|{stat.st_size}|{stat.st_mtime_ns}|{label}\n".encode())
+    return digest.hexdigest()[:32]
+
+
+def _decode_one(dataset: ImageDataset, index: int, size: int) -> np.ndarray:
+    image = dataset.load(index)
+    if image.size != (size, size):
+        # The evaluation contract of a card without resize: shorter side to `size`, centre crop.
+        from torchvision.transforms.v2 import functional as F
+
+        tensor = F.center_crop(F.resize(F.to_image(image), size, antialias=True), [size, size])
+        return tensor.permute(1, 2, 0).numpy()
+    return np.asarray(image, dtype=np.uint8)
+
+
+@dataclass
+class DecodedImages:
+    images: torch.Tensor  # uint8 (N, 3, S, S)
+    labels: torch.Tensor  # int64 (N,)
+    cache_file: Path | None = None
+    from_cache: bool = False
+
+
+def decode_images(
+    dataset: ImageDataset,
+    size: int,
+    *,
+    cache_dir: Path | None,
+    threads: int = 2,
+    progress: Progress | None = None,
+) -> DecodedImages:
+    """All of `dataset` as one uint8 tensor, decoded once and cached as `.npz` under `cache_dir`."""
+    labels = torch.tensor(dataset.labels, dtype=torch.int64)
+    if dataset.arrays is not None:  # CIFAR batches are already pixels
+        arrays = dataset.arrays[np.asarray(dataset.samples, dtype=np.int64)]
+        images = torch.from_numpy(np.ascontiguousarray(arrays.transpose(0, 3, 1, 2)))
+        if size != images.shape[-1]:
+            from torchvision.transforms.v2 import functional as F
+
+            images = F.center_crop(F.resize(images, size, antialias=True), [size, size])
+        return DecodedImages(images, labels)
+
+    cache_file = cache_dir / f"{cache_key(dataset, size)}.npz" if cache_dir is not None else None
+    if cache_file is not None and cache_file.is_file():
+        try:
+            with np.load(cache_file, allow_pickle=False) as data:
+                cached = torch.from_numpy(data["images"].copy())
+            if cached.shape == (len(dataset), 3, size, size):
+                return DecodedImages(cached, labels, cache_file, from_cache=True)
+        except (OSError, ValueError, KeyError):
+            pass  # a damaged cache is decoded again and overwritten
+
+    pixels = np.empty((len(dataset), size, size, 3), dtype=np.uint8)
+
+    def work(index: int) -> int:
+        pixels[index] = _decode_one(dataset, index, size)
+        return index
+
+    # PIL releases the GIL while decoding, so threads overlap file reads and decoding.
+    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+        for done, _ in enumerate(pool.map(work, range(len(dataset)), chunksize=256), start=1):
+            if progress is not None and (done % 1024 == 0 or done == len(dataset)):
+                progress(done)
+    images = torch.from_numpy(np.ascontiguousarray(pixels.transpose(0, 3, 1, 2)))
+    if cache_file is not None:
+        try:
+            with atomic_path(cache_file) as tmp, open(tmp, "wb") as handle:
+                np.savez(handle, images=images.numpy())
+        except OSError:
+            cache_file = None  # a read-only cache folder only costs the next run a decode
+    return DecodedImages(images, labels, cache_file, from_cache=False)
+
+
+def channel_stats(images_u8: torch.Tensor) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
+    """Per-channel mean and std of uint8 images, scaled to [0, 1]."""
+    total = torch.zeros(3, dtype=torch.float64)
+    squares = torch.zeros(3, dtype=torch.float64)
+    for chunk in images_u8.split(4096):
+        values = chunk.to(torch.float64).div_(255)
+        total += values.sum(dim=(0, 2, 3))
+        squares += values.square().sum(dim=(0, 2, 3))
+    count = images_u8.shape[0] * images_u8.shape[2] * images_u8.shape[3]
+    mean = total / count
+    std = (squares / count - mean.square()).clamp_min(1e-12).sqrt()
+    return tuple(round(float(v), 4) for v in mean), tuple(round(float(v), 4) for v in std)  # type: ignore[return-value]
+
+
+def tensor_bytes(count: int, size: int) -> int:
+    return count * 3 * size * size
+
+
+# --- batches ---------------------------------------------------------------------------------------
+
+
+def _stats(values: tuple[float, ...], device: torch.device) -> torch.Tensor:
+    return torch.tensor(values, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+
+
+class TensorBatches:
+    """Training batches gathered and augmented on the device from a resident uint8 tensor."""
+
+    def __init__(  # noqa: PLR0913
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        plan: BatchPlan,
+        *,
+        device: torch.device,
+        mean: tuple[float, float, float],
+        std: tuple[float, float, float],
+        padding: int,
+        channels_last: bool,
+        seed: int,
+    ) -> None:
+        self.images = images.to(device)
+        self.labels = labels.to(device)
+        self.plan = plan
+        self.device = device
+        self.mean, self.std = _stats(mean, device), _stats(std, device)
+        self.padding = padding
+        self.channels_last = channels_last
+        self.seed = seed
+        self.generator = torch.Generator(device=device)
+        self._epoch: int | None = None
+        self._order: torch.Tensor | None = None
+
+    def get(self, iteration: int) -> tuple[torch.Tensor, torch.Tensor]:
+        epoch, step = self.plan.position(iteration)
+        if epoch != self._epoch:  # one host→device copy of the permutation per epoch
+            self._order = self.plan.order(epoch).to(self.device)
+            self._epoch = epoch
+        assert self._order is not None
+        rows = self._order[self.plan.slice_of(step)]
+        x = normalize(self.images[rows], self.mean, self.std)
+        x = random_crop_flip(x, self.padding, seeded(self.generator, self.seed, iteration, self.plan.rank, 0xA06))
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x, self.labels[rows]
+
+    def close(self) -> None:
+        pass
+
+
+class _KeyedDataset(torch.utils.data.Dataset):
+    """Sample (position, seed) → augmented uint8 tensor: each sample's randomness is its own seed."""
+
+    def __init__(self, dataset: ImageDataset, rows: list[int], transform: Callable) -> None:
+        self.dataset, self.rows, self.transform = dataset, rows, transform
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, int]:
+        position, seed = key
+        row = self.rows[position]
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            image = self.transform(self.dataset.load(row))
+        return image, self.dataset.labels[row]
+
+
+class _PlanBatchSampler:
+    """Yields the keys of iterations [start, stop); the trainer moves the window one epoch at a time."""
+
+    def __init__(self, plan: BatchPlan, seed: int) -> None:
+        self.plan, self.seed = plan, seed
+        self.start = self.stop = 0
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        for iteration in range(self.start, self.stop):
+            yield [(int(i), mix_seed(self.seed, iteration, int(i))) for i in self.plan.indices(iteration)]
+
+    def __len__(self) -> int:
+        return max(0, self.stop - self.start)
+
+
+def train_transform(recipe_augmentation: str, size: int, padding: int, scale_range: tuple[int, int] | None,
+                    resize_to: int | None) -> Callable:
+    """Per-image augmentation in the workers, on uint8 (colour jitter included); PCA lighting is on the device."""
+    from torchvision.transforms import v2
+
+    if recipe_augmentation == "scale-crop-flip-colour":
+        low, high = scale_range or (256, 480)
+        return v2.Compose([
+            v2.ToImage(),
+            v2.RandomShortestSize(min_size=list(range(low, high + 1)), antialias=True),
+            v2.RandomCrop(size, pad_if_needed=True),
+            v2.RandomHorizontalFlip(),
+            v2.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.4),
+        ])
+    return v2.Compose([
+        v2.ToImage(),
+        v2.Resize(resize_to or size, antialias=True),
+        v2.CenterCrop(size),
+        v2.RandomCrop(size, padding=padding),
+        v2.RandomHorizontalFlip(),
+    ])
+
+
+class WorkerBatches:
+    """Training batches decoded and augmented by DataLoader workers; normalized on the device."""
+
+    def __init__(  # noqa: PLR0913
+        self,
+        dataset: ImageDataset,
+        rows: list[int],
+        plan: BatchPlan,
+        transform: Callable,
+        *,
+        device: torch.device,
+        mean: tuple[float, float, float],
+        std: tuple[float, float, float],
+        workers: int,
+        channels_last: bool,
+        lighting_std: float,
+        seed: int,
+    ) -> None:
+        self.plan, self.device, self.seed = plan, device, seed
+        self.mean, self.std = _stats(mean, device), _stats(std, device)
+        self.channels_last, self.lighting_std = channels_last, lighting_std
+        self.sampler = _PlanBatchSampler(plan, seed)
+        self.loader = torch.utils.data.DataLoader(
+            _KeyedDataset(dataset, rows, transform),
+            batch_sampler=self.sampler,
+            num_workers=workers,
+            pin_memory=device.type == "cuda",
+            persistent_workers=workers > 0,
+            prefetch_factor=4 if workers > 0 else None,
+        )
+        self.generator = torch.Generator(device=device)
+        self._iterator: Iterator | None = None
+        self._next = -1
+
+    def get(self, iteration: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._iterator is None or iteration != self._next:
+            epoch, _ = self.plan.position(iteration)
+            self.sampler.start, self.sampler.stop = iteration, (epoch + 1) * self.plan.iters_per_epoch
+            self._iterator = iter(self.loader)
+        try:
+            images, labels = next(self._iterator)
+        except StopIteration:
+            self._iterator = None
+            return self.get(iteration)
+        self._next = iteration + 1
+        if self._next % self.plan.iters_per_epoch == 0:
+            self._iterator = None  # the next epoch starts a new pass (persistent workers stay up)
+        images = images.to(self.device, non_blocking=True)
+        labels = labels.to(self.device, non_blocking=True)
+        x = images.float().div_(255)
+        if self.lighting_std:
+            x = pca_lighting(x, self.lighting_std, seeded(self.generator, self.seed, iteration, self.plan.rank, 0x119))
+        x = x.sub_(self.mean).div_(self.std)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x, labels
+
+    def close(self) -> None:
+        self._iterator = None
+        del self.loader
+
+
+# --- evaluation batches ----------------------------------------------------------------------------
+
+
+def tensor_eval_batches(
+    images: torch.Tensor, labels: torch.Tensor, *, batch_size: int, rank: int, world_size: int,
+    device: torch.device, mean: tuple[float, float, float], std: tuple[float, float, float], channels_last: bool,
+) -> Callable[[], Iterator[tuple[torch.Tensor, torch.Tensor]]]:
+    """Each rank evaluates rows rank, rank + world, ... of a resident uint8 tensor."""
+    shard_images = images[rank::world_size].to(device)
+    shard_labels = labels[rank::world_size].to(device)
+    mean_t, std_t = _stats(mean, device), _stats(std, device)
+
+    def batches() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for start in range(0, shard_images.shape[0], batch_size):
+            x = normalize(shard_images[start:start + batch_size], mean_t, std_t)
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            yield x, shard_labels[start:start + batch_size]
+
+    return batches
+
+
+class _RowsDataset(torch.utils.data.Dataset):
+    def __init__(self, dataset: ImageDataset, rows: list[int], transform: Callable) -> None:
+        self.dataset, self.rows, self.transform = dataset, rows, transform
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, position: int) -> tuple[torch.Tensor, int]:
+        row = self.rows[position]
+        return self.transform(self.dataset.load(row)), self.dataset.labels[row]
+
+
+def worker_eval_batches(
+    dataset: ImageDataset, rows: list[int], transform: Callable, *, batch_size: int, rank: int, world_size: int,
+    device: torch.device, workers: int, channels_last: bool,
+) -> Callable[[], Iterator[tuple[torch.Tensor, torch.Tensor]]]:
+    """The card's evaluation transform in worker processes (normalized there, as `validate` does)."""
+    loader = torch.utils.data.DataLoader(
+        _RowsDataset(dataset, rows[rank::world_size], transform),
+        batch_size=batch_size,
+        num_workers=workers,
+        pin_memory=device.type == "cuda",
+        persistent_workers=workers > 0,
+    )
+
+    def batches() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for x, y in loader:
+            x = x.to(device, non_blocking=True)
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            yield x, y.to(device, non_blocking=True)
+
+    return batches

@@ -1,0 +1,104 @@
+"""What the training loop reports while it runs; the CLIs show it as a rich progress bar on stderr.
+
+The loop only calls a `Reporter`; it never prints. Ranks other than 0 get the silent one.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+
+class Reporter:
+    """Silent by default; subclasses show progress."""
+
+    def message(self, text: str) -> None:
+        pass
+
+    def start_task(self, description: str, total: int, completed: int = 0) -> None:
+        pass
+
+    def advance_task(self, completed: int) -> None:
+        pass
+
+    def end_task(self) -> None:
+        pass
+
+    def start_training(self, total: int, completed: int) -> None:
+        pass
+
+    def training_step(self, iteration: int, *, loss: float, lr: float, images_per_s: float) -> None:
+        pass
+
+    def evaluation(self, record: dict[str, Any]) -> None:
+        pass
+
+    def end_training(self) -> None:
+        pass
+
+
+class RichReporter(Reporter):
+    """A progress bar with loss, lr and images/s; evaluations and notes printed above it."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self.progress: Progress | None = None
+        self.task: TaskID | None = None
+
+    def message(self, text: str) -> None:
+        self.console.print(text, markup=False, highlight=False)
+
+    def _open(self, *columns: Any) -> None:
+        self.progress = Progress(*columns, console=self.console, transient=False)
+        self.progress.start()
+
+    def start_task(self, description: str, total: int, completed: int = 0) -> None:
+        self._open(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+        assert self.progress is not None
+        self.task = self.progress.add_task(description, total=total, completed=completed)
+
+    def advance_task(self, completed: int) -> None:
+        if self.progress is not None and self.task is not None:
+            self.progress.update(self.task, completed=completed)
+
+    def end_task(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+        self.progress, self.task = None, None
+
+    def start_training(self, total: int, completed: int) -> None:
+        self._open(
+            TextColumn("train"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]}  lr {task.fields[lr]}  {task.fields[ips]} img/s"),
+            TimeElapsedColumn(), TimeRemainingColumn(),
+        )
+        assert self.progress is not None
+        self.task = self.progress.add_task("train", total=total, completed=completed, loss="-", lr="-", ips="-")
+
+    def training_step(self, iteration: int, *, loss: float, lr: float, images_per_s: float) -> None:
+        if self.progress is not None and self.task is not None:
+            self.progress.update(self.task, completed=iteration, loss=f"{loss:.4f}", lr=f"{lr:.4g}",
+                                 ips=f"{images_per_s:,.0f}")
+
+    def evaluation(self, record: dict[str, Any]) -> None:
+        split = record.get("eval_split", "test")
+        text = (f"iter {record['iteration']}: train loss {record['train_loss']:.4f}, "
+                f"train error {record['train_error']:.2f} %, {split} top-1 {record['test_top1']:.2f} % "
+                f"(error {100 - record['test_top1']:.2f} %), top-5 {record['test_top5']:.2f} %")
+        if self.progress is not None:
+            self.progress.console.print(text, markup=False, highlight=False)
+        else:
+            self.message(text)
+
+    def end_training(self) -> None:
+        self.end_task()
