@@ -55,13 +55,16 @@ def export(
     from resnet_deploy.export import default_output_path, export_onnx
 
     batch_size = parse_batch(batch)
+    renames = parse_renames(rename or [])
+    if renames and checkpoint is None:
+        raise UsageError("--rename applies to the keys of --checkpoint weights; no --checkpoint was given")
     name = resolve_arch(depth, arch, required=checkpoint is None)
     if checkpoint is None:
         assert name is not None
         loaded = random_model(name, num_classes=num_classes)
         warn(f"no --checkpoint: exporting {name} with RANDOM weights (fine for latency work, useless for accuracy)")
     else:
-        loaded = load_model(checkpoint, arch=name, num_classes=num_classes, renames=parse_renames(rename or []))
+        loaded = load_model(checkpoint, arch=name, num_classes=num_classes, renames=renames)
     target = output or default_output_path(loaded.card.arch)
     images = real_images(loaded.card, data)
     info(f"exporting {loaded.card.arch} → {target} (opset {opset or 'default'}, batch {batch})")
