@@ -33,6 +33,7 @@ class BadImageError(UsageError):
     def __init__(self, path: str, reason: str) -> None:
         super().__init__(f"{path}: cannot read image ({reason}); fix or remove it, or pass --skip-bad")
         self.path = path
+        self.reason = reason
 
 
 @dataclass
@@ -274,3 +275,119 @@ def check_classes(dataset: ImageDataset, class_names: Sequence[str], artifact: s
         raise UsageError(
             f"{artifact}: class names differ from {dataset.root} (model vs data: {', '.join(differing[:5])})"
         )
+
+
+# --- batched decoding for evaluation (validate): decode once, apply every distinct transform -------
+
+TEN_CROP_PAD_DIVISOR = 8  # a card without a resize pads input_size // 8 px: the paper's 4 px around CIFAR's 32
+
+
+class TenCrop:
+    """The paper's 10-crop test view (Sec. 3.4): the four corners and the centre of the resized image
+    plus their horizontal flips, each of the card's input size, as one (10, C, H, W) tensor.
+
+    A card without a resize size (CIFAR: images already are the input size) would give ten identical
+    crops, so its crops come from the image zero-padded by input_size // 8 pixels: the padding the
+    paper trains its CIFAR models with (Sec. 4.2).
+    """
+
+    def __init__(self, pre: Preprocessing) -> None:
+        import torch
+        from torchvision.transforms import InterpolationMode, v2
+
+        self.size = pre.input_size
+        steps: list[Any] = [
+            v2.ToImage(),
+            v2.Resize(pre.resize_size or pre.input_size, interpolation=InterpolationMode(pre.interpolation),
+                      antialias=True),
+        ]
+        if not pre.resize_size or pre.resize_size <= pre.input_size:
+            steps.append(v2.Pad(max(1, pre.input_size // TEN_CROP_PAD_DIVISOR), fill=0))
+        self._before = v2.Compose(steps)
+        self._after = v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(pre.mean), list(pre.std))])
+
+    def __call__(self, image: Image.Image) -> Any:
+        import torch
+        from torchvision.transforms.v2 import functional as F
+
+        crops = F.ten_crop(self._before(image), [self.size, self.size])
+        return self._after(torch.stack(crops))
+
+
+@dataclass
+class ViewBatch:
+    """One batch: dataset positions, labels, one float32 tensor per transform (N, C, H, W) or
+    (N, 10, C, H, W) with ten-crop, and the (path, reason) of images that could not be decoded."""
+
+    indices: Any
+    labels: Any
+    views: list[Any]
+    bad: list[tuple[str, str]]
+
+
+class DecodedViews:
+    """A map-style dataset for torch's DataLoader: decode image i once, return every transform of it.
+
+    A corrupt image is returned as (path, reason) instead of raised, so the main process decides
+    whether to fail or skip (an exception raised in a worker loses its type and path)."""
+
+    def __init__(self, dataset: ImageDataset, transforms: Sequence[Callable[[Image.Image], Any]]) -> None:
+        self.dataset = dataset
+        self.transforms = list(transforms)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> tuple[int, int, tuple[Any, ...] | None, tuple[str, str] | None]:
+        label = self.dataset.labels[index]
+        try:
+            image = self.dataset.load(index)
+        except BadImageError as exc:
+            return index, label, None, (exc.path, exc.reason)
+        return index, label, tuple(transform(image) for transform in self.transforms), None
+
+
+def collate_views(items: Sequence[tuple[int, int, tuple[Any, ...] | None, tuple[str, str] | None]]) -> ViewBatch:
+    import torch
+
+    good = [item for item in items if item[2] is not None]
+    bad = [item[3] for item in items if item[3] is not None]
+    views = [torch.stack([item[2][v] for item in good]) for v in range(len(good[0][2]))] if good else []
+    return ViewBatch(
+        indices=torch.tensor([item[0] for item in good], dtype=torch.int64),
+        labels=torch.tensor([item[1] for item in good], dtype=torch.int64),
+        views=views,
+        bad=bad,
+    )
+
+
+def default_workers() -> int:
+    """Decoding processes: one fewer than the cores (inference keeps the rest), at most 4, 0 on one core."""
+    import os
+
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    return max(0, min(4, cores - 1))
+
+
+def iterate_views(
+    dataset: ImageDataset,
+    transforms: Sequence[Callable[[Image.Image], Any]],
+    *,
+    batch_size: int,
+    workers: int | None = None,
+) -> Any:
+    """Batches of every transform of the same images, in data set order, decoded in `workers` processes."""
+    from torch.utils.data import DataLoader
+
+    workers = default_workers() if workers is None else workers
+    return DataLoader(
+        DecodedViews(dataset, transforms),
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=workers,
+        collate_fn=collate_views,
+        prefetch_factor=4 if workers > 0 else None,
+    )

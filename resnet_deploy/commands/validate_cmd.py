@@ -1,10 +1,128 @@
-"""`resnet-deploy validate`."""
+"""`resnet-deploy validate`: top-1/top-5 and parity of every artifact on the same real images."""
 
 from __future__ import annotations
 
-from resnet_deploy.commands._common import not_implemented
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from resnet_deploy.commands import _common
+from resnet_deploy.commands._common import JsonOption
+from resnet_deploy.errors import CheckFailed, UsageError
+
+DEVICES = ("cpu", "cuda")
+RESULTS_WIDTH = 240  # columns for the table when stdout is not a terminal
 
 
-def validate() -> None:
-    """Not implemented yet."""
-    not_implemented("validate")
+def validate(
+    artifacts: Annotated[
+        list[Path],
+        typer.Argument(help="Artifacts to compare: model card / checkpoint (.safetensors, .pt), .onnx, "
+                            "OpenVINO .xml, TensorRT .plan/.engine.", show_default=False),
+    ],
+    data: Annotated[
+        Path,
+        typer.Option("--data", help="Labelled images: an ImageFolder tree (or a root holding test/ val/ train/), "
+                                    "or CIFAR-10/100 python batches.", show_default=False),
+    ],
+    reference: Annotated[
+        Path | None,
+        typer.Option("--reference", help="The artifact the others are compared with (default: the first "
+                                         "PyTorch artifact, else the first); added if not listed."),
+    ] = None,
+    split: Annotated[str | None, typer.Option("--split", help="Split folder: test, val or train.")] = None,
+    limit: Annotated[
+        int | None, typer.Option("--limit", help="Evaluate N images, spread evenly over the classes.")
+    ] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Images per inference batch.")] = 64,
+    workers: Annotated[
+        int | None,
+        typer.Option("--workers", help="Decoding processes (default: cores − 1, at most 4; 0 decodes in-process)."),
+    ] = None,
+    device: Annotated[str, typer.Option("--device", help="cpu or cuda (TensorRT engines always run on cuda).")] = "cpu",
+    ten_crop: Annotated[
+        bool, typer.Option("--ten-crop", help="10-crop testing: 4 corners + centre and their flips, softmax averaged.")
+    ] = False,
+    ensemble: Annotated[
+        bool, typer.Option("--ensemble", help="Add a row for the softmax average of all artifacts (not gated).")
+    ] = False,
+    max_top1_drop: Annotated[
+        float | None,
+        typer.Option("--max-top1-drop", help="Largest allowed top-1 drop vs the reference, in points "
+                                             "(default by precision: fp32 0.1, fp16/bf16 0.3, int8 1.0)."),
+    ] = None,
+    min_agreement: Annotated[
+        float | None,
+        typer.Option("--min-agreement", help="Smallest allowed top-1 agreement with the reference, in % "
+                                             "(default by precision: fp32 99.9, fp16/bf16 99.5, int8 98)."),
+    ] = None,
+    skip_bad: Annotated[
+        bool, typer.Option("--skip-bad", help="Skip unreadable images (counted in the report) instead of failing.")
+    ] = False,
+    report: Annotated[
+        Path | None, typer.Option("--report", help="Also write a Markdown report (table, data, environment, lineage).")
+    ] = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Top-1/top-5 of every artifact on the same images, parity against a reference, and precision gates.
+
+    Exit code 1 when any artifact fails its gate (the full table is still printed), 2 for bad input.
+    """
+    from rich.markup import escape
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from resnet_deploy.validate import ValidateOptions
+    from resnet_deploy.validate import validate as run_validation
+    from resnet_deploy.validate_report import failure_lines, results_table, write_report
+
+    if device not in DEVICES and not device.startswith("cuda:"):
+        raise UsageError(f"--device must be one of {', '.join(DEVICES)} (or cuda:N), got {device!r}")
+    for name, value in (("--max-top1-drop", max_top1_drop), ("--min-agreement", min_agreement)):
+        if value is not None and not 0 <= value <= 100:
+            raise UsageError(f"{name} is in percentage points, 0 to 100; got {value}")
+    options = ValidateOptions(split=split, limit=limit, batch_size=batch_size, workers=workers, device=device,
+                              ten_crop=ten_crop, ensemble=ensemble, max_top1_drop=max_top1_drop,
+                              min_agreement=min_agreement, skip_bad=skip_bad)
+
+    columns = (TextColumn("validating"), BarColumn(), MofNCompleteColumn(), TextColumn("images"),
+               TimeRemainingColumn())
+    with Progress(*columns, console=_common.stderr, transient=True) as bar:
+        task = bar.add_task("validate", total=None)
+
+        def advance(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        result = run_validation(artifacts, data, reference=reference, options=options, progress=advance)
+
+    if result.dataset.skipped:
+        _common.warn(f"skipped {result.dataset.skipped} unreadable image(s) (--skip-bad)")
+    if report is not None:
+        write_report(report, result, _environment())
+        _common.info(f"report written to {report}")
+    if json_output:
+        _common.emit_json(result.to_dict())
+    else:
+        console = _results_console()
+        console.print(results_table(result))
+        for line in failure_lines(result):
+            console.print(f"[red]FAIL[/red] {escape(line)}", soft_wrap=True)
+    if not result.passed:
+        names = ", ".join(Path(r.artifact).name for r in result.failed)
+        raise CheckFailed(f"{len(result.failed)} of {len(result.results)} artifact(s) failed validation: {names}")
+
+
+def _results_console() -> Any:
+    """stdout; piped into a file or a log it is not a terminal, and rich would squeeze the 15
+    columns into 80, so it gets room for the whole table."""
+    from rich.console import Console
+
+    if _common.stdout.is_terminal:
+        return _common.stdout
+    return Console(width=RESULTS_WIDTH, highlight=False, soft_wrap=False)
+
+
+def _environment() -> dict[str, object]:
+    from resnet_deploy.environment import capture_environment
+
+    return capture_environment()

@@ -1,0 +1,144 @@
+"""How a validation result is shown: the rich table for the terminal and the Markdown report.
+
+Nothing here prints; the command module prints the table, and `write_report` writes the file
+atomically.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from resnet_deploy.validate import ArtifactResult, ValidationResult
+
+COLUMNS = ("artifact", "backend", "precision", "top-1 %", "top-5 %", "Δtop-1", "Δtop-5", "agree %",
+           "top-5 overlap %", "max |Δlogit|", "mean |Δlogit|", "cosine", "img/s", "gate", "result")
+
+
+def _number(value: float | None, digits: int = 2, *, signed: bool = False) -> str:
+    if value is None or value != value:  # None or NaN
+        return "–"
+    return f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
+
+
+def _scientific(value: float | None) -> str:
+    return "–" if value is None or value != value else f"{value:.2e}"
+
+
+def row_cells(result: ArtifactResult) -> list[str]:
+    """The table's cells for one row (shared by the rich table and the Markdown report)."""
+    reference = result.is_reference
+    verdict = "PASS" if result.passed else "FAIL"
+    return [
+        result.artifact,
+        result.backend,
+        result.precision,
+        _number(result.top1),
+        _number(result.top5),
+        "ref" if reference else _number(result.top1_delta, signed=True),
+        "ref" if reference else _number(result.top5_delta, signed=True),
+        "ref" if reference else _number(result.agreement),
+        "ref" if reference else _number(result.top5_overlap),
+        "ref" if reference else _scientific(result.max_abs_logit_diff),
+        "ref" if reference else _scientific(result.mean_abs_logit_diff),
+        "ref" if reference else _number(result.cosine_similarity, 6),
+        _number(result.images_per_s, 0),
+        "reference" if reference else (result.gate.describe() if result.gate else "not gated"),
+        verdict,
+    ]
+
+
+def results_table(result: ValidationResult, *, short_names: bool = True) -> Any:
+    """A rich Table; `short_names` shows file names (paths where names collide)."""
+    from rich.table import Table
+
+    ds = result.dataset
+    crop = ", ten-crop" if result.ten_crop else ""
+    title = f"validate: {ds.images} images, {ds.classes} classes from {ds.path}{crop}"
+    table = Table(title=title, title_justify="left")
+    for i, column in enumerate(COLUMNS):
+        table.add_column(column, justify="left" if i < 3 or column in ("gate", "result") else "right",
+                         overflow="fold")
+    names = [Path(r.artifact).name if r.backend != "ensemble" else r.artifact for r in result.results]
+    for r, name in zip(result.results, names, strict=True):
+        cells = row_cells(r)
+        if short_names and names.count(name) == 1:
+            cells[0] = name
+        style = None if r.passed else "red"
+        cells[-1] = f"[green]{cells[-1]}[/green]" if r.passed else f"[bold red]{cells[-1]}[/bold red]"
+        table.add_row(*cells, style=style)
+    return table
+
+
+def failure_lines(result: ValidationResult) -> list[str]:
+    """One line per failed check, naming the artifact."""
+    return [f"{r.artifact}: {failure}" for r in result.results for failure in r.failures]
+
+
+def _markdown_table(result: ValidationResult) -> str:
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "|".join(" --- " for _ in COLUMNS) + "|"]
+    for r in result.results:
+        cells = [cell.replace("|", "\\|") for cell in row_cells(r)]
+        cells[0] = f"`{cells[0]}`"
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def markdown_report(result: ValidationResult, environment: dict[str, Any]) -> str:
+    """The whole report: verdict, table, failures, data set, environment, and each artifact's lineage."""
+    ds = result.dataset
+    verdict = "PASSED" if result.passed else f"FAILED ({len(result.failed)} of {len(result.results)} rows)"
+    crops = "ten-crop (4 corners + centre and their flips, softmax averaged)" if result.ten_crop else "centre crop"
+    limit = f" (--limit {ds.limit}, stratified over classes)" if ds.limit else ""
+    parts = [
+        "# resnet-deploy validate",
+        "",
+        f"**{verdict}** — reference: `{result.reference}`; "
+        f"{crops}; "
+        f"batch size {result.batch_size}, {result.workers} decoding worker(s), {result.seconds:.1f} s in all.",
+        "",
+        "Deltas are artifact minus reference in percentage points (negative = a drop). Agreement is the share of "
+        "images whose top-1 class matches the reference's; top-5 overlap the mean share of shared top-5 classes. "
+        "Logit differences and cosine similarity compare raw outputs on the same input tensors. img/s counts "
+        "inference only, at this batch size; use `resnet-deploy bench` for latency.",
+        "",
+        _markdown_table(result),
+        "",
+    ]
+    failures = failure_lines(result)
+    if failures:
+        parts += ["## Failures", "", *[f"- {line}" for line in failures], ""]
+    parts += ["## Gates", ""]
+    for r in result.results:
+        if r.gate is not None and not r.is_reference:
+            parts.append(f"- `{r.artifact}` ({r.precision}): top-1 drop ≤ {r.gate.max_top1_drop:g} points and "
+                         f"agreement ≥ {r.gate.min_agreement:g} % ({r.gate.basis})")
+    parts += [
+        "",
+        "## Data set",
+        "",
+        f"- path: `{ds.path}` ({ds.kind}{', split ' + ds.split if ds.split else ''})",
+        f"- images evaluated: {ds.images} of {ds.available}{limit}",
+        f"- classes: {ds.classes} ({', '.join(ds.class_names[:20])}{', …' if ds.classes > 20 else ''})",
+        f"- skipped (unreadable): {ds.skipped}",
+    ]
+    for item in ds.skipped_files:
+        parts.append(f"  - `{item['path']}`: {item['reason']}")
+    if ds.skipped > len(ds.skipped_files):
+        parts.append(f"  - … and {ds.skipped - len(ds.skipped_files)} more")
+    parts += ["", "## Environment", "", "```json", json.dumps(environment, indent=2, default=str), "```", "",
+              "## Artifacts and lineage", ""]
+    for r in result.results:
+        parts += [f"### `{r.artifact}`", "", f"- backend: {r.backend} on {r.device}, precision {r.precision}",
+                  f"- input transform: {r.transform}", "", "```json", json.dumps(r.lineage, indent=2, default=str),
+                  "```", ""]
+    return "\n".join(parts)
+
+
+def write_report(path: str | Path, result: ValidationResult, environment: dict[str, Any]) -> Path:
+    from resnet_deploy.atomic import write_text
+
+    target = Path(path)
+    write_text(target, markdown_report(result, environment))
+    return target

@@ -1,0 +1,285 @@
+"""`validate` on real (small) data: handwritten digits as a labelled ImageFolder, a resnet20 trained
+on them for a few seconds, its FP32 ONNX export, and deliberately broken artifacts.
+
+The digits (scikit-learn's 8x8 set) are upscaled to 32x32 RGB PNGs; the card asks for 16x16 input
+(resize 16, no crop), which keeps training to about a hundred SGD steps of a real resnet20.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from resnet_deploy.card import ModelCard, Preprocessing, save_card
+from resnet_deploy.validate import ValidateOptions, validate
+
+CLASSES = [str(i) for i in range(10)]
+TEST_PER_CLASS = 24  # 240 test images
+INPUT_SIZE = 16
+TRAIN_STEPS = 120
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """Two cores shared by many processes: one intra-op thread avoids OpenMP spin contention."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def cli1(cli):
+    """`resnet-deploy ARGS` in a fresh interpreter with one torch thread (see one_torch_thread)."""
+    return lambda *args: cli(*args, env={"OMP_NUM_THREADS": "1"})
+
+
+def _digit_images() -> tuple[list, np.ndarray]:
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    pixels = np.clip(digits.images / 16.0 * 255.0, 0, 255).astype(np.uint8)
+    images = [Image.fromarray(p).resize((32, 32), Image.BILINEAR).convert("RGB") for p in pixels]
+    return images, digits.target.astype(np.int64)
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory) -> dict:
+    """A trained resnet20 card, its ONNX export, and a held-out test ImageFolder (PNG files)."""
+    import torch
+
+    from resnet_deploy.checkpoints import load_model
+    from resnet_deploy.data import eval_transform
+    from resnet_deploy.export import export_onnx
+
+    root = tmp_path_factory.mktemp("digits")
+    images, labels = _digit_images()
+    test_idx: list[int] = []
+    for c in range(10):
+        test_idx += [int(i) for i in np.flatnonzero(labels == c)[-TEST_PER_CLASS:]]
+    train_idx = sorted(set(range(len(labels))) - set(test_idx))
+    for i in test_idx:
+        folder = root / "data" / "test" / CLASSES[labels[i]]
+        folder.mkdir(parents=True, exist_ok=True)
+        images[i].save(folder / f"{i:04d}.png")
+
+    card = ModelCard.default_for("resnet20", class_names=CLASSES)
+    card = dataclasses.replace(card, dataset="digits", preprocessing=dataclasses.replace(
+        card.preprocessing, input_size=INPUT_SIZE, resize_size=None))
+    transform = eval_transform(card.preprocessing)  # train on exactly what validate will feed
+    x = torch.stack([transform(images[i]) for i in train_idx])
+    y = torch.from_numpy(labels[train_idx])
+    torch.manual_seed(0)
+    model = card.build_model().train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(TRAIN_STEPS):
+        batch = torch.randint(0, len(y), (32,), generator=generator)
+        loss = torch.nn.functional.cross_entropy(model(x[batch]), y[batch])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.eval()
+    card_path = save_card(root / "digits_resnet20.safetensors", model, card)
+    onnx_path = root / "digits_resnet20.onnx"
+    export_onnx(load_model(card_path), onnx_path)
+    return {"root": root, "data": root / "data", "card": card_path, "onnx": onnx_path, "model": model,
+            "model_card": card}
+
+
+def _opts(**kwargs) -> ValidateOptions:
+    return ValidateOptions(workers=kwargs.pop("workers", 1), **kwargs)
+
+
+def _save_variant(digits: dict, name: str, *, preprocessing: Preprocessing | None = None,
+                  poison: bool = False) -> Path:
+    """The trained weights under another card (e.g. wrong mean/std), or with a NaN in the classifier."""
+    import copy
+
+    import torch
+
+    model = copy.deepcopy(digits["model"])
+    if poison:
+        with torch.no_grad():
+            model.fc.bias[3] = float("nan")
+    card = digits["model_card"]
+    if preprocessing is not None:
+        card = dataclasses.replace(card, preprocessing=preprocessing)
+    return save_card(digits["root"] / name, model, card)
+
+
+def _copy_data(digits: dict, tmp_path: Path) -> Path:
+    target = tmp_path / "data"
+    shutil.copytree(digits["data"], target)
+    return target
+
+
+def test_fp32_onnx_agrees_with_pytorch_on_real_images(digits) -> None:
+    result = validate([digits["onnx"], digits["card"]], digits["data"], options=_opts(batch_size=32))
+    assert result.passed, result.to_dict()
+    onnx_row, torch_row = result.results
+    # The PyTorch artifact is the default reference even when listed second.
+    assert torch_row.is_reference and not onnx_row.is_reference
+    assert result.reference == str(digits["card"])
+    assert result.dataset.images == 10 * TEST_PER_CLASS and result.dataset.classes == 10
+    assert torch_row.top1 > 70.0, "the fixture model should have learned the digits"
+    assert torch_row.top5 >= torch_row.top1
+    assert onnx_row.backend == "onnxruntime" and onnx_row.precision == "fp32"
+    assert onnx_row.agreement == 100.0 and onnx_row.top5_overlap == 100.0
+    assert onnx_row.top1 == torch_row.top1 and onnx_row.top1_delta == 0.0
+    assert onnx_row.max_abs_logit_diff is not None and onnx_row.max_abs_logit_diff < 1e-3
+    assert onnx_row.cosine_similarity == pytest.approx(1.0, abs=1e-6)
+    assert onnx_row.images_per_s and onnx_row.images_per_s > 0
+    assert onnx_row.lineage["sha256"] and "card_lineage" in onnx_row.lineage
+
+
+def test_cli_json_and_report(digits, cli1, tmp_path) -> None:
+    report = tmp_path / "validate.md"
+    result = cli1("validate", str(digits["card"]), str(digits["onnx"]), "--data", str(digits["data"]),
+                 "--limit", "100", "--batch-size", "16", "--workers", "1", "--json", "--report", str(report))
+    assert result.returncode == 0, result.stderr
+    doc = json.loads(result.stdout)  # stdout is exactly one JSON document
+    assert doc["passed"] is True
+    assert doc["dataset"]["images"] == 100 and doc["dataset"]["available"] == 240
+    assert doc["dataset"]["classes"] == 10 and doc["dataset"]["skipped"] == 0
+    assert len(doc["results"]) == 2
+    for row in doc["results"]:
+        for key in ("artifact", "backend", "precision", "images", "top1", "top5", "top1_delta", "agreement",
+                    "max_abs_logit_diff", "passed"):
+            assert key in row, key
+        assert 0 <= row["top1"] <= row["top5"] <= 100 and 0 <= row["agreement"] <= 100
+        assert row["images"] == 100
+    assert doc["results"][0]["reference"] is True and doc["results"][1]["agreement"] == 100.0
+    text = report.read_text()
+    for heading in ("| artifact |", "## Data set", "## Environment", "## Artifacts and lineage", "skipped"):
+        assert heading in text
+    assert str(digits["onnx"]) in text and '"sha256"' in text
+
+
+def test_wrong_mean_std_fails_its_gate_and_prints_the_table(digits, cli1) -> None:
+    pre = digits["model_card"].preprocessing
+    broken = _save_variant(digits, "wrong_norm.safetensors",
+                           preprocessing=dataclasses.replace(pre, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0)))
+    result = cli1("validate", str(digits["card"]), str(digits["onnx"]), str(broken), "--data", str(digits["data"]),
+                 "--workers", "1")
+    assert result.returncode == 1, result.stderr
+    assert "wrong_norm.safetensors" in result.stdout and "digits_resnet20.onnx" in result.stdout
+    assert "FAIL" in result.stdout and "PASS" in result.stdout
+    assert "agreement" in result.stdout  # the failure line says which bound it missed
+    assert result.stderr.strip().splitlines()[-1].startswith("error: 1 of 3 artifact(s) failed")
+
+
+def test_gate_flags_override_precision_defaults(digits, tmp_path) -> None:
+    pre = digits["model_card"].preprocessing
+    broken = _save_variant(digits, "wrong_norm2.safetensors",
+                           preprocessing=dataclasses.replace(pre, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0)))
+    lenient = validate([digits["card"], broken], digits["data"],
+                       options=_opts(limit=60, max_top1_drop=100.0, min_agreement=0.0))
+    assert lenient.passed
+    assert lenient.results[1].gate.basis == "--max-top1-drop/--min-agreement"
+    assert lenient.results[1].agreement < 99.0  # the mean/std really changes predictions
+
+
+def test_class_count_mismatch_is_a_usage_error(digits, cli1, tmp_path) -> None:
+    data = _copy_data(digits, tmp_path)
+    shutil.rmtree(data / "test" / "9")
+    result = cli1("validate", str(digits["card"]), "--data", str(data))
+    assert result.returncode == 2
+    assert "10 classes" in result.stderr and "has 9" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_class_name_mismatch_is_a_usage_error(digits, cli1, tmp_path) -> None:
+    data = _copy_data(digits, tmp_path)
+    (data / "test" / "9").rename(data / "test" / "nine")
+    result = cli1("validate", str(digits["onnx"]), "--data", str(data))
+    assert result.returncode == 2 and "class names differ" in result.stderr
+
+
+def test_corrupt_image_fails_with_its_path_or_is_skipped(digits, cli1, tmp_path) -> None:
+    data = _copy_data(digits, tmp_path)
+    bad = sorted((data / "test" / "4").glob("*.png"))[0]
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n this is not an image")
+    failed = cli1("validate", str(digits["card"]), "--data", str(data), "--workers", "1")
+    assert failed.returncode == 2 and str(bad) in failed.stderr and "--skip-bad" in failed.stderr
+
+    skipped = cli1("validate", str(digits["card"]), str(digits["onnx"]), "--data", str(data), "--workers", "1",
+                  "--skip-bad", "--json")
+    assert skipped.returncode == 0, skipped.stderr
+    doc = json.loads(skipped.stdout)
+    assert doc["dataset"]["skipped"] == 1 and doc["dataset"]["images"] == 10 * TEST_PER_CLASS - 1
+    assert doc["dataset"]["skipped_files"][0]["path"] == str(bad)
+    assert all(row["images"] == 10 * TEST_PER_CLASS - 1 for row in doc["results"])
+
+
+def test_nan_output_fails_that_artifact(digits, cli1) -> None:
+    poisoned = _save_variant(digits, "poisoned.safetensors", poison=True)
+    result = cli1("validate", str(digits["card"]), str(poisoned), "--data", str(digits["data"]), "--limit", "50",
+                 "--workers", "0", "--json")
+    assert result.returncode == 1
+    doc = json.loads(result.stdout)
+    healthy, broken = doc["results"]
+    assert healthy["passed"] and not broken["passed"] and doc["passed"] is False
+    assert broken["nonfinite_outputs"] == 50
+    assert "NaN or Inf" in broken["failures"][0]
+    assert broken["max_abs_logit_diff"] is None  # no finite rows to compare; JSON stays valid (no NaN)
+
+
+def test_ten_crop_and_ensemble_rows(digits) -> None:
+    single = validate([digits["card"], digits["onnx"]], digits["data"], options=_opts())
+    result = validate([digits["card"], digits["onnx"]], digits["data"],
+                      options=_opts(ten_crop=True, ensemble=True, batch_size=16))
+    assert result.passed and result.ten_crop
+    torch_row, onnx_row, ensemble = result.results
+    assert ensemble.backend == "ensemble" and ensemble.gate is None and ensemble.images == single.results[0].images
+    assert "ten-crop" in torch_row.transform
+    # The fixture model never saw shifted or mirrored digits (the paper trains with both), so ten-crop
+    # costs it accuracy here; it must still be far above chance (10 %) and below a perfect score.
+    assert 30.0 < torch_row.top1 <= single.results[0].top1 + 5.0 and torch_row.top5 >= torch_row.top1
+    assert onnx_row.agreement == 100.0 and onnx_row.max_abs_logit_diff < 1e-3
+    # Two identical members: the softmax average predicts what each member predicts.
+    assert ensemble.top1 == pytest.approx(torch_row.top1) and ensemble.agreement == 100.0
+
+
+def test_reference_flag_and_limit(digits) -> None:
+    result = validate([digits["card"]], digits["data"], reference=digits["onnx"], options=_opts(limit=30))
+    assert [r.backend for r in result.results] == ["onnxruntime", "torch"]
+    assert result.results[0].is_reference and result.dataset.images == 30
+    assert result.dataset.limit == 30 and result.dataset.available == 240
+
+
+def test_static_batch_onnx_is_fed_in_chunks(digits, tmp_path) -> None:
+    from resnet_deploy.checkpoints import load_model
+    from resnet_deploy.export import export_onnx
+
+    static = tmp_path / "static8.onnx"
+    export_onnx(load_model(digits["card"]), static, batch=8)
+    result = validate([digits["card"], static], digits["data"], options=_opts(limit=30, batch_size=12))
+    assert result.passed and result.results[1].agreement == 100.0 and result.results[1].images == 30
+
+
+@pytest.mark.parametrize("resize", [None, 20])
+def test_ten_crop_views(resize) -> None:
+    """Ten crops of the card's input size: corners and centre, then their mirror images; the centre
+    crop is exactly what the single-view transform gives (padding only adds a border)."""
+    import torch
+    from PIL import Image
+
+    from resnet_deploy.data import TenCrop, eval_transform
+
+    pre = Preprocessing(16, resize, (0.5, 0.4, 0.3), (0.2, 0.25, 0.3))
+    rng = np.random.default_rng(0)
+    image = Image.fromarray(rng.integers(0, 256, (24, 24, 3), dtype=np.uint8))
+    crops = TenCrop(pre)(image)
+    assert crops.shape == (10, 3, 16, 16) and crops.dtype == torch.float32
+    torch.testing.assert_close(crops[4], eval_transform(pre)(image))
+    # torchvision crops the mirrored image, so its top-left is the mirror of the original's top-right.
+    torch.testing.assert_close(crops[5:], crops[[1, 0, 3, 2, 4]].flip(-1))
+    assert not torch.equal(crops[0], crops[3])  # the corners really differ
