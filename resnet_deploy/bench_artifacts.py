@@ -217,8 +217,9 @@ class ArtifactCache:
 
         if self.calib_data is None:
             self._progress(f"quantizing {self.arch} to INT8 (random calibration images) → {path}")
+            # minmax: the fastest method, and the ranges of random images only matter for latency
             result = quantize_int8(source, path, calib_data=None, samples=RANDOM_CALIBRATION_SAMPLES,
-                                   random_calibration=True)
+                                   method="minmax", random_calibration=True)
         else:
             self._progress(f"quantizing {self.arch} to INT8 (calibrating on {self.calib_data}) → {path}")
             kwargs = {"samples": self.calib_samples} if self.calib_samples else {}

@@ -129,7 +129,7 @@ def write_plot(report: BenchReport, path: str | Path) -> Path:
     models = [m for m in models_of(report) if any(r.model == m for r in report.results)]
     if not models:
         raise ValueError("nothing was measured; there is nothing to plot")
-    fig = Figure(figsize=(13, 4.8 * len(models)), layout="constrained")
+    fig = Figure(figsize=(14, 4.8 * len(models)), layout="constrained")
     axes = fig.subplots(len(models), 2, squeeze=False)
     for row, model in enumerate(models):
         results = ordered_results([r for r in report.results if r.model == model])
@@ -191,7 +191,7 @@ def _plot_throughput(ax: Any, model: str, results: Sequence[BenchResult]) -> Non
     ax.set_title(f"{model}: throughput")
     ax.margins(y=0.15)
     ax.grid(True, axis="y", alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside: never hides a bar
 
 
 _HATCHES = {"fp32": "", "fp16": "//", "bf16": "..", "int8": "xx"}

@@ -69,7 +69,7 @@ def bench(
 ) -> None:
     """Measure latency (mean, std, p50-p99) and throughput per backend, precision and batch size, with the
     speed-up over PyTorch FP32 at the same batch size. Warm-up excluded, every call synchronized."""
-    from resnet_deploy.bench import TimingConfig
+    from resnet_deploy.bench import CV_WARN_THRESHOLD, TimingConfig
 
     artifacts = list(artifacts or [])
     if artifacts and (depth is not None or arch is not None):
@@ -115,9 +115,12 @@ def bench(
     report_doc = _run(plan, sizes, timing, include_copies)
 
     command = "resnet-deploy " + " ".join(shlex.quote(arg) for arg in sys.argv[1:])
-    for result in report_doc.noisy():
-        warn(f"{result.model} {result.label()} batch {result.batch_size}: coefficient of variation "
-             f"{result.cv:.1%} is high (a busy machine or unlocked clocks); rerun on a quiet machine or with more "
+    noisy = report_doc.noisy()
+    if noisy:
+        worst = max(noisy, key=lambda r: r.cv)
+        warn(f"{len(noisy)} of {len(report_doc.results)} results vary a lot between calls (coefficient of variation "
+             f"above {CV_WARN_THRESHOLD:.0%}, marked ⚠; worst {worst.cv:.0%} for {worst.label()} batch "
+             f"{worst.batch_size}): a busy machine or unlocked clocks; rerun on a quiet machine or with more "
              "--iters/--duration")
     if plot is not None and report_doc.results:
         from resnet_deploy.bench_report import write_plot
@@ -160,13 +163,15 @@ def _run(plan: BenchPlan, sizes: list[int], timing: TimingConfig, include_copies
 
 
 def _print_tables(report: BenchReport) -> None:
+    from rich.console import Console
     from rich.markup import escape
     from rich.table import Table
 
     from resnet_deploy.bench_report import fmt_ms, fmt_speedup, models_of, ordered_results
     from resnet_deploy.commands._common import stdout
 
-    width = None if stdout.is_terminal else 140  # piped: do not squeeze the table into 80 columns
+    # Piped or redirected: do not squeeze the table into rich's default 80 columns.
+    out = stdout if stdout.is_terminal else Console(highlight=False, width=140)
     env = report.environment
     machine = (env.get("gpu") or {}).get("name") or (env.get("cpu") or {}).get("model", "?")
     for model in models_of(report):
@@ -176,12 +181,14 @@ def _print_tables(report: BenchReport) -> None:
             for name in ("backend", "precision", "batch", "mean", "p50", "p90", "p99", "CV", "images/s",
                          "vs torch fp32"):
                 table.add_column(name, justify="left" if name in ("backend", "precision") else "right")
-            for r in rows:
+            for i, r in enumerate(rows):
                 s = r.latency_ms
                 cv = f"[yellow]{r.cv:.1%} ⚠[/yellow]" if r.noisy else f"{r.cv:.1%}"
+                last_of_batch = i + 1 == len(rows) or rows[i + 1].batch_size != r.batch_size
                 table.add_row(r.backend, r.precision, str(r.batch_size), fmt_ms(s.mean), fmt_ms(s.p50),
-                              fmt_ms(s.p90), fmt_ms(s.p99), cv, f"{r.throughput_ips:.1f}", fmt_speedup(r.speedup))
-            stdout.print(table, width=width)
+                              fmt_ms(s.p90), fmt_ms(s.p99), cv, f"{r.throughput_ips:.1f}", fmt_speedup(r.speedup),
+                              end_section=last_of_batch)
+            out.print(table)
         skipped = [s for s in report.skipped if s.model == model]
         if skipped:
             table = Table(title=escape(f"{model}: skipped"), title_justify="left")
@@ -190,9 +197,9 @@ def _print_tables(report: BenchReport) -> None:
             for s in skipped:
                 table.add_row(s.backend, s.precision, "all" if s.batch_size is None else str(s.batch_size),
                               escape(s.reason))
-            stdout.print(table, width=width)
+            out.print(table)
     for note in report.notes:
-        stdout.print(escape(f"note: {note}"), width=width)
+        out.print(escape(f"note: {note}"))
 
 
 def _escape(text: str) -> str:
