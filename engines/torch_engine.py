@@ -64,7 +64,8 @@ class TorchEngine(Engine):
     def _infer(self, batch: np.ndarray) -> np.ndarray:
         torch = self._torch
         with torch.inference_mode():
-            x = torch.from_numpy(batch).to(self.device, non_blocking=False)
+            # torch.from_numpy refuses negative strides (x[:, ::-1]) and warns on read-only arrays: copy those.
+            x = torch.from_numpy(np.require(batch, requirements=("C", "W"))).to(self.device, non_blocking=False)
             x = x.to(dtype=self._dtype, memory_format=self._memory_format)
             logits = self._module(x)
             return logits.float().cpu().numpy()

@@ -202,19 +202,36 @@ def test_shapes_dtypes_and_agreement(
                           f"or {result.disagreements} top-1 disagreements"
 
 
+def assert_same(factory: EngineFactory, first: np.ndarray, second: np.ndarray) -> None:
+    """Bit-identical for a deterministic engine, else within its tolerance."""
+    if factory.deterministic:
+        np.testing.assert_array_equal(first, second)
+    else:
+        np.testing.assert_allclose(first, second, rtol=0, atol=factory.tolerance * max(1.0, np.abs(first).max()))
+
+
 def test_deterministic_and_batch_independent(
     engine: Engine, factory: EngineFactory, inputs: dict[int, np.ndarray]
 ) -> None:
     batch = inputs[7]
     first, second = engine.infer(batch), engine.infer(batch.copy())
-    if factory.deterministic:
-        np.testing.assert_array_equal(first, second)
-    else:
-        np.testing.assert_allclose(first, second, rtol=0, atol=factory.tolerance * max(1.0, np.abs(first).max()))
+    assert_same(factory, first, second)
     # A sample's logits do not depend on the rest of its batch.
     single = engine.infer(np.ascontiguousarray(batch[3:4]))
     np.testing.assert_allclose(single[0], first[3], rtol=0, atol=factory.tolerance * max(1.0, np.abs(first).max()))
     assert not np.shares_memory(first, batch)
+
+
+def test_accepts_strided_and_read_only_arrays(
+    engine: Engine, factory: EngineFactory, inputs: dict[int, np.ndarray]
+) -> None:
+    """Views users make every day (a BGR→RGB channel flip, a read-only buffer) are valid input."""
+    batch = inputs[7]
+    flipped = batch[:, ::-1]
+    assert_same(factory, engine.infer(flipped), engine.infer(np.ascontiguousarray(flipped)))
+    frozen = batch.copy()
+    frozen.setflags(write=False)
+    assert_same(factory, engine.infer(frozen), engine.infer(batch.copy()))
 
 
 @pytest.mark.parametrize(
