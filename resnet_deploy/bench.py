@@ -46,9 +46,9 @@ class TimingConfig:
             raise ValueError("duration_s must be > 0")
 
     def describe(self) -> str:
-        timed = f"{self.iterations} timed calls" if self.iterations is not None else (
+        timed = f"{self.iterations} timed call{'s' * (self.iterations != 1)}" if self.iterations is not None else (
             f"timed calls for {self.duration_s:g} s (at least {self.min_iterations})")
-        return f"{self.warmup} warm-up calls, {timed}"
+        return f"{self.warmup} warm-up call{'s' * (self.warmup != 1)}, {timed}"
 
 
 @dataclass(frozen=True)

@@ -504,7 +504,7 @@ def run_plan(
                 say(f"timing {case.model} {case.backend} {case.precision} batch {batch_size}")
                 try:
                     result = time_engine(engine, batch_size, timing, model=case.model, include_copies=include_copies,
-                                         artifact=case.artifact)
+                                         artifact=str(getattr(engine, "path", None) or case.artifact))
                 except EngineInputError as exc:
                     skipped.append(Skipped(case.model, case.backend, case.precision, str(exc), batch_size))
                 except EngineError as exc:  # e.g. out of device memory at a large batch

@@ -150,6 +150,13 @@ def _in_process(capsys, *args: str) -> subprocess.CompletedProcess:
     return subprocess.CompletedProcess(args, exit_info.value.code, captured.out, captured.err)
 
 
+@pytest.mark.skipif(importlib.util.find_spec("tensorrt") is not None, reason="TensorRT is installed here")
+def test_explicit_tensorrt_without_it_installed_is_an_error(capsys) -> None:
+    proc = _in_process(capsys, "bench", "--depth", "20", "--backends", "torch,tensorrt")
+    assert proc.returncode == 2
+    assert "resnet-deploy[tensorrt]" in _error_line(proc)
+
+
 def _without_openvino(*args: str) -> subprocess.CompletedProcess:
     """Run the CLI in a fresh interpreter where `openvino` cannot be imported (as if the extra were absent)."""
     code = ("import sys; sys.modules['openvino'] = None; from resnet_deploy.cli import main; "
