@@ -13,7 +13,7 @@ from typing import Any
 from resnet_deploy.validate import ArtifactResult, ValidationResult
 
 COLUMNS = ("artifact", "backend", "precision", "top-1 %", "top-5 %", "Δtop-1", "Δtop-5", "agree %",
-           "top-5 overlap %", "max |Δlogit|", "mean |Δlogit|", "cosine", "img/s", "gate", "result")
+           "top-5 overlap %", "max abs Δlogit", "mean abs Δlogit", "cosine", "img/s", "gate", "result")
 
 
 def _number(value: float | None, digits: int = 2, *, signed: bool = False) -> str:
@@ -51,6 +51,7 @@ def row_cells(result: ArtifactResult) -> list[str]:
 
 def results_table(result: ValidationResult, *, short_names: bool = True) -> Any:
     """A rich Table; `short_names` shows file names (paths where names collide)."""
+    from rich.markup import escape
     from rich.table import Table
 
     ds = result.dataset
@@ -65,6 +66,7 @@ def results_table(result: ValidationResult, *, short_names: bool = True) -> Any:
         cells = row_cells(r)
         if short_names and names.count(name) == 1:
             cells[0] = name
+        cells = [escape(cell) for cell in cells]  # a file named "m[1].onnx" is not markup
         style = None if r.passed else "red"
         cells[-1] = f"[green]{cells[-1]}[/green]" if r.passed else f"[bold red]{cells[-1]}[/bold red]"
         table.add_row(*cells, style=style)

@@ -196,11 +196,13 @@ def test_class_count_mismatch_is_a_usage_error(digits, cli1, tmp_path) -> None:
     assert "10 classes" in result.stderr and "has 9" in result.stderr and "Traceback" not in result.stderr
 
 
-def test_class_name_mismatch_is_a_usage_error(digits, cli1, tmp_path) -> None:
+def test_class_name_mismatch_is_a_usage_error(digits, tmp_path) -> None:
+    from resnet_deploy.errors import UsageError
+
     data = _copy_data(digits, tmp_path)
     (data / "test" / "9").rename(data / "test" / "nine")
-    result = cli1("validate", str(digits["onnx"]), "--data", str(data))
-    assert result.returncode == 2 and "class names differ" in result.stderr
+    with pytest.raises(UsageError, match="class names differ"):
+        validate([digits["onnx"]], data, options=_opts())
 
 
 def test_corrupt_image_fails_with_its_path_or_is_skipped(digits, cli1, tmp_path) -> None:
@@ -210,13 +212,11 @@ def test_corrupt_image_fails_with_its_path_or_is_skipped(digits, cli1, tmp_path)
     failed = cli1("validate", str(digits["card"]), "--data", str(data), "--workers", "1")
     assert failed.returncode == 2 and str(bad) in failed.stderr and "--skip-bad" in failed.stderr
 
-    skipped = cli1("validate", str(digits["card"]), str(digits["onnx"]), "--data", str(data), "--workers", "1",
-                  "--skip-bad", "--json")
-    assert skipped.returncode == 0, skipped.stderr
-    doc = json.loads(skipped.stdout)
-    assert doc["dataset"]["skipped"] == 1 and doc["dataset"]["images"] == 10 * TEST_PER_CLASS - 1
-    assert doc["dataset"]["skipped_files"][0]["path"] == str(bad)
-    assert all(row["images"] == 10 * TEST_PER_CLASS - 1 for row in doc["results"])
+    skipped = validate([digits["card"], digits["onnx"]], data, options=_opts(skip_bad=True)).to_dict()
+    assert skipped["passed"]
+    assert skipped["dataset"]["skipped"] == 1 and skipped["dataset"]["images"] == 10 * TEST_PER_CLASS - 1
+    assert skipped["dataset"]["skipped_files"][0]["path"] == str(bad)
+    assert all(row["images"] == 10 * TEST_PER_CLASS - 1 for row in skipped["results"])
 
 
 def test_nan_output_fails_that_artifact(digits, cli1) -> None:
@@ -283,3 +283,28 @@ def test_ten_crop_views(resize) -> None:
     # torchvision crops the mirrored image, so its top-left is the mirror of the original's top-right.
     torch.testing.assert_close(crops[5:], crops[[1, 0, 3, 2, 4]].flip(-1))
     assert not torch.equal(crops[0], crops[3])  # the corners really differ
+
+
+def test_bad_device_is_a_usage_error(cli1, tmp_path) -> None:
+    result = cli1("validate", "m.onnx", "--data", str(tmp_path), "--device", "tpu")
+    assert result.returncode == 2 and "--device" in result.stderr
+
+
+@pytest.mark.slow
+def test_cifar10_jpegs_fp32_onnx_parity(cifar10_dir, tmp_path) -> None:
+    """Real CIFAR-10 test JPEGs through a resnet20 card and its ONNX export (random weights suffice
+    for parity: the same tensors must give the same classes)."""
+    import torch
+
+    from resnet_deploy.checkpoints import load_model
+    from resnet_deploy.export import export_onnx
+
+    names = sorted(p.name for p in (cifar10_dir / "test").iterdir() if p.is_dir())
+    card = ModelCard.default_for("resnet20", class_names=names)
+    torch.manual_seed(0)
+    card_path = save_card(tmp_path / "r20.safetensors", card.build_model().eval(), card)
+    onnx_path = tmp_path / "r20.onnx"
+    export_onnx(load_model(card_path), onnx_path)
+    result = validate([card_path, onnx_path], cifar10_dir, options=_opts(limit=1000, batch_size=100))
+    assert result.dataset.images == 1000 and result.dataset.split == "test" and result.dataset.classes == 10
+    assert result.passed and result.results[1].agreement == 100.0
