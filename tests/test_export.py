@@ -43,9 +43,21 @@ def run_main(*args: str) -> tuple[int, str, str]:
     return int(exited.value.code or 0), out.getvalue(), err.getvalue()
 
 
+def damp_residual_branches(model: torch.nn.Module, gain: float) -> None:
+    """Scale each block's last BatchNorm, as training does: random resnet1202 logits otherwise overflow float32."""
+    from resnet_deploy.models import BasicBlock
+
+    with torch.no_grad():
+        for block in model.modules():
+            if isinstance(block, BasicBlock) and block.has_shortcut:
+                block.last_bn().weight.mul_(gain)
+
+
 def small_random(arch: str) -> LoadedModel:
     """Random weights; ImageNet-family cards shrunk to a small input size."""
     loaded = random_model(arch)
+    if arch == "resnet1202":
+        damp_residual_branches(loaded.model, 0.1)
     if get_entry(arch).family.name == "imagenet":
         pre = dataclasses.replace(loaded.card.preprocessing, input_size=SMALL_IMAGENET_INPUT,
                                   resize_size=SMALL_IMAGENET_INPUT * 8 // 7)
@@ -279,6 +291,36 @@ def test_onnx_that_differs_from_pytorch_is_refused_and_old_file_kept(tmp_path: P
     assert "left unchanged" in str(caught.value)
     assert output.read_bytes() == b"previous artifact"
     assert files_in(tmp_path) == {"model.onnx"}
+
+
+class _Overflowing(torch.nn.Module):
+    def __init__(self, inner: torch.nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner(x) * 1e30 * 1e30  # inf in float32, in PyTorch and in ONNX Runtime alike
+
+
+def test_non_finite_logits_never_pass(tmp_path: Path) -> None:
+    tiny = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+                               torch.nn.Linear(4, 10))
+    overflowing = dataclasses.replace(random_model("resnet20"), model=_Overflowing(tiny).eval())
+    with pytest.raises(CheckFailed, match="not finite"):
+        export_onnx(overflowing, tmp_path / "inf.onnx")
+    assert files_in(tmp_path) == set()
+
+
+def test_no_verify_is_explicit_and_reported(tmp_path: Path) -> None:
+    output = tmp_path / "unverified.onnx"
+    code, out, err = run_main("export", "--depth", "20", "--no-verify", "--json", "-o", str(output))
+    assert code == 0, err
+    document = json.loads(out)
+    assert document["verified"] is False and document["verification"] is None
+    assert "NOT checked" in err
+    assert "BatchNormalization" not in op_types(output)
+    code, _, err = run_main("export", "--depth", "20", "--no-verify", "--data", str(tmp_path), "-o", str(output))
+    assert code == 2 and "--no-verify" in err
 
 
 def test_bad_real_images_are_refused_before_exporting(tmp_path: Path) -> None:

@@ -47,6 +47,9 @@ def export(
         typer.Option("--data", help="Labelled images for the real-image check (default: the card's dataset "
                                     "when it is a folder here)."),
     ] = None,
+    no_verify: Annotated[
+        bool, typer.Option("--no-verify", help="Skip the ORT-vs-PyTorch check (latency work only; never the default).")
+    ] = False,
     output: OutputOption = None,
     json_output: JsonOption = False,
 ) -> None:
@@ -66,9 +69,14 @@ def export(
     else:
         loaded = load_model(checkpoint, arch=name, num_classes=num_classes, renames=renames)
     target = output or default_output_path(loaded.card.arch)
-    images = real_images(loaded.card, data)
+    if no_verify:
+        if data is not None:
+            raise UsageError("--data gives images to verify on; it cannot go with --no-verify")
+        warn("--no-verify: the ONNX model is NOT checked against PyTorch")
+    images = None if no_verify else real_images(loaded.card, data)
     info(f"exporting {loaded.card.arch} → {target} (opset {opset or 'default'}, batch {batch})")
-    result = export_onnx(loaded, target, opset=opset, batch=batch_size, tolerance=tolerance, real_images=images)
+    result = export_onnx(loaded, target, opset=opset, batch=batch_size, verify=not no_verify, tolerance=tolerance,
+                         real_images=images)
     if json_output:
         emit_json(result.to_dict())
         return
@@ -111,9 +119,12 @@ def print_result(result: Any) -> None:
     for column in ("inputs", "batch", "max |Δ logit|", "allowed", "top-1 agreement", "result"):
         table.add_column(column)
     verification = result.verification
+    if verification is None:
+        stdout.print(f"{result.path}: {result.arch}, opset {result.opset}, NOT verified (--no-verify)", markup=False)
+        return
     for c in verification.comparisons:
         table.add_row(c.inputs, str(c.batch_size), f"{c.max_abs_diff:.3g}", f"{c.allowed:.3g}",
-                      f"{c.agreement:.1f}%", "ok" if c.passed else "FAILED")
+                      f"{c.agreement:.1f}%", "ok" if c.passed else ("FAILED (inf/NaN)" if c.non_finite else "FAILED"))
     stdout.print(table)
     shape = "x".join(str(d) for d in result.input_shape)
     nodes = sum(result.node_counts.values())
