@@ -1,0 +1,117 @@
+"""Run ONNX models side by side on ONNX Runtime (CPU) and say how far apart their logits are.
+
+Used at build time: an FP16 or INT8 model against its FP32 source, and an ONNX Runtime artifact
+against the precision model it was optimized from. Also measures the largest magnitude each
+intermediate tensor reaches, so an FP16 conversion can keep in FP32 what would overflow.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from resnet_deploy.errors import UsageError
+
+
+@dataclass
+class LogitComparison:
+    images: int
+    agreement: float  # top-1 agreement, percent
+    max_abs_logit_diff: float
+    mean_abs_logit_diff: float
+    finite: bool  # the candidate produced no inf/NaN
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"images": self.images, "agreement": self.agreement, "max_abs_logit_diff": self.max_abs_logit_diff,
+                "mean_abs_logit_diff": self.mean_abs_logit_diff, "finite": self.finite}
+
+
+def session(path: str | Path, *, level: str = "all", providers: list[str] | None = None) -> Any:
+    """An ONNX Runtime session with its log kept to errors; a model it cannot load is a UsageError."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = {
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    }[level]
+    options.log_severity_level = 3
+    try:
+        return ort.InferenceSession(str(path), sess_options=options, providers=providers or ["CPUExecutionProvider"])
+    except Exception as exc:  # ORT raises its own exception types
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise UsageError(f"{path}: ONNX Runtime cannot load this model ({first})") from None
+
+
+def input_spec(sess: Any) -> tuple[str, int | None]:
+    """(input name, static batch or None)."""
+    inp = sess.get_inputs()[0]
+    first = inp.shape[0] if inp.shape else None
+    return inp.name, first if isinstance(first, int) and first > 0 else None
+
+
+def run_logits(sess: Any, images: np.ndarray, *, batch: int | None = None) -> np.ndarray:
+    """Logits (float32) for `images`, batch by batch (the model's static batch when it has one)."""
+    from resnet_deploy.calibration import batches_of
+
+    name, static = input_spec(sess)
+    size = static or batch or 16
+    outputs = [sess.run(None, {name: chunk})[0] for chunk in batches_of(images, size, static=static is not None)]
+    return np.concatenate(outputs)[: len(images)].astype(np.float32, copy=False)
+
+
+def compare_logits(reference: np.ndarray, candidate: np.ndarray) -> LogitComparison:
+    finite = bool(np.isfinite(candidate).all())
+    diff = np.abs(reference.astype(np.float64) - candidate.astype(np.float64))
+    diff = np.where(np.isfinite(diff), diff, np.inf)
+    agree = reference.argmax(axis=1) == candidate.argmax(axis=1)
+    return LogitComparison(images=len(reference), agreement=100.0 * float(agree.mean()) if len(agree) else 100.0,
+                           max_abs_logit_diff=float(diff.max()) if diff.size else 0.0,
+                           mean_abs_logit_diff=float(diff.mean()) if diff.size else 0.0, finite=finite)
+
+
+def compare_models(reference: str | Path | Any, candidate: str | Path | Any, images: np.ndarray,
+                   *, batch: int | None = None) -> LogitComparison:
+    """Top-1 agreement and logit differences of `candidate` against `reference` (paths or sessions)."""
+    ref = reference if hasattr(reference, "run") else session(reference)
+    cand = candidate if hasattr(candidate, "run") else session(candidate)
+    return compare_logits(run_logits(ref, images, batch=batch), run_logits(cand, images, batch=batch))
+
+
+def activation_maxima(model: Any, images: np.ndarray, *, batch: int) -> tuple[np.ndarray, dict[str, float]]:
+    """Run an FP32 ModelProto exposing every float intermediate tensor; return (logits, max |value| per tensor)."""
+    import copy
+    import tempfile
+
+    import onnx
+
+    inferred = onnx.shape_inference.infer_shapes(model)
+    float_types = {vi.name for vi in inferred.graph.value_info
+                   if vi.type.tensor_type.elem_type == onnx.TensorProto.FLOAT}
+    existing = {o.name for o in model.graph.output}
+    augmented = copy.deepcopy(model)
+    names = [out for node in model.graph.node for out in node.output if out in float_types and out not in existing]
+    for name in names:
+        augmented.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
+    with tempfile.TemporaryDirectory(prefix="resnet-deploy-fp16-") as tmp:
+        path = Path(tmp) / "augmented.onnx"
+        onnx.save(augmented, str(path))
+        sess = session(path, level="basic")
+        from resnet_deploy.calibration import batches_of
+
+        input_name, static = input_spec(sess)
+        out_names = [o.name for o in sess.get_outputs()]
+        maxima = dict.fromkeys(names, 0.0)
+        logits = []
+        for chunk in batches_of(images, static or batch, static=static is not None):
+            values = dict(zip(out_names, sess.run(None, {input_name: chunk}), strict=True))
+            logits.append(values[model.graph.output[0].name])
+            for name in names:
+                value = values[name]
+                if value.size:
+                    maxima[name] = max(maxima[name], float(np.nanmax(np.abs(value))))
+    return np.concatenate(logits)[: len(images)].astype(np.float32, copy=False), maxima

@@ -1,0 +1,241 @@
+"""The ONNX Runtime target of `build-engine`: a precision ONNX saved after ONNX Runtime's offline optimization.
+
+The artifact is what ONNX Runtime would build in memory at load time, computed once and saved
+(`SessionOptions.optimized_model_filepath`) at the *basic* level: constant folding, redundant-node
+removal and semantics-preserving fusions, in standard ONNX operators. The extended level would save
+ORT contrib operators (QLinearAdd, QGemm) and the all level a CPU-specific NCHWc layout that ORT
+itself warns "should only be used in the same environment"; sessions still apply those at load.
+
+INT8 for the CPU. The precision ONNX has int8 activations with zero point 0, the form TensorRT
+takes. On x86, ORT's QLinearConv wants uint8 activations; ORT converts int8 Q/DQ pairs to uint8
+itself (its QDQS8ToU8 transformer) but skips every Q whose output feeds several nodes, after its
+own common-subexpression elimination has merged the per-consumer copies, and those convolutions
+then run in float (a ResNet-50 barely gains over FP32). So before optimizing for the CPU, every
+activation Q/DQ pair is rewritten from int8 with zero point 0 to uint8 with zero point 128 (the
+same scale): quantize gives round(x/s) + 128 clamped to [0, 255] instead of round(x/s) clamped to
+[-128, 127], and dequantize subtracts the 128 again, so every value is exactly what it was.
+
+Metadata (model card, precision, calibration) is copied from the precision model and an artifact
+marker added, so the artifact is never mistaken for a portable source of other targets. The saved
+model is loaded in a fresh session as `OnnxRuntimeEngine` would load it and checked against the
+precision model; then the JSON manifest `<artifact>.json` is written beside it.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from resnet_deploy.artifacts import manifest_path
+from resnet_deploy.atomic import atomic_path, sha256_file, write_text
+from resnet_deploy.card import CARD_METADATA_KEY, ModelCard
+from resnet_deploy.errors import BackendUnavailable, CheckFailed, UsageError
+from resnet_deploy.precision import ARTIFACT_KEY, PRECISION_KEY, set_metadata
+
+MANIFEST_FORMAT = "resnet-deploy/onnxruntime"
+OPTIMIZATION_LEVEL = "basic"
+MIN_AGREEMENT = 99.0  # artifact vs precision model on real images: the same graph, only kernels differ
+DEVICES = {"cpu": ["CPUExecutionProvider"], "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"]}
+
+
+@dataclass
+class OnnxRuntimeBuildResult:
+    path: Path
+    manifest_path: Path
+    precision: str
+    fp16_remainder: bool
+    device: str
+    providers: list[str]
+    optimization_level: str
+    s8_to_u8_pairs: int  # activation Q/DQ pairs rewritten for the CPU's integer kernels
+    check: dict[str, Any]
+    sha256: str
+    seconds: float
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["path"], data["manifest_path"] = str(self.path), str(self.manifest_path)
+        return data
+
+
+def build_onnxruntime_artifact(
+    model_onnx: str | Path,
+    output: str | Path,
+    *,
+    device: str = "cpu",
+    check_images: np.ndarray | None = None,
+) -> OnnxRuntimeBuildResult:
+    """Optimize the precision ONNX `model_onnx` for ONNX Runtime on `device`; write `output` and its manifest."""
+    import onnx
+    import onnxruntime as ort
+
+    from engines.onnxruntime_engine import graph_precision
+    from resnet_deploy.onnx_check import compare_models, session
+
+    started = time.perf_counter()
+    source, output = Path(model_onnx), Path(output)
+    if device not in DEVICES:
+        raise UsageError(f"ONNX Runtime device must be one of {', '.join(DEVICES)}, got {device!r}")
+    providers = DEVICES[device]
+    missing = [p for p in providers if p not in ort.get_available_providers()]
+    if missing:
+        raise BackendUnavailable(f"ONNX Runtime has no {', '.join(missing)} here (available: "
+                                 f"{', '.join(ort.get_available_providers())}); install onnxruntime-gpu with CUDA")
+    if output.suffix.lower() != ".onnx":
+        raise UsageError(f"{output}: an ONNX Runtime artifact is an .onnx file")
+    if output.resolve() == source.resolve():
+        raise UsageError(f"{output}: the artifact would overwrite its source; choose another --output")
+    model = onnx.load(str(source))
+    props = {p.key: p.value for p in model.metadata_props}
+    if ARTIFACT_KEY in props:
+        raise UsageError(f"{source}: already an ONNX Runtime artifact ({props[ARTIFACT_KEY]})")
+    if CARD_METADATA_KEY not in props:
+        raise UsageError(f"{source}: the ONNX model carries no resnet-deploy model card in its metadata; "
+                         "export it with `resnet-deploy export`")
+    card = ModelCard.from_json(props[CARD_METADATA_KEY])
+    precision = props.get(PRECISION_KEY) or graph_precision(source)
+    fp16_remainder = props.get("resnet_deploy.fp16_remainder") == "true"
+    notes: list[str] = []
+    rewritten = 0
+    if precision == "int8" and device == "cpu":
+        rewritten = int8_activations_to_uint8(model)
+    if device == "cpu" and (precision == "fp16" or fp16_remainder):
+        notes.append("ONNX Runtime's CPU provider has no FP16 convolution kernels: it casts to FP32 and computes in "
+                     "FP32 (the saved graph shows the Casts). FP16 pays off with --target tensorrt or openvino")
+    props[ARTIFACT_KEY] = f"onnxruntime-{device}"
+    props["resnet_deploy.onnxruntime"] = json.dumps({
+        "optimization_level": OPTIMIZATION_LEVEL, "providers": providers, "s8_to_u8_pairs": rewritten,
+        "onnxruntime": ort.__version__, "source_sha256": sha256_file(source),
+    })
+
+    with tempfile.TemporaryDirectory(prefix="resnet-deploy-ort-") as tmp_name:
+        prepared = Path(tmp_name) / "prepared.onnx"
+        onnx.save(model, str(prepared))
+        with atomic_path(output) as tmp:
+            options = ort.SessionOptions()
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+            options.optimized_model_filepath = str(tmp)  # not ".ort": ORT writes the ONNX format
+            options.log_severity_level = 3
+            try:
+                ort.InferenceSession(str(prepared), sess_options=options, providers=providers)
+            except Exception as exc:  # ORT raises its own exception types
+                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                raise UsageError(f"{source}: ONNX Runtime cannot load this model ({first})") from None
+            optimized = onnx.load(str(tmp))
+            set_metadata(optimized, props)  # ORT keeps metadata_props today; set them anyway, in our order
+            onnx.save(optimized, str(tmp))
+            check = _check(tmp, source, check_images, card, providers, session, compare_models)
+            if not check["passed"]:
+                raise CheckFailed(f"{output}: the optimized model disagrees with {source.name} "
+                                  f"({check['agreement']:.2f}% top-1 agreement, max |Δ logit| "
+                                  f"{check['max_abs_logit_diff']:.3g}); nothing was written")
+
+    manifest = {
+        "format": MANIFEST_FORMAT,
+        "format_version": 1,
+        "backend": "onnxruntime",
+        "artifact": output.name,
+        "sha256": sha256_file(output),
+        "precision": precision,
+        "fp16_remainder": fp16_remainder,
+        "device": device,
+        "providers": providers,
+        "optimization_level": OPTIMIZATION_LEVEL,
+        "s8_to_u8_pairs": rewritten,
+        "calibration": _json_prop(props, "resnet_deploy.calibration"),
+        "quantization": _json_prop(props, "resnet_deploy.quantization"),
+        "precision_check": _json_prop(props, "resnet_deploy.verification"),
+        "artifact_check": check,
+        "source_onnx": {"path": str(source), "sha256": sha256_file(source)},
+        "fp32_source_sha256": props.get("resnet_deploy.source_onnx_sha256") or sha256_file(source),
+        "card": card.to_dict(),
+        "built_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "versions": _versions(),
+        "notes": notes,
+    }
+    manifest_file = manifest_path(output)
+    write_text(manifest_file, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    return OnnxRuntimeBuildResult(
+        path=output, manifest_path=manifest_file, precision=precision, fp16_remainder=fp16_remainder,
+        device=device, providers=providers, optimization_level=OPTIMIZATION_LEVEL, s8_to_u8_pairs=rewritten,
+        check=check, sha256=manifest["sha256"], seconds=time.perf_counter() - started, notes=notes,
+    )
+
+
+def int8_activations_to_uint8(model: Any) -> int:
+    """Rewrite activation Q/DQ pairs from int8 (zero point 0) to uint8 (zero point 128), in place; exact.
+
+    Only zero points used solely as the zero point of activation Q/DQ nodes (not of weights) are
+    changed; returns how many zero-point tensors were rewritten.
+    """
+    from onnx import numpy_helper
+
+    initializers = {init.name: init for init in model.graph.initializer}
+    weight_zero_points, activation_zero_points, other_uses = set(), set(), set()
+    for node in model.graph.node:
+        for index, name in enumerate(node.input):
+            if name not in initializers:
+                continue
+            if node.op_type in ("QuantizeLinear", "DequantizeLinear") and index == 2:
+                # A Q/DQ whose data input is an initializer quantizes a weight.
+                (weight_zero_points if node.input[0] in initializers else activation_zero_points).add(name)
+            else:
+                other_uses.add(name)
+    rewritten = 0
+    for name in sorted(activation_zero_points - weight_zero_points - other_uses):
+        value = numpy_helper.to_array(initializers[name])
+        if value.dtype != np.int8 or value.size != 1 or int(value.reshape(-1)[0]) != 0:
+            continue
+        initializers[name].CopyFrom(numpy_helper.from_array(np.full(value.shape, 128, dtype=np.uint8), name))
+        rewritten += 1
+    return rewritten
+
+
+def _check(artifact: Path, source: Path, images: np.ndarray | None, card: ModelCard, providers: list[str],
+           session: Any, compare_models: Any) -> dict[str, Any]:
+    """Load the artifact as the engine would (fresh session, all optimizations) and compare with its source."""
+    data = "images"
+    if images is None:
+        size = card.preprocessing.input_size
+        images = np.random.default_rng(0).standard_normal((16, 3, size, size), dtype=np.float32)
+        data = "random"
+    fresh = session(artifact, level="all", providers=providers)
+    props = fresh.get_modelmeta().custom_metadata_map
+    comparison = compare_models(session(source, providers=providers), fresh, images)
+    passed = comparison.finite and CARD_METADATA_KEY in props
+    if data == "images":
+        passed = passed and comparison.agreement >= MIN_AGREEMENT
+    return {"reference": source.name, "data": data, "loads": True, "card_in_metadata": CARD_METADATA_KEY in props,
+            "passed": bool(passed), **comparison.to_dict()}
+
+
+def _json_prop(props: dict[str, str], key: str) -> Any:
+    text = props.get(key)
+    if not text:
+        return None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def _versions() -> dict[str, str | None]:
+    from importlib import metadata
+
+    from resnet_deploy import __version__
+
+    versions: dict[str, str | None] = {"resnet_deploy": __version__}
+    for dist in ("onnxruntime", "onnxruntime-gpu", "onnx", "onnxconverter-common", "torch"):
+        try:
+            versions[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
