@@ -68,7 +68,9 @@ def open_train_data(root: str | Path, *, val_split: int = 0, seed: int = 0) -> T
     try:
         train = open_dataset(root, split="train")
     except UsageError as exc:
-        raise UsageError(f"--data {root}: no training split ({exc}); expected DIR/train/<class>/<image> and "
+        if "no split folder" not in str(exc):
+            raise
+        raise UsageError(f"--data {root}: no train/ folder; expected DIR/train/<class>/<image> and "
                          "DIR/val or DIR/test, or CIFAR python batches") from None
     test_split = "test"
     if train.kind == "cifar":
