@@ -16,6 +16,7 @@ import torch
 from resnet_deploy.card import read_card
 from resnet_deploy.checkpoints import TRAINER_CHECKPOINT_FORMAT, load_model
 from trainer import TrainConfig, train
+from trainer.plots import plot_responses
 
 SIZE = 16
 
@@ -99,6 +100,8 @@ def test_training_lowers_the_loss_beats_chance_and_writes_a_usable_run(digits, t
     layers = json.loads((out / "responses.json").read_text())["layers"]
     assert len(layers) == 18  # 9 basic blocks x two 3x3 layers
     assert all(np.isfinite(layer["std"]) and layer["std"] > 0 for layer in layers)
+    figure = plot_responses([out], tmp_path / "fig7.png")
+    assert figure.read_bytes()[:4] == b"\x89PNG"
 
     # The decoded images were cached once, keyed by the file list.
     assert len(list((tmp_path / "cache").glob("*.npz"))) == 2
@@ -121,6 +124,32 @@ def test_a_cut_and_resumed_run_ends_with_the_same_weights(digits, tmp_path, one_
     lines = (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()
     iterations = [json.loads(line)["iteration"] for line in lines]
     assert iterations == [10, 13, 20, 30]
+
+
+def test_worker_loader_resumes_exactly_too(digits, tmp_path, one_thread):
+    """Each sample's augmentation is seeded by (seed, iteration, sample), whichever worker decodes it."""
+    common = dict(iters=8, batch_size=8, eval_every=4, loader="workers", workers=1, recipe="imagenet",
+                  image_size=24, val_split=100)
+    full = train(config(digits, tmp_path / "full", tmp_path / "cache", **common))
+    train(config(digits, tmp_path / "cut", tmp_path / "cache", max_iters=3, **common))
+    train(config(digits, tmp_path / "cut", tmp_path / "cache", resume=True, **common))
+    a = torch.load(tmp_path / "full" / "last.pt", weights_only=True)["model"]
+    b = torch.load(tmp_path / "cut" / "last.pt", weights_only=True)["model"]
+    assert all(torch.equal(a[key], b[key]) for key in a)
+
+    assert full.eval_split == "holdout" and full.test is not None and full.test["images"] == 359
+    card = read_card(tmp_path / "full" / "last.safetensors")
+    assert card is not None
+    assert (card.preprocessing.input_size, card.preprocessing.resize_size) == (24, 27)  # 24 * 256 / 224
+    assert card.recipe["recipe"] == "imagenet" and card.recipe["val_split"] == 100
+
+
+def test_synthetic_data_measures_throughput_without_a_data_set(tmp_path, one_thread):
+    result = train(TrainConfig(arch="resnet18", data=None, synthetic=True, image_size=32, batch_size=4, iters=3,
+                               device="cpu", out=tmp_path / "run", amp="bf16"))
+    assert result.iters == 3 and result.images_per_s > 0
+    card = read_card(tmp_path / "run" / "last.safetensors")
+    assert card is not None and card.dataset == "synthetic" and card.num_classes == 1000
 
 
 def test_cli_json_plot_and_export(digits, tmp_path):

@@ -40,6 +40,7 @@ class TrainConfig:
     save_every: int | None = None
     analyze_responses: bool = False
     deterministic: bool = False
+    synthetic: bool = False  # random images instead of --data: throughput measurements
 
     def to_dict(self) -> dict[str, Any]:
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()}

@@ -100,6 +100,17 @@ def open_train_data(root: str | Path, *, val_split: int = 0, seed: int = 0) -> T
     return TrainData(root, train, rows, holdout, test, test_split)
 
 
+def synthetic_train_data(num_classes: int, size: int, count: int, *, seed: int = 0) -> TrainData:
+    """Random pixels and labels, as if decoded already: the training throughput without any data set."""
+    generator = torch.Generator().manual_seed(mix_seed(seed, 0x5E7))
+    pixels = torch.randint(0, 256, (count, size, size, 3), dtype=torch.uint8, generator=generator).numpy()
+    labels = torch.randint(0, num_classes, (count,), generator=generator).tolist()
+    names = [f"class_{i}" for i in range(num_classes)]
+    train = ImageDataset(Path("synthetic"), "synthetic", "train", names, list(range(count)), labels, pixels)
+    test = train.subset(range(min(count, 512)))
+    return TrainData(Path("synthetic"), train, list(range(count)), [], test, "test")
+
+
 # --- the data order --------------------------------------------------------------------------------
 
 

@@ -101,7 +101,8 @@ def evaluate(
     was_training = model.training
     model.eval()
     device = ctx.device
-    totals = torch.zeros(4, dtype=torch.float64, device=device)  # images, loss sum, top-1 hits, top-5 hits
+    totals = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, top-1 hits, top-5 hits
+    images = 0
     recorder = record_responses(model, device) if responses else contextlib.nullcontext()
     with torch.inference_mode(), recorder as stats:
         for x, y in batches():
@@ -111,15 +112,15 @@ def evaluate(
             k = min(5, logits.shape[1])
             top = logits.topk(k, dim=1).indices
             hits = top == y[:, None]
+            images += int(y.shape[0])
             totals += torch.stack([
-                torch.tensor(float(y.shape[0]), dtype=torch.float64, device=device),
                 F.cross_entropy(logits, y, reduction="sum").to(torch.float64),
                 hits[:, 0].sum().to(torch.float64),
                 hits.any(dim=1).sum().to(torch.float64),
             ])
     model.train(was_training)
-    all_reduce_sum(ctx, totals)
-    images, loss_sum, top1, top5 = totals.tolist()
+    counted = torch.cat([totals, torch.tensor([float(images)], dtype=torch.float64, device=device)])
+    loss_sum, top1, top5, images = all_reduce_sum(ctx, counted).tolist()
     result = EvalResult(int(images), loss_sum / max(images, 1), 100 * top1 / max(images, 1),
                         100 * top5 / max(images, 1))
     layer_stds = None

@@ -28,7 +28,7 @@ from resnet_deploy.atomic import write_text
 from resnet_deploy.card import ModelCard, Preprocessing, save_card, stamp_lineage
 from resnet_deploy.data import eval_transform
 from resnet_deploy.errors import CheckFailed, UsageError
-from resnet_deploy.models import create_model, get_entry
+from resnet_deploy.models import CIFAR, IMAGENET, create_model, get_entry
 from trainer import distributed
 from trainer.checkpoint import (
     ResumeState,
@@ -49,6 +49,7 @@ from trainer.data import (
     decode_images,
     default_cache_dir,
     open_train_data,
+    synthetic_train_data,
     tensor_bytes,
     tensor_eval_batches,
     train_transform,
@@ -176,8 +177,9 @@ class _Run:
             setattr(cfg, key, theirs)
         if cfg.out is None:
             cfg.out = Path(path).parent
-        if cfg.data is None:
+        if cfg.data is None and saved.get("data"):
             cfg.data = Path(saved["data"])
+        cfg.synthetic = bool(saved.get("synthetic", False))
         return state
 
     def _out_dir(self, resuming: bool) -> Path:
@@ -195,6 +197,8 @@ class _Run:
 
     def _loader_kind(self, recipe: Recipe, data: TrainData, size: int) -> str:
         kind = self.config.loader
+        if self.config.synthetic:
+            return "tensor"  # random pixels already in memory
         if kind == "auto":
             kind = "tensor" if recipe.augmentation == "crop-flip" else "workers"
         if kind == "tensor":
@@ -233,7 +237,7 @@ class _Run:
         resume = self._resolve_resume()
         if not cfg.arch:
             raise UsageError("name a model: --depth N or --arch NAME")
-        if cfg.data is None:
+        if cfg.data is None and not cfg.synthetic:
             raise UsageError("--data DIR is required (DIR/train and DIR/val or DIR/test, or CIFAR python batches)")
         entry = get_entry(cfg.arch)
         if cfg.compile and ctx.device.type != "cuda":
@@ -242,11 +246,18 @@ class _Run:
         _configure_backends(ctx.device, cfg.deterministic)
         out = self._out_dir(resume is not None)
 
-        data = open_train_data(cfg.data, val_split=cfg.val_split, seed=cfg.seed)
         recipe = self._recipe()
         size = cfg.image_size or recipe.input_size
+        if cfg.synthetic:
+            count = max(1024, 4 * (cfg.batch_size or recipe.batch_size) * ctx.world_size)
+            data = synthetic_train_data(entry.family.num_classes, size, count, seed=cfg.seed)
+            self.notes.append(f"synthetic data: {count} random {size}x{size} images resident on the device, for "
+                              "measuring training throughput only")
+        else:
+            data = open_train_data(cfg.data, val_split=cfg.val_split, seed=cfg.seed)
         padding = max(1, round(recipe.crop_padding * size / recipe.input_size)) if recipe.crop_padding else 0
         loader = self._loader_kind(recipe, data, size)
+        scale_range: tuple[int, ...] | None = None
         workers = cfg.workers if cfg.workers is not None else min(8, os.cpu_count() or 1)
         self.reporter.message(data.describe())
 
@@ -295,12 +306,15 @@ class _Run:
                 test_batches = None
             del train_all, test_all
         else:
-            family = entry.family
+            family = IMAGENET if recipe.name == "imagenet" else CIFAR  # the recipe's data, not the model's
             resize = None if recipe.augmentation == "crop-flip" else round(size * 256 / 224)
             preprocessing = Preprocessing(size, resize, family.mean, family.std, family.interpolation)
             if resume is not None:
                 preprocessing = ModelCard.from_json(resume.data["card"]).preprocessing
-            transform = train_transform(recipe.augmentation, size, padding, recipe.scale_range, resize)
+            scale_range = None
+            if recipe.scale_range:  # [256, 480] at 224; proportionally for another --image-size
+                scale_range = tuple(round(v * size / recipe.input_size) for v in recipe.scale_range)
+            transform = train_transform(recipe.augmentation, size, padding, scale_range, resize)
             lighting = LIGHTING_STD if recipe.augmentation == "scale-crop-flip-colour" else 0.0
             batches = WorkerBatches(data.train, train_rows, plan, transform, device=ctx.device,
                                     mean=preprocessing.mean, std=preprocessing.std, workers=workers,
@@ -330,12 +344,14 @@ class _Run:
 
         recipe_record = {
             "recipe": recipe.name, "paper_recipe": recipe.to_dict(), "schedule": schedule.to_dict(),
-            "image_size": size, "crop_padding": padding, "augmentation": recipe.augmentation, "seed": cfg.seed,
+            "image_size": size, "crop_padding": padding, "scale_range": scale_range,
+            "augmentation": recipe.augmentation, "seed": cfg.seed,
             "amp": cfg.amp, "loader": loader, "val_split": cfg.val_split, "world_size": ctx.world_size,
             "global_batch": schedule.global_batch,
         }
         base_card = ModelCard(arch=cfg.arch, num_classes=len(data.class_names), class_names=list(data.class_names),
-                              preprocessing=preprocessing, dataset=str(cfg.data), recipe=recipe_record)
+                              preprocessing=preprocessing, dataset="synthetic" if cfg.synthetic else str(cfg.data),
+                              recipe=recipe_record)
 
         start, best_top1, best_iteration, train_seconds = 0, -1.0, 0, 0.0
         metrics = MetricsLog(out / METRICS_FILE) if ctx.is_main else None
@@ -401,8 +417,10 @@ class _Run:
 
         # The loop.
         log_every = 1 if ctx.device.type == "cpu" else 25
-        window = torch.zeros(3, dtype=torch.float64, device=ctx.device)  # loss sum, correct, images (since eval)
-        log_loss = torch.zeros(2, dtype=torch.float64, device=ctx.device)  # loss sum, images (since log)
+        # Running sums stay on the device (no per-iteration sync); image counts are host integers.
+        window = torch.zeros(2, dtype=torch.float64, device=ctx.device)  # loss sum, correct (since last eval)
+        log_loss = torch.zeros((), dtype=torch.float64, device=ctx.device)  # loss sum (since last log)
+        window_images = log_images = 0
         steady_images, steady_seconds, warm_iters = 0, 0.0, min(10, max(0, stop - start - 1))
         last_eval: EvalResult | None = None
         train_loss = train_error = float("nan")
@@ -422,17 +440,17 @@ class _Run:
                 scaler.update()
                 scheduler.step()
                 with torch.no_grad():
-                    batch = float(y.shape[0])
-                    window += torch.stack([loss.detach().double() * batch,
-                                           (logits.argmax(1) == y).sum().double(),
-                                           torch.tensor(batch, dtype=torch.float64, device=ctx.device)])
-                    log_loss += torch.stack([loss.detach().double() * batch,
-                                             torch.tensor(batch, dtype=torch.float64, device=ctx.device)])
+                    batch = int(y.shape[0])
+                    batch_loss = loss.detach().double() * batch
+                    window += torch.stack([batch_loss, (logits.argmax(1) == y).sum().double()])
+                    log_loss += batch_loss
+                    window_images += batch
+                    log_images += batch
                 iteration += 1
                 due_eval = iteration % schedule.eval_every == 0 or iteration == stop
                 due_save = iteration % schedule.save_every == 0 or iteration == stop
                 if iteration % log_every == 0 or due_eval or due_save:
-                    loss_sum, images = log_loss.tolist()  # synchronizes with the device
+                    loss_sum, images = log_loss.item(), log_images  # .item() synchronizes with the device
                     now = time.perf_counter()
                     seconds = now - mark
                     train_seconds += seconds
@@ -446,11 +464,15 @@ class _Run:
                     self.reporter.training_step(iteration, loss=loss_sum / max(images, 1),
                                                 lr=schedule.lr_at(iteration - 1), images_per_s=step_ips)
                     log_loss.zero_()
+                    log_images = 0
                     mark = now
                 if due_eval:
                     distributed.broadcast_buffers(ctx, model)
-                    totals = distributed.all_reduce_sum(ctx, window.clone()).tolist()
+                    counted = torch.cat([window, torch.tensor([float(window_images)], dtype=torch.float64,
+                                                              device=ctx.device)])
+                    totals = distributed.all_reduce_sum(ctx, counted).tolist()  # loss sum, correct, images
                     window.zero_()
+                    window_images = 0
                     train_loss = totals[0] / max(totals[2], 1)
                     train_error = 100 - 100 * totals[1] / max(totals[2], 1)
                     last_eval, _ = evaluate(model, eval_batches, ctx, autocast_dtype=amp_dtype)
@@ -517,7 +539,7 @@ class _Run:
             result.last_pt = out / "last.pt"
             result.metrics_file = out / METRICS_FILE
             try:
-                result.plot = plot_curves([out], out / "curves.png", title=f"{cfg.arch} on {Path(cfg.data).name}")
+                result.plot = plot_curves([out], out / "curves.png", title=f"{cfg.arch} on {data.root.name}")
             except (ImportError, RuntimeError, ValueError) as exc:
                 self.reporter.message(f"warning: could not draw curves.png ({exc})")
         return result

@@ -72,6 +72,9 @@ def train(  # noqa: PLR0913 - a training command has many knobs
         "or $RESNET_DEPLOY_CACHE/decoded).", rich_help_panel=PANEL_SPEED)] = None,
     no_cache: Annotated[bool, typer.Option(
         "--no-cache", help="Decode images without reading or writing the cache.", rich_help_panel=PANEL_SPEED)] = False,
+    synthetic: Annotated[bool, typer.Option(
+        "--synthetic", help="Random images instead of --data, resident on the device: training throughput only.",
+        rich_help_panel=PANEL_SPEED)] = False,
     deterministic: Annotated[bool, typer.Option(
         "--deterministic", help="Deterministic kernels (bitwise-exact resume on GPU too; slower).",
         rich_help_panel=PANEL_SPEED)] = False,
@@ -107,7 +110,7 @@ def train(  # noqa: PLR0913 - a training command has many knobs
         channels_last=channels_last, compile=compile_model, device=device, workers=workers, loader=loader,
         cache_dir=cache_dir, no_cache=no_cache, seed=seed, out=out, resume=resuming, resume_from=resume_from,
         eval_every=eval_every, save_every=save_every, analyze_responses=analyze_responses,
-        deterministic=deterministic,
+        deterministic=deterministic, synthetic=synthetic,
     )
     result = run_training(config, RichReporter(stderr))
     if not result.is_main:
