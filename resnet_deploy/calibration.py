@@ -110,9 +110,7 @@ def load_calibration_images(
 
     if samples < 1:
         raise UsageError(f"--calib-samples must be positive, got {samples}")
-    root = Path(folder)
-    if not root.exists():
-        raise UsageError(f"{root}: no such calibration folder")
+    root = calibration_folder(folder)
     try:
         dataset = open_image_folder_unlabelled(root)
     except PermissionError as exc:
@@ -152,6 +150,16 @@ def load_calibration_images(
     check_images, _ = decode(check, "read check images", False)
     return CalibrationImages(source=str(root), images=images, names=names, sha256=digest.hexdigest(),
                              check_images=check_images, check_held_out=bool(rest), seed=seed)
+
+
+def calibration_folder(folder: str | Path) -> Path:
+    """The folder to draw from: a data set root with a `train/` split calibrates on it, never on test images."""
+    root = Path(folder)
+    if not root.exists():
+        raise UsageError(f"{root}: no such calibration folder")
+    if (root / "train").is_dir():
+        return root / "train"
+    return root
 
 
 def random_calibration_images(

@@ -176,6 +176,7 @@ def int8_activations_to_uint8(model: Any) -> int:
     Only zero points used solely as the zero point of activation Q/DQ nodes (not of weights) are
     changed; returns how many zero-point tensors were rewritten.
     """
+    import onnx
     from onnx import numpy_helper
 
     initializers = {init.name: init for init in model.graph.initializer}
@@ -189,14 +190,20 @@ def int8_activations_to_uint8(model: Any) -> int:
                 (weight_zero_points if node.input[0] in initializers else activation_zero_points).add(name)
             else:
                 other_uses.add(name)
-    rewritten = 0
+    rewritten = set()
     for name in sorted(activation_zero_points - weight_zero_points - other_uses):
         value = numpy_helper.to_array(initializers[name])
         if value.dtype != np.int8 or value.size != 1 or int(value.reshape(-1)[0]) != 0:
             continue
         initializers[name].CopyFrom(numpy_helper.from_array(np.full(value.shape, 128, dtype=np.uint8), name))
-        rewritten += 1
-    return rewritten
+        rewritten.add(name)
+    # Quantized tensors now hold uint8: fix any type recorded for them by an earlier shape inference.
+    quantized = {node.output[0] for node in model.graph.node
+                 if node.op_type == "QuantizeLinear" and len(node.input) > 2 and node.input[2] in rewritten}
+    for info in [*model.graph.value_info, *model.graph.output]:
+        if info.name in quantized and info.type.tensor_type.elem_type == onnx.TensorProto.INT8:
+            info.type.tensor_type.elem_type = onnx.TensorProto.UINT8
+    return len(rewritten)
 
 
 def _check(artifact: Path, source: Path, images: np.ndarray | None, card: ModelCard, providers: list[str],

@@ -172,9 +172,12 @@ def set_metadata(model: Any, props: dict[str, str]) -> None:
         entry.key, entry.value = key, value
 
 
-def _static_batch(src: _Source) -> int | None:
-    first = src.input_shape[0] if src.input_shape else None
-    return first if isinstance(first, int) and first > 0 else None
+def drop_unused_opsets(model: Any) -> None:
+    """Keep the default opset and the domains nodes use; ORT's pre-processing imports a dozen it never uses."""
+    used = {node.domain for node in model.graph.node}
+    kept = [o for o in model.opset_import if o.domain in ("", "ai.onnx") or o.domain in used]
+    del model.opset_import[:]
+    model.opset_import.extend(kept)
 
 
 def _check_images_or_random(src: _Source, images: np.ndarray | None, seed: int) -> tuple[np.ndarray, str]:
@@ -393,6 +396,7 @@ def quantize_int8(
             "resnet_deploy.verification": json.dumps(_verification(comparison, data)),
         })
         set_metadata(model, props)
+        drop_unused_opsets(model)
         with atomic_path(output) as final:
             onnx.save(model, str(final))
     if calib.random:

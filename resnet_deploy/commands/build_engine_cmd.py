@@ -104,6 +104,9 @@ def build_engine(
     info(f"target: {chosen} ({reason})")
     if bf16 and chosen != "openvino":
         raise UsageError(f"--bf16 is an OpenVINO inference precision; the target is {chosen} (use --target openvino)")
+    if int8 and fp16 and chosen == "openvino":
+        raise UsageError("--int8 --fp16 makes an FP16 remainder for TensorRT; OpenVINO picks the precision of the "
+                         "layers it does not quantize itself (its inference precision): use --int8 alone")
     if trt_given and chosen != "tensorrt":
         flags = ", ".join("--" + k.replace("_bytes", "").replace("_", "-") for k in trt_given)
         if target != "auto":
@@ -327,9 +330,10 @@ def real_images(folder: Path, card: Any, count: int, seed: int) -> Any:
     """`count` images from `folder` (evenly across class subfolders) through the card's eval transform."""
     import numpy as np
 
+    from resnet_deploy.calibration import calibration_folder
     from resnet_deploy.data import BadImageError, eval_transform, open_image_folder_unlabelled, stratified_indices
 
-    dataset = open_image_folder_unlabelled(folder)
+    dataset = open_image_folder_unlabelled(calibration_folder(folder))
     transform = eval_transform(card.preprocessing)
     arrays = []
     for index in stratified_indices(dataset.labels, count, seed):
@@ -429,14 +433,23 @@ def _print_summary(document: dict[str, Any], precision: Any) -> None:
         if precision.calibration is not None:
             calib = precision.calibration
             caches = ", ".join(f"{m}: {s['cache']['status']}" for m, s in calib.scores.items())
-            table.add_row("calibration", f"{calib.method} ({calib.requested}), {calib.samples} images from "
-                                         f"{calib.data}, seed {calib.seed}; cache {caches}")
+            method = calib.method if calib.requested == calib.method else f"{calib.requested} → {calib.method}"
+            where = "random images" if calib.random else f"images from {calib.data}"
+            table.add_row("calibration", f"{method}, {calib.samples} {where}, seed {calib.seed}; cache {caches}")
         if document["precision_onnx"]:
             table.add_row("precision ONNX", document["precision_onnx"])
     check = artifact.get("check")
-    if isinstance(check, dict) and "agreement" in check:
+    if isinstance(check, dict) and "agreement" in check:  # ONNX Runtime
         table.add_row("artifact check", f"top-1 agreement {check['agreement']:.2f}% with the precision model, "
                                         f"max |Δ logit| {check['max_abs_logit_diff']:.4g} ({check['data']})")
+    elif "runtime_precision" in artifact:  # OpenVINO (agreement as a fraction)
+        table.add_row("artifact check", f"runs as {artifact['runtime_precision']}; top-1 agreement "
+                                        f"{100 * artifact['agreement']:.1f}% with the source ONNX on ONNX Runtime, "
+                                        f"max |Δ logit| {artifact['max_abs_logit_diff']:.4g} (random inputs)")
+    elif "layer_precisions" in artifact:  # TensorRT
+        layers = ", ".join(f"{k} {v}" for k, v in sorted(artifact["layer_precisions"].items()))
+        table.add_row("engine layers", f"{layers} (TensorRT {artifact.get('tensorrt_version')}, "
+                                       f"{artifact.get('gpu_name')})")
     manifest = artifact.get("manifest_path")
     table.add_row("artifact", document["output"])
     if manifest:
