@@ -138,7 +138,7 @@ class OpenVINOEngine(Engine):
         self._output = TensorInfo(out.get_any_name(), (None, *[d.get_length() if d.is_static else None
                                                                 for d in list(out_dims)[1:]]), "float32")
         self._requests: dict[str, Any] = {}
-        self._queues: dict[str, Any] = {}
+        self._stream_requests: dict[str, list[Any]] = {}
 
     # -- setup ---------------------------------------------------------------------------------
 
@@ -255,27 +255,22 @@ class OpenVINOEngine(Engine):
             key, parts = self._dynamic_key(batch.shape[0]), batch.shape[0]
         else:  # pinned batch: one request for the whole batch
             key, parts = "as_built", 1
-        compiled = self._compiled[key]
-        queue = self._queues.get(key)
-        if queue is None:
-            jobs = compiled.get_property(self._props.optimal_number_of_infer_requests)
-            queue = self._queues[key] = self._ov.AsyncInferQueue(compiled, max(1, int(jobs)))
-        chunks = [c for c in np.array_split(batch, min(len(queue), parts)) if len(c)]
-        results: list[np.ndarray | None] = [None] * len(chunks)
-
-        def done(request: Any, index: int) -> None:
-            results[index] = _logits(request.get_output_tensor(0).data)
-
-        queue.set_callback(done)
+        requests = self._stream_requests.get(key)
+        if requests is None:
+            # Plain requests and wait(), not AsyncInferQueue: its Python callbacks need the GIL on
+            # OpenVINO's threads, and destroying the queue can then deadlock.
+            compiled = self._compiled[key]
+            jobs = max(1, int(compiled.get_property(self._props.optimal_number_of_infer_requests)))
+            requests = self._stream_requests[key] = [compiled.create_infer_request() for _ in range(jobs)]
+        chunks = [c for c in np.array_split(batch, min(len(requests), parts)) if len(c)]
         try:
-            for index, chunk in enumerate(chunks):
-                queue.start_async({0: chunk}, userdata=index, share_inputs=True)
-            queue.wait_all()
+            for request, chunk in zip(requests, chunks, strict=False):
+                request.start_async({0: chunk}, share_inputs=True)
+            for request in requests[: len(chunks)]:
+                request.wait()
         except Exception as exc:
             raise EngineError(f"{self.path}: OpenVINO inference failed ({ov_message(exc)})") from None
-        if any(r is None for r in results):
-            raise EngineError(f"{self.path}: OpenVINO returned no result for part of the batch")
-        return np.concatenate(results, axis=0)  # type: ignore[arg-type]
+        return np.concatenate([_logits(r.get_output_tensor(0).data) for r in requests[: len(chunks)]], axis=0)
 
     def describe(self) -> dict[str, Any]:
         compiled = self._compiled.get("as_built")
@@ -294,7 +289,7 @@ class OpenVINOEngine(Engine):
         return info
 
     def close(self) -> None:
-        self._queues.clear()
+        self._stream_requests.clear()
         self._requests.clear()
         self._compiled.clear()
         super().close()
