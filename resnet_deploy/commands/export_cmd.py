@@ -48,7 +48,7 @@ def export(
                                     "when it is a folder here)."),
     ] = None,
     no_verify: Annotated[
-        bool, typer.Option("--no-verify", help="Skip the ORT-vs-PyTorch check (latency work only; never the default).")
+        bool, typer.Option("--no-verify", help="Skip the ONNX Runtime vs PyTorch check (latency work only).")
     ] = False,
     output: OutputOption = None,
     json_output: JsonOption = False,
