@@ -421,13 +421,15 @@ class _Run:
         window = torch.zeros(2, dtype=torch.float64, device=ctx.device)  # loss sum, correct (since last eval)
         log_loss = torch.zeros((), dtype=torch.float64, device=ctx.device)  # loss sum (since last log)
         window_images = log_images = 0
-        steady_images, steady_seconds, warm_iters = 0, 0.0, min(10, max(0, stop - start - 1))
+        # Images/s leaves out the log windows that start in the first iterations (compilation, cuDNN autotuning).
+        warm_iters = min(10, max(0, stop - start - 1))
+        steady_images, steady_seconds, all_images, session_seconds = 0, 0.0, 0, 0.0
         last_eval: EvalResult | None = None
         train_loss = train_error = float("nan")
         last_card = card_with({})
         self.reporter.start_training(total=schedule.total_iters, completed=start)
         mark = time.perf_counter()
-        iteration = start
+        iteration = window_start = start
         try:
             while iteration < stop:
                 x, y = batches.get(iteration)
@@ -455,8 +457,10 @@ class _Run:
                     seconds = now - mark
                     train_seconds += seconds
                     step_ips = images * ctx.world_size / seconds if seconds > 0 else 0.0
-                    if iteration - start > warm_iters:
-                        steady_images += int(images) * ctx.world_size
+                    all_images += images * ctx.world_size
+                    session_seconds += seconds
+                    if window_start - start >= warm_iters:
+                        steady_images += images * ctx.world_size
                         steady_seconds += seconds
                     if not math.isfinite(loss_sum):
                         raise CheckFailed(f"training diverged: the loss is not finite at iteration {iteration}; "
@@ -465,7 +469,7 @@ class _Run:
                                                 lr=schedule.lr_at(iteration - 1), images_per_s=step_ips)
                     log_loss.zero_()
                     log_images = 0
-                    mark = now
+                    mark, window_start = now, iteration
                 if due_eval:
                     distributed.broadcast_buffers(ctx, model)
                     counted = torch.cat([window, torch.tensor([float(window_images)], dtype=torch.float64,
@@ -520,7 +524,7 @@ class _Run:
                 write_text(responses_file, json.dumps({"arch": cfg.arch, "iteration": iteration,
                                                        "layers": layers}, indent=2) + "\n")
         digests = distributed.gather_strings(ctx, distributed.weights_digest(model))
-        ips = steady_images / steady_seconds if steady_seconds else 0.0
+        ips = steady_images / steady_seconds if steady_seconds else all_images / max(session_seconds, 1e-9)
         final["images_per_s"] = round(ips, 1)
         result = TrainResult(
             out=out, iters=iteration, total_iters=schedule.total_iters, completed=iteration >= schedule.total_iters,
