@@ -227,3 +227,24 @@ def test_cifar10_short_run_beats_chance(cifar10_dir, tmp_path, one_thread):
     result = train(TrainConfig(arch="resnet20", data=cifar10_dir, iters=200, eval_every=200, device="cpu",
                                out=tmp_path / "run"))
     assert result.test_top1 > 20  # chance is 10 %
+
+
+@pytest.mark.gpu
+def test_cuda_training_learns_and_resumes_exactly_with_deterministic(digits, tmp_path):
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA GPU visible to PyTorch")
+    env = cli_env(tmp_path)
+    common = ["-m", "trainer", "--arch", "resnet20", "--data", str(digits), "--image-size", str(SIZE),
+              "--batch-size", "32", "--iters", "120", "--eval-every", "40", "--device", "cuda", "--amp", "bf16",
+              "--deterministic", "--json"]
+    full = run([*common, "--out", str(tmp_path / "full")], env)
+    assert full.returncode == 0, full.stderr[-3000:]
+    document = json.loads(full.stdout)
+    assert document["test_top1"] > 50 and document["images_per_s"] > 0
+    cut = run([*common, "--out", str(tmp_path / "cut"), "--max-iters", "50"], env)
+    assert cut.returncode == 0, cut.stderr[-3000:]
+    resumed = run([*common, "--out", str(tmp_path / "cut"), "--resume"], env)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    a = torch.load(tmp_path / "full" / "last.pt", weights_only=True)["model"]
+    b = torch.load(tmp_path / "cut" / "last.pt", weights_only=True)["model"]
+    assert all(torch.equal(a[key], b[key]) for key in a)
