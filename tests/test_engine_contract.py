@@ -91,6 +91,31 @@ def _onnxruntime_cuda(model: ContractModel) -> Engine:
     return engine
 
 
+def _openvino_unavailable() -> str | None:
+    import importlib.util
+
+    return None if importlib.util.find_spec("openvino") else "OpenVINO is not installed (extra: openvino)"
+
+
+def _openvino_onnx(precision: str, hint: str = "LATENCY") -> Callable[[ContractModel], Engine]:
+    def make(model: ContractModel) -> Engine:
+        from engines.openvino_engine import OpenVINOEngine
+
+        return OpenVINOEngine(model.onnx_path, inference_precision=precision, performance_hint=hint)
+
+    return make
+
+
+def _openvino_ir(model: ContractModel) -> Engine:
+    from resnet_deploy.artifacts import open_engine
+    from resnet_deploy.openvino_target import build_openvino_ir
+
+    xml = model.workdir / f"{ARCH}.fp32.xml"
+    if not xml.is_file():
+        build_openvino_ir(model.onnx_path, xml, precision="fp32")
+    return open_engine(xml)  # no precision given: the IR's stored f32 hint applies
+
+
 # Other backends append their factories here (TensorRT, OpenVINO, ...).
 ENGINE_FACTORIES: list[EngineFactory] = [
     EngineFactory("torch-fp32", _torch("fp32"), tolerance=1e-5),
@@ -105,6 +130,12 @@ ENGINE_FACTORIES: list[EngineFactory] = [
                   marks=(pytest.mark.gpu,), deterministic=False),
     EngineFactory("onnxruntime-cuda", _onnxruntime_cuda, tolerance=1e-2, unavailable=_ort_cuda_unavailable,
                   marks=(pytest.mark.gpu,), deterministic=False),
+    EngineFactory("openvino-onnx-fp32", _openvino_onnx("fp32"), tolerance=1e-4, unavailable=_openvino_unavailable),
+    # bf16 where the CPU has it (AVX-512 BF16, AMX), else OpenVINO runs and reports fp32.
+    EngineFactory("openvino-onnx-bf16", _openvino_onnx("bf16"), tolerance=5e-2, unavailable=_openvino_unavailable),
+    EngineFactory("openvino-onnx-fp32-throughput", _openvino_onnx("fp32", "THROUGHPUT"), tolerance=1e-4,
+                  unavailable=_openvino_unavailable),
+    EngineFactory("openvino-ir-fp32", _openvino_ir, tolerance=1e-4, unavailable=_openvino_unavailable),
 ]
 
 
