@@ -58,26 +58,10 @@ def onnx_fp32(model, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def onnx_int8(onnx_fp32, tmp_path_factory) -> Path:
+    from resnet_deploy.precision import quantize_int8
+
     out = tmp_path_factory.mktemp("ov8") / "resnet20.int8.onnx"
-    try:
-        from resnet_deploy.precision import quantize_int8
-    except ImportError:  # TEMPORARY until the precision module lands: the same symmetric Q/DQ TensorRT needs
-        from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-
-        class Reader(CalibrationDataReader):
-            def __init__(self):
-                rng = np.random.default_rng(0)
-                self.batches = iter([{"input": rng.standard_normal((1, 3, 32, 32), dtype=np.float32)}
-                                     for _ in range(8)])
-
-            def get_next(self):
-                return next(self.batches, None)
-
-        quantize_static(str(onnx_fp32), str(out), Reader(), quant_format=QuantFormat.QDQ,
-                        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-                        extra_options={"ActivationSymmetric": True, "WeightSymmetric": True})
-        return out
-    return quantize_int8(onnx_fp32, out, calib_data=None, samples=8, random_calibration=True).path
+    return quantize_int8(onnx_fp32, out, calib_data=None, samples=8, random_calibration=True, check_samples=8).path
 
 
 def test_usable_says_why():
@@ -240,19 +224,25 @@ for call in (lambda: OpenVINOEngine({str(onnx_fp32)!r}),
     assert lines[1:] == ["ERR 2 OpenVINO is not installed (pip install 'resnet-deploy[openvino]')"] * 2
 
 
-def test_missing_package_opening_xml_via_cli_path(model, onnx_fp32, tmp_path):
-    """Opening an .xml through the artifact dispatch (what validate/bench do) ends in one error line, exit 2."""
+def _cli_without_openvino(*args: str) -> subprocess.CompletedProcess:
+    argv = ["resnet-deploy", *args]
+    return _without_openvino(f"from resnet_deploy.cli import main; sys.argv = {argv!r}; main()")
+
+
+def test_missing_package_cli_build_and_validate(model, onnx_fp32, tmp_path):
+    """`build-engine --target openvino` and validating an .xml end in one error line naming the extra, exit 2."""
     ir = build_openvino_ir(onnx_fp32, tmp_path / "m.xml", precision="fp32", card=model.card).path
-    code = f"""
-from resnet_deploy.cli import main
-import resnet_deploy.artifacts as a
-try:
-    a.open_engine({str(ir)!r})
-except Exception as exc:
-    print(type(exc).__name__, getattr(exc, "exit_code", None), exc)
-"""
-    done = _without_openvino(code)
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == (
-        "BackendUnavailableError 2 OpenVINO is not installed (pip install 'resnet-deploy[openvino]')"
-    )
+    from PIL import Image
+
+    images = tmp_path / "data"
+    for name in model.card.class_names:  # a tiny labelled set with the model's classes
+        (images / name).mkdir(parents=True)
+        Image.new("RGB", (32, 32), (10, 20, 30)).save(images / name / "0.png")
+    for args in (("build-engine", "--onnx", str(onnx_fp32), "--target", "openvino", "-o", str(tmp_path / "x.xml")),
+                 ("validate", str(ir), "--data", str(images), "--workers", "0")):
+        done = _cli_without_openvino(*args)
+        errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+        assert done.returncode == 2, (args, done.stderr)
+        assert errors == ["error: OpenVINO is not installed (pip install 'resnet-deploy[openvino]')"], done.stderr
+        assert "Traceback" not in done.stderr
+    assert not (tmp_path / "x.xml").exists()
