@@ -122,8 +122,13 @@ def test_a_cut_and_resumed_run_ends_with_the_same_weights(digits, tmp_path, one_
     for index, state in full["optimizer"]["state"].items():
         assert torch.equal(state["momentum_buffer"], resumed["optimizer"]["state"][index]["momentum_buffer"])
     lines = (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()
-    iterations = [json.loads(line)["iteration"] for line in lines]
-    assert iterations == [10, 13, 20, 30]
+    records = {json.loads(line)["iteration"]: json.loads(line) for line in lines}
+    assert list(records) == [10, 13, 20, 30]
+    reference = {json.loads(line)["iteration"]: json.loads(line) for line in
+                 (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()}
+    for iteration in (20, 30):  # the same log, not only the same weights
+        for key in ("train_loss", "train_error", "test_loss", "test_top1"):
+            assert records[iteration][key] == pytest.approx(reference[iteration][key], abs=1e-9), key
 
 
 def test_worker_loader_resumes_exactly_too(digits, tmp_path, one_thread):

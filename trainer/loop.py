@@ -416,6 +416,8 @@ class _Run:
                 "config": cfg.to_dict(),
                 "best": {"top1": best_top1, "iteration": best_iteration},
                 "train_seconds": train_seconds,
+                # Training loss/accuracy sums since the last evaluation, so the next log line is the same.
+                "train_window": [*window.tolist(), float(window_images)],
             })
 
         # The loop.
@@ -424,6 +426,10 @@ class _Run:
         window = torch.zeros(2, dtype=torch.float64, device=ctx.device)  # loss sum, correct (since last eval)
         log_loss = torch.zeros((), dtype=torch.float64, device=ctx.device)  # loss sum (since last log)
         window_images = log_images = 0
+        if resume is not None and resume.data.get("train_window"):
+            loss_sum, correct, images = resume.data["train_window"]
+            window += torch.tensor([loss_sum, correct], dtype=torch.float64, device=ctx.device)
+            window_images = int(images)
         # Images/s leaves out the log windows that start in the first iterations (compilation, cuDNN autotuning).
         warm_iters = min(10, max(0, stop - start - 1))
         steady_images, steady_seconds, all_images, session_seconds = 0, 0.0, 0, 0.0
@@ -478,8 +484,10 @@ class _Run:
                     counted = torch.cat([window, torch.tensor([float(window_images)], dtype=torch.float64,
                                                               device=ctx.device)])
                     totals = distributed.all_reduce_sum(ctx, counted).tolist()  # loss sum, correct, images
-                    window.zero_()
-                    window_images = 0
+                    if iteration % schedule.eval_every == 0 or iteration == schedule.total_iters:
+                        # Not at a --max-iters cut: a resumed run then logs what the uninterrupted one does.
+                        window.zero_()
+                        window_images = 0
                     train_loss = totals[0] / max(totals[2], 1)
                     train_error = 100 - 100 * totals[1] / max(totals[2], 1)
                     last_eval, _ = evaluate(model, eval_batches, ctx, autocast_dtype=amp_dtype)

@@ -76,7 +76,7 @@ def train(  # noqa: PLR0913 - a training command has many knobs
         "--synthetic", help="Random images instead of --data, resident on the device: training throughput only.",
         rich_help_panel=PANEL_SPEED)] = False,
     deterministic: Annotated[bool, typer.Option(
-        "--deterministic", help="Deterministic kernels (bitwise-exact resume on GPU too; slower).",
+        "--deterministic", help="Deterministic kernels, for a bitwise-exact resume on a GPU (slower).",
         rich_help_panel=PANEL_SPEED)] = False,
     seed: Annotated[int, typer.Option("--seed", help="Seeds weights, data order and augmentation.",
                                       rich_help_panel=PANEL_RUN)] = 0,
