@@ -38,6 +38,26 @@ def make_digits_folder(root: Path, size: int = SIZE) -> Path:
     return root
 
 
+def make_pattern_folder(root: Path, size: int = SIZE, train: int = 600, test: int = 200) -> Path:
+    """Ten classes of noisy images, each with a patch of its own colour in its own cell of a 4x3 grid
+    (numpy + PIL only, for machines without scikit-learn)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    cell = size // 4
+    colors = [(1.0, 0.2 + 0.08 * c, 0.9 - 0.08 * c) if c % 2 else (0.9 - 0.08 * c, 1.0, 0.1 * c) for c in range(10)]
+    for split, count in (("train", train), ("test", test)):
+        for index in range(count):
+            label = index % 10
+            pixels = np.clip(rng.normal(0.3, 0.1, (size, size, 3)), 0, 1)
+            top, left = (label // 4) * cell + int(rng.integers(0, 2)), (label % 4) * cell + int(rng.integers(0, 2))
+            pixels[top:top + cell - 1, left:left + cell - 1] = colors[label]
+            folder = root / split / f"pattern_{label}"
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.fromarray((pixels * 255).astype(np.uint8)).save(folder / f"{index}.png")
+    return root
+
+
 @pytest.fixture(scope="module")
 def digits(tmp_path_factory) -> Path:
     return make_digits_folder(tmp_path_factory.mktemp("digits"))
@@ -235,11 +255,12 @@ def test_cifar10_short_run_beats_chance(cifar10_dir, tmp_path, one_thread):
 
 
 @pytest.mark.gpu
-def test_cuda_training_learns_and_resumes_exactly_with_deterministic(digits, tmp_path):
+def test_cuda_training_learns_and_resumes_exactly_with_deterministic(tmp_path):
     if not torch.cuda.is_available():
         pytest.skip("no CUDA GPU visible to PyTorch")
+    data = make_pattern_folder(tmp_path / "patterns")  # the GPU machine has no scikit-learn
     env = cli_env(tmp_path)
-    common = ["-m", "trainer", "--arch", "resnet20", "--data", str(digits), "--image-size", str(SIZE),
+    common = ["-m", "trainer", "--arch", "resnet20", "--data", str(data), "--image-size", str(SIZE),
               "--batch-size", "32", "--iters", "120", "--eval-every", "40", "--device", "cuda", "--amp", "bf16",
               "--deterministic", "--json"]
     full = run([*common, "--out", str(tmp_path / "full")], env)
