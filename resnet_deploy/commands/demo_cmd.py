@@ -1,10 +1,56 @@
-"""`resnet-deploy demo`."""
+"""`resnet-deploy demo`: the whole pipeline on an embedded real data set, one report at the end."""
 
 from __future__ import annotations
 
-from resnet_deploy.commands._common import not_implemented
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from resnet_deploy.commands._common import ArchOption, JsonOption, emit_json, info, stdout
+from resnet_deploy.errors import CheckFailed, UsageError
 
 
-def demo() -> None:
-    """Not implemented yet."""
-    not_implemented("demo")
+def demo(
+    out: Annotated[Path, typer.Option("--out", help="Folder for data, runs, artifacts and report.md.")]
+        = Path("demo-out"),
+    data: Annotated[Path | None, typer.Option(
+        "--data", help="Your ImageFolder tree with train/ and test/ (or val/) [default: the embedded "
+                       "handwritten digits from scikit-learn].")] = None,
+    arch: ArchOption = None,
+    train_iters: Annotated[int, typer.Option("--train-iters", help="Training iterations.")] = 150,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Training batch size.")] = 64,
+    bench_batch_sizes: Annotated[str, typer.Option("--bench-batch-sizes", help="Batch sizes to time.")] = "1,32",
+    bench_duration: Annotated[float, typer.Option(
+        "--bench-duration", help="Seconds of timed calls per backend, precision and batch size.")] = 2.0,
+    calib_samples: Annotated[int, typer.Option("--calib-samples", help="INT8 calibration images.")] = 256,
+    json_output: JsonOption = False,
+) -> None:
+    """Train, export, make FP16/INT8 and engines, validate and bench: one report in --out/report.md."""
+    from resnet_deploy.demo import DemoOptions, run_demo
+    from resnet_deploy.demo_report import write_report
+    from resnet_deploy.models import get_entry
+
+    name = arch or "resnet20"
+    try:
+        get_entry(name)
+    except KeyError as exc:
+        raise UsageError(str(exc.args[0])) from None
+    if train_iters < 1 or batch_size < 1 or calib_samples < 1 or bench_duration <= 0:
+        raise UsageError("--train-iters, --batch-size, --calib-samples and --bench-duration must be positive")
+    options = DemoOptions(out=out, data=data, arch=name, train_iters=train_iters, batch_size=batch_size,
+                          bench_batch_sizes=bench_batch_sizes, bench_duration=bench_duration,
+                          calib_samples=calib_samples)
+    result = run_demo(options, announce=lambda text: info(f"\n{text}"))
+    report = write_report(result, out / "report.md")
+    validate = result.step("validate")
+    summary = {"passed": result.passed, "report": str(report), "seconds": round(result.seconds, 1),
+               "artifacts": [str(p) for p in result.artifacts],
+               "steps": [{"name": s.name, "command": s.command, "returncode": s.returncode,
+                          "seconds": round(s.seconds, 1), "skipped": s.skipped_reason} for s in result.steps]}
+    if json_output:
+        emit_json(summary)
+    else:
+        stdout.print(f"report: {report}  ({len(result.artifacts)} artifacts, {result.seconds:.0f} s)")
+    if validate is not None and not validate.ok:
+        raise CheckFailed(f"an artifact failed its accuracy gate; see {report}")

@@ -1,0 +1,144 @@
+"""The demo's one report: `DIR/report.md`, with the PNGs of training and bench beside it.
+
+Written for someone who has never used the tool: what ran, whether each artifact kept its
+accuracy, how fast each one is, on which machine, and how to run every step by hand.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from resnet_deploy.atomic import write_text
+from resnet_deploy.bench_report import environment_lines
+from resnet_deploy.demo import DemoResult
+
+
+def _pct(value: Any) -> str:
+    return "—" if value is None else f"{float(value):.2f}"
+
+
+def _delta(value: Any) -> str:
+    return "—" if value is None else f"{float(value):+.2f}"
+
+
+def _rel(path: Path | str, base: Path) -> str:
+    return os.path.relpath(Path(path), base)
+
+
+def _training_section(result: DemoResult, base: Path) -> list[str]:
+    step = result.step("train")
+    out = (step.output or {}) if step else {}
+    lines = ["## 2. Training", ""]
+    top1 = out.get("test_top1")
+    lines.append(
+        f"{result.options.arch} trained for {out.get('iters', '?')} iterations "
+        f"(batch {result.options.batch_size}, the paper's CIFAR recipe with its schedule shortened "
+        f"proportionally) in {step.seconds:.0f} s at {out.get('images_per_s', 0):.0f} images/s: "
+        f"final test top-1 **{_pct(top1)} %**, top-5 {_pct(out.get('test_top5'))} %, "
+        f"last training loss {out.get('train_loss', float('nan')):.3f}."
+    )
+    plot = base / "train" / "curves.png"
+    if plot.is_file():
+        lines += ["", f"![Training and test error against iterations]({_rel(plot, base)})",
+                  "", "Training error (dashed) and test error (bold) against iterations, as in the paper's Fig. 6."]
+    return [*lines, ""]
+
+
+def _accuracy_section(result: DemoResult, base: Path) -> list[str]:
+    step = result.step("validate")
+    data = (step.output or {}) if step else {}
+    dataset = data.get("dataset") or {}
+    lines = ["## 3. Accuracy and parity (validate)", ""]
+    passed = data.get("passed")
+    verdict = "**every artifact passed its gate**" if passed else "**at least one artifact FAILED its gate**"
+    lines.append(f"{dataset.get('images', '?')} test images through every artifact, the same decoded batches for "
+                 f"each; deltas are against the PyTorch model card. Verdict: {verdict}.")
+    lines += ["", "| artifact | backend | precision | top-1 % | top-5 % | Δtop-1 | agreement % | max abs Δlogit "
+              "| gate |", "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | --- |"]
+    for row in data.get("results", []):
+        gate = row.get("gate") or {}
+        gate_text = "PASS" if row.get("passed") else "FAIL" if row.get("passed") is False else "—"
+        if gate.get("max_top1_drop") is not None:
+            gate_text += f" (Δ ≥ −{gate['max_top1_drop']}, agree ≥ {gate.get('min_agreement')})"
+        diff = row.get("max_abs_logit_diff")
+        lines.append(
+            f"| `{Path(str(row.get('artifact'))).name}` | {row.get('backend')} | {row.get('precision')} | "
+            f"{_pct(row.get('top1'))} | {_pct(row.get('top5'))} | {_delta(row.get('top1_delta'))} | "
+            f"{_pct(row.get('agreement'))} | {'—' if diff is None else f'{diff:.2e}'} | {gate_text} |"
+        )
+    for row in data.get("results", []):
+        for failure in row.get("failures") or []:
+            lines.append(f"\n- `{Path(str(row.get('artifact'))).name}`: {failure}")
+    lines += ["", f"Full report: [{_rel(base / 'validate.md', base)}]({_rel(base / 'validate.md', base)})", ""]
+    return lines
+
+
+def _bench_section(result: DemoResult, base: Path) -> list[str]:
+    step = result.step("bench")
+    data = (step.output or {}) if step else {}
+    lines = ["## 4. Latency and throughput (bench)", ""]
+    timing = data.get("timing") or {}
+    lines.append("Per-call latency after warm-up, every call synchronized; speed-up against PyTorch FP32 at the "
+                 f"same batch size. Timing: {timing.get('method', 'see bench.md')}.")
+    lines += ["", "| backend | precision | batch | p50 ms | p99 ms | mean ms | images/s | speed-up |",
+              "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for row in data.get("results", []):
+        latency = row.get("latency_ms") or {}
+        speedup = row.get("speedup")
+        lines.append(
+            f"| {row.get('backend')} | {row.get('precision')} | {row.get('batch_size')} | "
+            f"{latency.get('p50', 0):.3f} | {latency.get('p99', 0):.3f} | {latency.get('mean', 0):.3f} | "
+            f"{row.get('throughput_ips', 0):.0f} | {'—' if speedup is None else f'{speedup:.2f}×'} |"
+        )
+    skipped = data.get("skipped") or []
+    if skipped:
+        lines += ["", "Not measured here:"]
+        lines += [f"- {s.get('backend')} {s.get('precision')}: {s.get('reason')}" for s in skipped]
+    if (base / "bench.png").is_file():
+        lines += ["", "![Latency against batch size and throughput per backend and precision](bench.png)"]
+    lines += ["", "Full report: [bench.md](bench.md)", ""]
+    return lines
+
+
+def write_report(result: DemoResult, path: Path) -> Path:
+    base = path.parent
+    data = result.data_description
+    lines = ["# resnet-deploy demo report", ""]
+    status = "passed" if result.passed else "did not pass"
+    lines.append(
+        f"One command took a {result.options.arch} (He et al. 2016) from images to deployable artifacts in "
+        f"{result.seconds:.0f} s and checked each one: the pipeline **{status}**. Each section below is one step; "
+        "section 6 lists the commands to run them yourself."
+    )
+    lines += ["", "## 1. Data", "",
+              f"- Source: {data['source']}",
+              f"- {data['classes']} classes: {', '.join(data['class_names'][:12])}",
+              f"- {data['train_images']} training images, {data['test_images']} test images "
+              f"(`{data['test_split']}/`), ImageFolder layout under `{_rel(result.options.out / 'data', base)}`"
+              if data.get("embedded") else f"- {data['train_images']} training images, {data['test_images']} test "
+              f"images (`{data['test_split']}/`)", ""]
+    lines += _training_section(result, base)
+    lines += _accuracy_section(result, base)
+    lines += _bench_section(result, base)
+
+    lines += ["## 5. Artifacts and environment", "", "| step | file | size | seconds |", "| --- | --- | ---: | ---: |"]
+    for step in result.steps:
+        if step.skipped_reason:
+            lines.append(f"| {step.title} | skipped: {step.skipped_reason} | — | — |")
+            continue
+        output = (step.output or {}).get("output") or (step.output or {}).get("path")
+        target = Path(output) if output else None
+        size = f"{target.stat().st_size / 1e6:.2f} MB" if target and target.is_file() else "—"
+        lines.append(f"| {step.title} | {f'`{_rel(target, base)}`' if target else '—'} | {size} | "
+                     f"{step.seconds:.1f} |")
+    env = ((result.step("bench") or result.steps[-1]).output or {}).get("environment")
+    if env:
+        lines += ["", *environment_lines(env)]
+    lines += ["", "## 6. Reproduce by hand", "",
+              "Every step above ran exactly this command (each also accepts `--json`):", "", "```sh"]
+    lines += [step.command for step in result.steps if not step.skipped_reason]
+    lines += ["```", ""]
+    write_text(path, "\n".join(lines))
+    return path
