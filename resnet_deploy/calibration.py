@@ -30,7 +30,7 @@ import io
 import json
 import tempfile
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -83,17 +83,6 @@ class CacheStatus:
 
     def to_dict(self) -> dict[str, str]:
         return {"path": str(self.path), "status": self.status}
-
-
-@dataclass
-class Ranges:
-    """Activation ranges of one method, in ONNX Runtime's calibration-cache form."""
-
-    method: str
-    data: dict[str, Any]
-    cache: CacheStatus | None = None
-    seconds: float = 0.0
-    settings: dict[str, Any] = field(default_factory=dict)
 
 
 def load_calibration_images(

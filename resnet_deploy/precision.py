@@ -63,7 +63,7 @@ INT8_MIN_AGREEMENT = 95.0
 FP16_MAX = 65504.0
 FP16_SAFE_MAX = FP16_MAX / 2  # headroom for images brighter than the check images
 FP16_CONVERTER_CLIP = 1e4  # onnxconverter-common clips FP16 initializers to this magnitude
-FP16_CHECK_SAMPLES = 128
+RANDOM_CHECK_SAMPLES = 64  # random inputs when no check images are given
 MIN_FP16_QDQ_OPSET = 19  # QuantizeLinear/DequantizeLinear take FP16 scales from opset 19
 INT8_EXTRA_OPTIONS: dict[str, Any] = {
     "ActivationSymmetric": True,  # activations: int8, zero point 0 (TensorRT accepts nothing else)
@@ -188,7 +188,7 @@ def _check_images_or_random(src: _Source, images: np.ndarray | None, seed: int) 
                              f"got {tuple(images.shape)}")
         return images.astype(np.float32, copy=False), "images"
     rng = np.random.default_rng(seed)
-    return rng.standard_normal((FP16_CHECK_SAMPLES // 2, 3, size, size), dtype=np.float32), "random"
+    return rng.standard_normal((RANDOM_CHECK_SAMPLES, 3, size, size), dtype=np.float32), "random"
 
 
 def _gate(min_agreement: float | None, default: float, src: _Source, data: str) -> float | None:
@@ -198,7 +198,7 @@ def _gate(min_agreement: float | None, default: float, src: _Source, data: str) 
     return default if min_agreement is None else min_agreement
 
 
-def _enforce(comparison: LogitComparison, gate: float | None, what: str, output: Path) -> None:
+def _enforce(comparison: LogitComparison, gate: float | None, what: str, output: Path, hint: str) -> None:
     if gate is None:
         return
     if not comparison.finite:
@@ -208,7 +208,7 @@ def _enforce(comparison: LogitComparison, gate: float | None, what: str, output:
         raise CheckFailed(
             f"{output}: the {what} model agrees with FP32 on {comparison.agreement:.2f}% of top-1 predictions "
             f"(max |Δ logit| {comparison.max_abs_logit_diff:.3g}), below the {gate:g}% gate; nothing was written. "
-            "Try another --calib-method (or auto) or more --calib-samples, or lower --min-agreement.")
+            f"{hint}")
 
 
 # --- FP16 -----------------------------------------------------------------------------------------------
@@ -263,7 +263,7 @@ def convert_fp16(
             reference = run_logits(_session(src.path), images, batch=batch)
         comparison = compare_logits(reference, run_logits(_session(tmp), images, batch=batch))
         gate = _gate(min_agreement, FP16_MIN_AGREEMENT, src, data)
-        _enforce(comparison, gate, "FP16", output)
+        _enforce(comparison, gate, "FP16", output, "Lower --min-agreement if this difference is acceptable.")
         # Record the check in the file itself, then write again (the check ran on these exact weights).
         props["resnet_deploy.verification"] = json.dumps(_verification(comparison, data))
         set_metadata(model16, props)
@@ -372,7 +372,8 @@ def quantize_int8(
         best_path, comparison, _ = candidates[best]
         data = "random" if calib.random else ("held-out images" if calib.check_held_out else "calibration images")
         gate = _gate(min_agreement, INT8_MIN_AGREEMENT, src, data)
-        _enforce(comparison, gate, f"INT8 ({best})", output)
+        _enforce(comparison, gate, f"INT8 ({best})", output, "Try --calib-method auto (or another method), "
+                 "more --calib-samples, or lower --min-agreement if this difference is acceptable.")
         report = CalibrationReport(
             requested=method, method=best, samples=len(calib.images), seed=seed, data=calib.source,
             set_sha256=calib.sha256, random=calib.random,
@@ -389,10 +390,7 @@ def quantize_int8(
                 "activations": "int8, per-tensor, symmetric (zero point 0)", "bias": "float",
                 "remainder": "fp16" if fp16_remainder else "fp32", "tool": f"onnxruntime {_version('onnxruntime')}",
             }),
-            "resnet_deploy.calibration": json.dumps({k: v for k, v in report.to_dict().items() if k != "scores"}
-                                                    | {"scores": {m: {"agreement": s["agreement"],
-                                                                      "max_abs_logit_diff": s["max_abs_logit_diff"]}
-                                                                  for m, s in report.scores.items()}}),
+            "resnet_deploy.calibration": json.dumps(_calibration_prop(report)),
             "resnet_deploy.verification": json.dumps(_verification(comparison, data)),
         })
         set_metadata(model, props)
@@ -408,6 +406,14 @@ def quantize_int8(
         gate=gate, random_weights=src.random_weights, calibration=report, seconds=time.perf_counter() - started,
         warnings=warnings,
     )
+
+
+def _calibration_prop(report: CalibrationReport) -> dict[str, Any]:
+    """The calibration as recorded in the model: method, data, set hash and each method's score."""
+    data = report.to_dict()
+    data["scores"] = {method: {"agreement": score["agreement"], "max_abs_logit_diff": score["max_abs_logit_diff"]}
+                      for method, score in report.scores.items()}
+    return data
 
 
 def _ranges(src: _Source, calib: CalibrationImages, method: str, prepared: Path, base: Path, batch: int,
