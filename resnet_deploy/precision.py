@@ -37,6 +37,7 @@ import numpy as np
 from resnet_deploy.atomic import atomic_path, sha256_file
 from resnet_deploy.calibration import (
     DEFAULT_CHECK_SAMPLES,
+    DEFAULT_METHOD,
     DEFAULT_SAMPLES,
     METHODS,
     CacheStatus,
@@ -309,7 +310,7 @@ def quantize_int8(
     *,
     calib_data: Path | None,
     samples: int = DEFAULT_SAMPLES,
-    method: str = "entropy",
+    method: str = DEFAULT_METHOD,
     fp16_remainder: bool = False,
     seed: int = 0,
     random_calibration: bool = False,
@@ -320,8 +321,8 @@ def quantize_int8(
 ) -> PrecisionResult:
     """A Q/DQ INT8 model of the FP32 `source_onnx`, calibrated on `calib_data` and checked against it.
 
-    `method` is entropy, minmax, percentile or auto (each method, scored on held-out images by top-1
-    agreement with FP32; the best is kept). Calibration caches live beside `cache_base` (default
+    `method` is percentile (the default), entropy, minmax or auto (each method, scored on held-out
+    images by top-1 agreement with FP32; the best is kept). Calibration caches live beside `cache_base` (default
     `output`) as `<name>.calib-<method>.json`. Raises UsageError for bad input, CheckFailed (writing
     nothing) when the model misses the agreement gate.
     """

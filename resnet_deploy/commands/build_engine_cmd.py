@@ -55,8 +55,9 @@ def build_engine(
     calib_samples: Annotated[int, typer.Option(
         "--calib-samples", help="Calibration images, drawn evenly across class folders.")] = 512,
     calib_method: Annotated[str, typer.Option(
-        "--calib-method", help="entropy, minmax, percentile, or auto (each, scored on held-out images by top-1 "
-                               "agreement with FP32; the best is kept).")] = "entropy",
+        "--calib-method", help="percentile (99.999th of |x|), entropy (KL divergence), minmax, or auto (each, "
+                               "scored on held-out images by top-1 agreement with FP32; the best is kept).")]
+        = "percentile",
     calib_seed: Annotated[int, typer.Option("--calib-seed", help="Seed of the calibration image draw.")] = 0,
     random_calibration: Annotated[bool, typer.Option(
         "--random-calibration", help="Calibrate INT8 on random images: for latency work only, never for "
