@@ -62,14 +62,14 @@ app.command("import-weights")(import_weights_cmd.import_weights)
 app.command("demo")(demo_cmd.demo)
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Console entry point: known failures end in `error: ...` and an exit code, not a traceback."""
-    command = typer.main.get_command(app)
+def run_command(command: typer.core.TyperCommand | typer.core.TyperGroup, argv: list[str] | None, prog: str) -> None:
+    """Run a Typer command as a program: known failures end in one `error: ...` line and DESIGN.md's exit
+    codes, never a traceback. `python -m trainer` runs through here too."""
     try:
-        result = command.main(args=argv, prog_name="resnet-deploy", standalone_mode=False)
+        result = command.main(args=argv, prog_name=prog, standalone_mode=False)
     except _CLICK_USAGE_ERROR as exc:
         ctx = getattr(exc, "ctx", None)
-        where = ctx.command_path if ctx is not None else "resnet-deploy"
+        where = ctx.command_path if ctx is not None else prog
         print(f"error: {exc.format_message()} (see: {where} --help)", file=sys.stderr)
         sys.exit(2)
     except (KeyboardInterrupt, typer.Abort):
@@ -88,6 +88,11 @@ def main(argv: list[str] | None = None) -> None:
         )
         sys.exit(1)
     sys.exit(result if isinstance(result, int) else 0)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point of `resnet-deploy`."""
+    run_command(typer.main.get_command(app), argv, "resnet-deploy")
 
 
 if __name__ == "__main__":

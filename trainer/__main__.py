@@ -8,18 +8,14 @@ response stds of runs trained with `--analyze-responses` (Fig. 7).
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from engines.base import EngineError
+from resnet_deploy.cli import run_command
 from resnet_deploy.commands.train_cmd import train
-from resnet_deploy.errors import ResnetDeployError
-
-_CLICK_USAGE_ERROR: type[Exception] = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
 
 
 def plot(
@@ -43,25 +39,7 @@ def plot(
 def _run(function: object, argv: list[str], prog: str) -> None:
     app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None)
     app.command()(function)
-    command = typer.main.get_command(app)
-    try:
-        result = command.main(args=argv, prog_name=prog, standalone_mode=False)
-    except _CLICK_USAGE_ERROR as exc:
-        print(f"error: {exc.format_message()} (see: {prog} --help)", file=sys.stderr)
-        sys.exit(2)
-    except (KeyboardInterrupt, typer.Abort):
-        print("error: interrupted", file=sys.stderr)
-        sys.exit(130)
-    except (ResnetDeployError, EngineError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(exc.exit_code)
-    except Exception as exc:  # a bug: one line unless asked for the traceback
-        if os.environ.get("RESNET_DEPLOY_DEBUG"):
-            raise
-        print(f"error: unexpected {type(exc).__name__}: {exc} (a bug; rerun with RESNET_DEPLOY_DEBUG=1 for the "
-              "traceback)", file=sys.stderr)
-        sys.exit(1)
-    sys.exit(result if isinstance(result, int) else 0)
+    run_command(typer.main.get_command(app), argv, prog)
 
 
 def main(argv: list[str] | None = None) -> None:
