@@ -26,7 +26,7 @@ class DemoOptions:
     out: Path
     data: Path | None = None  # None: the embedded digits
     arch: str = "resnet20"
-    train_iters: int = 150
+    train_iters: int = 300
     batch_size: int = 64
     bench_batch_sizes: str = "1,32"
     bench_duration: float = 2.0

@@ -18,7 +18,7 @@ def demo(
         "--data", help="Your ImageFolder tree with train/ and test/ (or val/) [default: the embedded "
                        "handwritten digits from scikit-learn].")] = None,
     arch: ArchOption = None,
-    train_iters: Annotated[int, typer.Option("--train-iters", help="Training iterations.")] = 150,
+    train_iters: Annotated[int, typer.Option("--train-iters", help="Training iterations.")] = 300,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Training batch size.")] = 64,
     bench_batch_sizes: Annotated[str, typer.Option("--bench-batch-sizes", help="Batch sizes to time.")] = "1,32",
     bench_duration: Annotated[float, typer.Option(

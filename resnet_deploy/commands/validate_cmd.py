@@ -85,6 +85,10 @@ def validate(
                               ten_crop=ten_crop, ensemble=ensemble, max_top1_drop=max_top1_drop,
                               min_agreement=min_agreement, skip_bad=skip_bad)
 
+    # Read the machine before any runtime or decoding process starts: querying CUDA after they did
+    # crashed the process (SIGSEGV) on a CPU-only machine with OpenVINO and ONNX Runtime loaded.
+    environment = _environment() if report is not None else None
+
     columns = (TextColumn("validating"), BarColumn(), MofNCompleteColumn(), TextColumn("images"),
                TimeRemainingColumn())
     with Progress(*columns, console=_common.stderr, transient=True) as bar:
@@ -98,7 +102,7 @@ def validate(
     if result.dataset.skipped:
         _common.warn(f"skipped {result.dataset.skipped} unreadable image(s) (--skip-bad)")
     if report is not None:
-        write_report(report, result, _environment())
+        write_report(report, result, environment or {})
         _common.info(f"report written to {report}")
     if json_output:
         _common.emit_json(result.to_dict())
