@@ -27,6 +27,15 @@ def _rel(path: Path | str, base: Path) -> str:
     return os.path.relpath(Path(path), base)
 
 
+def _written_file(output: dict[str, Any]) -> Path | None:
+    """The file a step's JSON says it wrote (train: its model card; the others: their artifact)."""
+    for key in ("output", "path", "checkpoint"):
+        value = output.get(key)
+        if isinstance(value, str):
+            return Path(value)
+    return None
+
+
 def _training_section(result: DemoResult, base: Path) -> list[str]:
     step = result.step("train")
     out = (step.output or {}) if step else {}
@@ -128,8 +137,7 @@ def write_report(result: DemoResult, path: Path) -> Path:
         if step.skipped_reason:
             lines.append(f"| {step.title} | skipped: {step.skipped_reason} | — | — |")
             continue
-        output = (step.output or {}).get("output") or (step.output or {}).get("path")
-        target = Path(output) if output else None
+        target = _written_file(step.output or {})
         size = f"{target.stat().st_size / 1e6:.2f} MB" if target and target.is_file() else "—"
         lines.append(f"| {step.title} | {f'`{_rel(target, base)}`' if target else '—'} | {size} | "
                      f"{step.seconds:.1f} |")
