@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rich.markup import escape
+
 from resnet_deploy.errors import CheckFailed, UsageError
 
 
@@ -76,7 +78,7 @@ Announce = Callable[[str], None]
 
 def _run_cli(name: str, title: str, argv: list[str], announce: Announce) -> StepResult:
     """Run one `resnet-deploy` command with `--json`; its stderr (progress, warnings) passes through."""
-    announce(f"[bold]{title}[/bold]\n  $ resnet-deploy {shlex.join(argv)}")
+    announce(f"[bold]{escape(title)}[/bold]\n  $ resnet-deploy {escape(shlex.join(argv))}")
     started = time.perf_counter()
     completed = subprocess.run(
         [sys.executable, "-m", "resnet_deploy", *argv, "--json"], stdout=subprocess.PIPE, text=True, check=False
@@ -185,7 +187,7 @@ def run_demo(options: DemoOptions, announce: Announce) -> DemoResult:
             title = f"{target} engine ({'int8' if flags else 'fp32'})"
             if not usable:
                 result.steps.append(StepResult(name, title, argv, 0, 0.0, None, skipped_reason=reason))
-                announce(f"[yellow]skipped[/yellow] {title}: {reason}")
+                announce(f"[yellow]skipped[/yellow] {escape(title)}: {escape(reason)}")
                 continue
             step = _run_cli(name, title, argv, announce)
             result.steps.append(step)

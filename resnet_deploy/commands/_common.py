@@ -12,6 +12,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from resnet_deploy.errors import UsageError
 
@@ -72,11 +73,12 @@ def _json_default(value: Any) -> Any:
 
 
 def warn(message: str) -> None:
-    stderr.print(f"[yellow]warning:[/yellow] {message}")
+    # Messages carry text like `pip install 'resnet-deploy[openvino]'`: never let rich read it as markup.
+    stderr.print(f"[yellow]warning:[/yellow] {escape(message)}")
 
 
-def info(message: str) -> None:
-    stderr.print(message)
+def info(message: str, *, markup: bool = False) -> None:
+    stderr.print(message if markup else escape(message))
 
 
 def not_implemented(command: str) -> None:

@@ -41,7 +41,7 @@ def demo(
     options = DemoOptions(out=out, data=data, arch=name, train_iters=train_iters, batch_size=batch_size,
                           bench_batch_sizes=bench_batch_sizes, bench_duration=bench_duration,
                           calib_samples=calib_samples)
-    result = run_demo(options, announce=lambda text: info(f"\n{text}"))
+    result = run_demo(options, announce=lambda text: info(f"\n{text}", markup=True))
     report = write_report(result, out / "report.md")
     validate = result.step("validate")
     summary = {"passed": result.passed, "report": str(report), "seconds": round(result.seconds, 1),
