@@ -235,14 +235,8 @@ def _json_prop(props: dict[str, str], key: str) -> Any:
 
 
 def _versions() -> dict[str, str | None]:
-    from importlib import metadata
-
     from resnet_deploy import __version__
+    from resnet_deploy.environment import library_versions
 
-    versions: dict[str, str | None] = {"resnet_deploy": __version__}
-    for dist in ("onnxruntime", "onnxruntime-gpu", "onnx", "onnxconverter-common", "torch"):
-        try:
-            versions[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            continue
-    return versions
+    found = library_versions()
+    return {"resnet_deploy": __version__, **{k: found.get(k) for k in ("onnxruntime", "onnx", "torch")}}
