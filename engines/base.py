@@ -55,13 +55,17 @@ class Engine(ABC):
         self.device = device  # "cpu", "cuda", "cuda:1", ...
         self._closed = False
 
-    @property
-    @abstractmethod
-    def input(self) -> TensorInfo: ...
+    # Each backend sets `_input` and `_output` when it opens its artifact.
+    _input: TensorInfo
+    _output: TensorInfo
 
     @property
-    @abstractmethod
-    def output(self) -> TensorInfo: ...
+    def input(self) -> TensorInfo:
+        return self._input
+
+    @property
+    def output(self) -> TensorInfo:
+        return self._output
 
     @abstractmethod
     def _infer(self, batch: np.ndarray) -> np.ndarray:

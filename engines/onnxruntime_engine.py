@@ -91,14 +91,6 @@ class OnnxRuntimeEngine(Engine):
         self._output_names = [out.name]
 
     @property
-    def input(self) -> TensorInfo:
-        return self._input
-
-    @property
-    def output(self) -> TensorInfo:
-        return self._output
-
-    @property
     def session(self) -> Any:
         return self._session
 

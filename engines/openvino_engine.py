@@ -207,14 +207,6 @@ class OpenVINOEngine(Engine):
 
     # -- interface -----------------------------------------------------------------------------
 
-    @property
-    def input(self) -> TensorInfo:
-        return self._input
-
-    @property
-    def output(self) -> TensorInfo:
-        return self._output
-
     def _key_for(self, batch_size: int) -> str:
         """The compiled model for this batch size: as built when it fits, else the dynamic copy."""
         if self._static_batch is None or batch_size == self._static_batch:

@@ -167,14 +167,6 @@ class TensorRTEngine(Engine):
             raise EngineInputError(f"{self.path}: tensor {name!r}: {exc}") from None
 
     @property
-    def input(self) -> TensorInfo:
-        return self._input
-
-    @property
-    def output(self) -> TensorInfo:
-        return self._output
-
-    @property
     def batch_range(self) -> tuple[int, int]:
         """The smallest and largest batch this plan's optimization profile accepts."""
         return self._batch_range

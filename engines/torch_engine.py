@@ -50,14 +50,6 @@ class TorchEngine(Engine):
         self._output = TensorInfo("logits", (None, num_classes), "float32")
 
     @property
-    def input(self) -> TensorInfo:
-        return self._input
-
-    @property
-    def output(self) -> TensorInfo:
-        return self._output
-
-    @property
     def module(self) -> Any:
         return self._module
 
