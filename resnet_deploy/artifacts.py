@@ -125,7 +125,7 @@ def open_engine(
 
         return OnnxRuntimeEngine(artifact, device=device, providers=providers, threads=threads)
     if backend == "tensorrt":
-        from engines.tensorrt_engine import TensorRTEngine
+        from engines.tensorrt.engine import TensorRTEngine
 
         return TensorRTEngine(artifact, device=device if device.startswith("cuda") else "cuda",
                               include_copies=include_copies, cuda_graph=cuda_graph)

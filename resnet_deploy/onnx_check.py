@@ -56,7 +56,7 @@ def input_spec(sess: Any) -> tuple[str, int | None]:
 
 def run_logits(sess: Any, images: np.ndarray, *, batch: int | None = None) -> np.ndarray:
     """Logits (float32) for `images`, batch by batch (the model's static batch when it has one)."""
-    from resnet_deploy.calibration import batches_of
+    from resnet_deploy.precision.calibration import batches_of
 
     name, static = input_spec(sess)
     size = static or batch or 16
@@ -101,7 +101,7 @@ def activation_maxima(model: Any, images: np.ndarray, *, batch: int) -> tuple[np
         path = Path(tmp) / "augmented.onnx"
         onnx.save(augmented, str(path))
         sess = session(path, level="basic")
-        from resnet_deploy.calibration import batches_of
+        from resnet_deploy.precision.calibration import batches_of
 
         input_name, static = input_spec(sess)
         out_names = [o.name for o in sess.get_outputs()]

@@ -63,7 +63,7 @@ def check_model(arch: str, *, threads: int, warmup: int, iters: int, rounds: int
 
     from engines.onnxruntime_engine import OnnxRuntimeEngine
     from engines.torch_engine import TorchEngine
-    from resnet_deploy.bench import host_runner, random_batch
+    from resnet_deploy.bench.timing import host_runner, random_batch
     from resnet_deploy.checkpoints import random_model
     from resnet_deploy.export import export_onnx
 

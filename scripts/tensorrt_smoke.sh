@@ -59,7 +59,7 @@ echo "== preflight" >&2
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version,compute_cap --format=csv,noheader >&2
 "${PYTHON:-python}" - <<'EOF' || exit 2
 import sys
-from resnet_deploy.tensorrt_target import tensorrt_usable
+from resnet_deploy.targets.tensorrt import tensorrt_usable
 usable, reason = tensorrt_usable()
 if not usable:
     sys.exit(f"error: TensorRT is not available ({reason})")

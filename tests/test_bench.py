@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from engines.torch_engine import TorchEngine
-from resnet_deploy.bench import (
+from resnet_deploy.bench.report import render_markdown, write_markdown, write_plot
+from resnet_deploy.bench.timing import (
     BenchReport,
     LatencyStats,
     Skipped,
@@ -16,7 +17,6 @@ from resnet_deploy.bench import (
     random_batch,
     time_engine,
 )
-from resnet_deploy.bench_report import render_markdown, write_markdown, write_plot
 from resnet_deploy.checkpoints import random_model
 from resnet_deploy.environment import capture_environment
 

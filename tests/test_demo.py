@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from resnet_deploy.demo_data import DIGIT_CLASSES, write_digits_imagefolder
+from resnet_deploy.demo.data import DIGIT_CLASSES, write_digits_imagefolder
 
 
 def test_digits_folder_is_a_stratified_imagefolder(tmp_path: Path) -> None:

@@ -108,7 +108,7 @@ def _openvino_onnx(precision: str, hint: str = "LATENCY") -> Callable[[ContractM
 
 def _openvino_ir(model: ContractModel) -> Engine:
     from resnet_deploy.artifacts import open_engine
-    from resnet_deploy.openvino_target import build_openvino_ir
+    from resnet_deploy.targets.openvino import build_openvino_ir
 
     xml = model.workdir / f"{ARCH}.fp32.xml"
     if not xml.is_file():

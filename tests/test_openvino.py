@@ -23,7 +23,7 @@ from engines.base import EngineError, EngineInputError  # noqa: E402
 from engines.openvino_engine import OpenVINOConfigError, OpenVINOEngine  # noqa: E402
 from resnet_deploy.artifacts import artifact_card, manifest_path, open_engine  # noqa: E402
 from resnet_deploy.errors import UsageError  # noqa: E402
-from resnet_deploy.openvino_target import build_openvino_ir, default_ir_path, openvino_usable  # noqa: E402
+from resnet_deploy.targets.openvino import build_openvino_ir, default_ir_path, openvino_usable  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 CPU_HAS_BF16 = "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
@@ -207,7 +207,7 @@ def test_missing_package_engine_and_target(onnx_fp32):
     code = f"""
 from engines.base import BackendUnavailableError
 from resnet_deploy.errors import BackendUnavailable
-from resnet_deploy.openvino_target import openvino_usable, build_openvino_ir
+from resnet_deploy.targets.openvino import openvino_usable, build_openvino_ir
 from engines.openvino_engine import OpenVINOEngine
 print(openvino_usable())
 for call in (lambda: OpenVINOEngine({str(onnx_fp32)!r}),

@@ -288,7 +288,7 @@ def test_calibration_cache_reused_then_rebuilt_when_model_or_images_change(digit
 def test_entropy_threshold_is_onnxruntimes() -> None:
     from onnxruntime.quantization.calibrate import HistogramCollector
 
-    from resnet_deploy.calibration import entropy_threshold
+    from resnet_deploy.precision.calibration import entropy_threshold
 
     rng = np.random.default_rng(0)
     for trial in range(4):
@@ -338,8 +338,8 @@ def test_onnxruntime_artifact_int8(digits, tmp_path) -> None:
 
     from resnet_deploy.artifacts import artifact_card, manifest_path
     from resnet_deploy.errors import UsageError
-    from resnet_deploy.onnxruntime_target import build_onnxruntime_artifact
     from resnet_deploy.precision import quantize_int8, read_source
+    from resnet_deploy.targets.onnxruntime import build_onnxruntime_artifact
 
     int8 = quantize_int8(digits.onnx, tmp_path / "digits.int8.onnx", calib_data=digits.root / "train", samples=128,
                          method="minmax")
@@ -363,8 +363,8 @@ def test_uint8_rewrite_is_exact(digits, tmp_path) -> None:
     import onnx
 
     from resnet_deploy.onnx_check import run_logits, session
-    from resnet_deploy.onnxruntime_target import int8_activations_to_uint8
     from resnet_deploy.precision import quantize_int8
+    from resnet_deploy.targets.onnxruntime import int8_activations_to_uint8
 
     int8 = quantize_int8(digits.onnx, tmp_path / "a.int8.onnx", calib_data=digits.root / "train", samples=64,
                          method="minmax").path

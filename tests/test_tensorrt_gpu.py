@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from resnet_deploy.tensorrt_target import TensorRTBuildOptions, build_tensorrt_engine, tensorrt_usable
+from resnet_deploy.targets.tensorrt import TensorRTBuildOptions, build_tensorrt_engine, tensorrt_usable
 
 USABLE, REASON = tensorrt_usable()
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not USABLE, reason=f"TensorRT not usable here: {REASON}")]
@@ -91,8 +91,8 @@ def fp32_plan(workdir: Path, onnx_fp32: Path):
 def test_fp32_engine_matches_onnxruntime(fp32_plan, onnx_fp32: Path):
     import tensorrt as trt
 
-    from engines.tensorrt_engine import TensorRTEngine
-    from engines.tensorrt_support import parse_version, read_plan_version
+    from engines.tensorrt.engine import TensorRTEngine
+    from engines.tensorrt.support import parse_version, read_plan_version
 
     manifest = json.loads(fp32_plan.manifest_path.read_text())
     assert manifest["tensorrt_version"] == trt.__version__
@@ -118,14 +118,14 @@ def test_fp32_engine_matches_onnxruntime(fp32_plan, onnx_fp32: Path):
 
 def test_batch_outside_the_profile_is_refused(fp32_plan):
     from engines.base import EngineInputError
-    from engines.tensorrt_engine import TensorRTEngine
+    from engines.tensorrt.engine import TensorRTEngine
 
     with TensorRTEngine(fp32_plan.plan_path) as engine, pytest.raises(EngineInputError, match="1..8"):
         engine.infer(_images(9))
 
 
 def test_cuda_graph_and_timing_without_copies(fp32_plan):
-    from engines.tensorrt_engine import TensorRTEngine
+    from engines.tensorrt.engine import TensorRTEngine
 
     batch = _images(4, seed=3)
     with TensorRTEngine(fp32_plan.plan_path) as plain:
@@ -145,8 +145,8 @@ def test_cuda_graph_and_timing_without_copies(fp32_plan):
 
 
 def test_stale_engine_is_refused(fp32_plan, tmp_path: Path):
-    from engines.tensorrt_engine import TensorRTEngine
-    from engines.tensorrt_manifest import StaleEngineError
+    from engines.tensorrt.engine import TensorRTEngine
+    from engines.tensorrt.manifest import StaleEngineError
 
     plan = tmp_path / "moved.plan"
     shutil.copy(fp32_plan.plan_path, plan)
@@ -158,8 +158,8 @@ def test_stale_engine_is_refused(fp32_plan, tmp_path: Path):
 
 
 def test_manifest_of_another_plan_is_refused(fp32_plan, tmp_path: Path):
-    from engines.tensorrt_engine import TensorRTEngine
-    from engines.tensorrt_manifest import ManifestError
+    from engines.tensorrt.engine import TensorRTEngine
+    from engines.tensorrt.manifest import ManifestError
 
     plan = tmp_path / "edited.plan"
     plan.write_bytes(fp32_plan.plan_path.read_bytes() + b"\0")
@@ -175,7 +175,7 @@ def test_timing_cache_is_reused(fp32_plan, workdir: Path, onnx_fp32: Path):
 
 
 def test_fp16_engine_runs_mostly_fp16(workdir: Path, onnx_fp16: Path, onnx_fp32: Path):
-    from engines.tensorrt_engine import TensorRTEngine
+    from engines.tensorrt.engine import TensorRTEngine
 
     result = build_tensorrt_engine(onnx_fp16, workdir / "resnet20.fp16.plan", precision="fp16", options=SMALL)
     assert result.precision_check["passed"] and result.precision_check["verified"]
@@ -195,7 +195,7 @@ def test_fp16_request_on_an_fp32_graph_fails_the_precision_check(workdir: Path, 
 
 
 def test_int8_engine_runs_int8_layers(workdir: Path, onnx_int8: Path, onnx_fp32: Path):
-    from engines.tensorrt_engine import TensorRTEngine
+    from engines.tensorrt.engine import TensorRTEngine
 
     result = build_tensorrt_engine(onnx_int8, workdir / "resnet20.int8.plan", precision="int8", options=SMALL)
     assert result.precision_check["passed"]
@@ -210,7 +210,7 @@ def test_int8_engine_runs_int8_layers(workdir: Path, onnx_int8: Path, onnx_fp32:
 
 
 def test_static_batch_onnx_gets_a_fixed_profile(workdir: Path):
-    from engines.tensorrt_engine import TensorRTEngine
+    from engines.tensorrt.engine import TensorRTEngine
     from resnet_deploy.checkpoints import random_model
     from resnet_deploy.export import export_onnx
 

@@ -12,14 +12,14 @@ from pathlib import Path
 import pytest
 
 from engines.base import BackendUnavailableError, EngineInputError
-from engines.tensorrt_build import profile_shapes, resolve_batch_profile
-from engines.tensorrt_inspect import (
+from engines.tensorrt.build import profile_shapes, resolve_batch_profile
+from engines.tensorrt.inspect import (
     datatype_from_text,
     layer_precision,
     precision_verdict,
     summarize_engine_information,
 )
-from engines.tensorrt_manifest import (
+from engines.tensorrt.manifest import (
     EngineManifest,
     ManifestError,
     RunningEnvironment,
@@ -29,7 +29,7 @@ from engines.tensorrt_manifest import (
     read_manifest,
     stale_reasons,
 )
-from engines.tensorrt_support import (
+from engines.tensorrt.support import (
     PLAN_TAG,
     enum_name,
     load_compatible,
@@ -182,7 +182,7 @@ def test_batch_profile_dynamic_and_static():
 
 def test_build_options_validation():
     from resnet_deploy.errors import UsageError
-    from resnet_deploy.tensorrt_target import TensorRTBuildOptions, parse_byte_size
+    from resnet_deploy.targets.tensorrt import TensorRTBuildOptions, parse_byte_size
 
     assert TensorRTBuildOptions().validated().hardware_compatibility == "none"
     assert TensorRTBuildOptions(hardware_compatibility="ampere+").validated().hardware_compatibility == "ampere_plus"
@@ -500,7 +500,7 @@ def test_verdict_threshold_is_a_majority():
 
 @needs_no_tensorrt
 def test_opening_a_plan_without_tensorrt_names_the_extra(tmp_path: Path):
-    from engines.tensorrt_engine import TensorRTEngine
+    from engines.tensorrt.engine import TensorRTEngine
 
     plan = tmp_path / "model.plan"
     plan.write_bytes(_plan_header((10, 13, 3, 9)))
@@ -524,7 +524,7 @@ def test_open_engine_dispatches_plans_to_tensorrt(tmp_path: Path):
 @needs_no_tensorrt
 def test_build_without_tensorrt_is_a_usage_error_before_any_work(tmp_path: Path):
     from resnet_deploy.errors import BackendUnavailable
-    from resnet_deploy.tensorrt_target import build_tensorrt_engine, tensorrt_usable
+    from resnet_deploy.targets.tensorrt import build_tensorrt_engine, tensorrt_usable
 
     usable, reason = tensorrt_usable()
     assert not usable and "resnet-deploy[tensorrt]" in reason

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from resnet_deploy.card import ModelCard, Preprocessing, save_card
-from resnet_deploy.validate import ValidateOptions, validate
+from resnet_deploy.validate.run import ValidateOptions, validate
 
 CLASSES = [str(i) for i in range(10)]
 TEST_PER_CLASS = 24  # 240 test images

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from resnet_deploy.parity import (
+from resnet_deploy.validate.parity import (
     AccuracyTally,
     ParityTally,
     finite_rows,
@@ -83,7 +83,7 @@ def test_gate_overrides_and_failures() -> None:
 
 
 def test_reference_choice() -> None:
-    from resnet_deploy.validate import choose_reference
+    from resnet_deploy.validate.run import choose_reference
 
     onnx, card, plan = Path("m.onnx"), Path("m.safetensors"), Path("m.plan")
     assert choose_reference([onnx, card], None) == ([onnx, card], 1)  # first PyTorch artifact

@@ -22,8 +22,8 @@ from resnet_deploy.commands._common import (
 from resnet_deploy.errors import UsageError
 
 if TYPE_CHECKING:  # heavy modules stay out of `--help`
-    from resnet_deploy.bench import BenchReport, TimingConfig
-    from resnet_deploy.bench_artifacts import BenchPlan
+    from resnet_deploy.bench.plan import BenchPlan
+    from resnet_deploy.bench.timing import BenchReport, TimingConfig
 
 ALL_BACKENDS = ("torch", "onnxruntime", "openvino", "tensorrt")
 ALL_PRECISIONS = ("fp32", "fp16", "bf16", "int8")
@@ -69,7 +69,7 @@ def bench(
 ) -> None:
     """Measure latency (mean, std, p50-p99) and throughput per backend, precision and batch size, with the
     speed-up over PyTorch FP32 at the same batch size. Warm-up excluded, every call synchronized."""
-    from resnet_deploy.bench import CV_WARN_THRESHOLD, TimingConfig
+    from resnet_deploy.bench.timing import CV_WARN_THRESHOLD, TimingConfig
 
     artifacts = list(artifacts or [])
     if artifacts and (depth is not None or arch is not None):
@@ -95,7 +95,7 @@ def bench(
     if calib_samples is not None and calib_samples < 1:
         raise UsageError(f"--calib-samples must be at least 1, got {calib_samples}")
 
-    from resnet_deploy.bench_artifacts import (
+    from resnet_deploy.bench.plan import (
         check_requested_backends,
         default_cache_dir,
         plan_for_architecture_or_artifacts,
@@ -123,14 +123,14 @@ def bench(
              f"{worst.batch_size}): a busy machine or unlocked clocks; rerun on a quiet machine or with more "
              "--iters/--duration")
     if plot is not None and report_doc.results:
-        from resnet_deploy.bench_report import write_plot
+        from resnet_deploy.bench.report import write_plot
 
         write_plot(report_doc, plot)
         _say(f"plot written to {plot}")
     elif plot is not None:
         warn(_escape(f"nothing was measured, so no plot was written to {plot}"))
     if report is not None:
-        from resnet_deploy.bench_report import write_markdown
+        from resnet_deploy.bench.report import write_markdown
 
         write_markdown(report_doc, report, command=command,
                        plot=plot if plot is not None and report_doc.results else None)
@@ -146,7 +146,7 @@ def bench(
 def _run(plan: BenchPlan, sizes: list[int], timing: TimingConfig, include_copies: bool) -> BenchReport:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from resnet_deploy.bench_artifacts import run_plan, total_steps
+    from resnet_deploy.bench.plan import run_plan, total_steps
     from resnet_deploy.environment import capture_environment
 
     total = total_steps(plan, sizes)
@@ -167,7 +167,7 @@ def _print_tables(report: BenchReport) -> None:
     from rich.markup import escape
     from rich.table import Table
 
-    from resnet_deploy.bench_report import fmt_ms, fmt_speedup, models_of, ordered_results
+    from resnet_deploy.bench.report import fmt_ms, fmt_speedup, models_of, ordered_results
     from resnet_deploy.commands._common import stdout
 
     # Piped or redirected: do not squeeze the table into rich's default 80 columns.

@@ -228,7 +228,7 @@ def resolve_target(target: str) -> tuple[str, str]:
 
 def _tensorrt_usable() -> tuple[bool, str]:
     try:
-        from resnet_deploy.tensorrt_target import tensorrt_usable
+        from resnet_deploy.targets.tensorrt import tensorrt_usable
     except ImportError as exc:
         return False, f"the TensorRT target is not installed ({exc})"
     return tensorrt_usable()
@@ -236,7 +236,7 @@ def _tensorrt_usable() -> tuple[bool, str]:
 
 def _openvino_usable() -> tuple[bool, str]:
     try:
-        from resnet_deploy.openvino_target import openvino_usable
+        from resnet_deploy.targets.openvino import openvino_usable
     except ImportError as exc:
         return False, f"the OpenVINO target is not available ({exc})"
     return openvino_usable()
@@ -251,7 +251,7 @@ def _require_cuda_provider() -> None:
 
 
 def _tensorrt_options(given: dict[str, Any]) -> Any:
-    from resnet_deploy.tensorrt_target import TensorRTBuildOptions, parse_byte_size
+    from resnet_deploy.targets.tensorrt import TensorRTBuildOptions, parse_byte_size
 
     if "workspace_bytes" in given:
         given = {**given, "workspace_bytes": parse_byte_size(given["workspace_bytes"])}
@@ -331,8 +331,8 @@ def real_images(folder: Path, card: Any, count: int, seed: int) -> Any:
     """`count` images from `folder` (evenly across class subfolders) through the card's eval transform."""
     import numpy as np
 
-    from resnet_deploy.calibration import calibration_folder
     from resnet_deploy.data import BadImageError, eval_transform, open_image_folder_unlabelled, stratified_indices
+    from resnet_deploy.precision.calibration import calibration_folder
 
     dataset = open_image_folder_unlabelled(calibration_folder(folder))
     transform = eval_transform(card.preprocessing)
@@ -384,7 +384,7 @@ def _build_target(target: str, model: Path, output: Path, *, card: Any, int8: bo
                   device: str, trt_options: Any, calib_data: Path | None) -> Any:
     precision = "int8" if int8 else "fp16" if fp16 else "fp32"
     if target == "onnxruntime":
-        from resnet_deploy.onnxruntime_target import build_onnxruntime_artifact
+        from resnet_deploy.targets.onnxruntime import build_onnxruntime_artifact
 
         images = None
         if calib_data is not None:
@@ -394,13 +394,13 @@ def _build_target(target: str, model: Path, output: Path, *, card: Any, int8: bo
             warn(note)
         return result
     if target == "tensorrt":
-        from resnet_deploy.tensorrt_target import build_tensorrt_engine
+        from resnet_deploy.targets.tensorrt import build_tensorrt_engine
 
         result = build_tensorrt_engine(model, output, precision=precision, options=trt_options, card=card)
         for message in result.warnings:
             warn(message)
         return result
-    from resnet_deploy.openvino_target import build_openvino_ir
+    from resnet_deploy.targets.openvino import build_openvino_ir
 
     result = build_openvino_ir(model, output, precision="bf16" if bf16 else precision, card=card)
     for note in result.notes:

@@ -27,8 +27,8 @@ def demo(
     json_output: JsonOption = False,
 ) -> None:
     """Train, export, make FP16/INT8 and engines, validate and bench: one report in --out/report.md."""
-    from resnet_deploy.demo import DemoOptions, run_demo
-    from resnet_deploy.demo_report import write_report
+    from resnet_deploy.demo.report import write_report
+    from resnet_deploy.demo.run import DemoOptions, run_demo
     from resnet_deploy.models import get_entry
 
     name = arch or "resnet20"

@@ -72,9 +72,9 @@ def validate(
     from rich.markup import escape
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from resnet_deploy.validate import ValidateOptions
-    from resnet_deploy.validate import validate as run_validation
-    from resnet_deploy.validate_report import failure_lines, results_table, write_report
+    from resnet_deploy.validate.report import failure_lines, results_table, write_report
+    from resnet_deploy.validate.run import ValidateOptions
+    from resnet_deploy.validate.run import validate as run_validation
 
     if device not in DEVICES and not device.startswith("cuda:"):
         raise UsageError(f"--device must be one of {', '.join(DEVICES)} (or cuda:N), got {device!r}")

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from engines.base import EngineError, EngineInputError
-from engines.tensorrt_support import (
+from engines.tensorrt.support import (
     HARDWARE_COMPATIBILITY_LEVELS,
     VersionPlan,
     enum_name,

@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from resnet_deploy.validate import ArtifactResult, ValidationResult
+from resnet_deploy.validate.run import ArtifactResult, ValidationResult
 
 COLUMNS = ("artifact", "backend", "precision", "top-1 %", "top-5 %", "Δtop-1", "Δtop-5", "agree %",
            "top-5 overlap %", "max abs Δlogit", "mean abs Δlogit", "cosine", "img/s", "gate", "result")

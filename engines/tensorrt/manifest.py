@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from engines.base import EngineError, EngineInputError
-from engines.tensorrt_support import format_version, load_compatible, normalize_hardware_compatibility, parse_version
+from engines.tensorrt.support import format_version, load_compatible, normalize_hardware_compatibility, parse_version
 
 MANIFEST_FORMAT = "resnet-deploy/tensorrt-engine"
 MANIFEST_FORMAT_VERSION = 1

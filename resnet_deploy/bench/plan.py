@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from engines.base import BackendUnavailableError, Engine, EngineError, EngineInputError
-from resnet_deploy.bench import BenchReport, BenchResult, Skipped, TimingConfig, add_speedups, time_engine
+from resnet_deploy.bench.timing import BenchReport, BenchResult, Skipped, TimingConfig, add_speedups, time_engine
 from resnet_deploy.errors import UsageError
 
 BACKENDS = ("torch", "onnxruntime", "openvino", "tensorrt")
@@ -85,7 +85,7 @@ def backend_usable(backend: str, device: str) -> tuple[bool, str]:
         if device.startswith("cuda"):
             return False, "OpenVINO runs on CPUs (and Intel GPUs), not CUDA; bench it with --device cpu"
         try:
-            from resnet_deploy.openvino_target import openvino_usable
+            from resnet_deploy.targets.openvino import openvino_usable
         except ImportError:
             return True, ""
         return openvino_usable()
@@ -93,7 +93,7 @@ def backend_usable(backend: str, device: str) -> tuple[bool, str]:
     if not device.startswith("cuda"):
         return False, "TensorRT needs an NVIDIA GPU; bench it with --device cuda"
     try:
-        from resnet_deploy.tensorrt_target import tensorrt_usable
+        from resnet_deploy.targets.tensorrt import tensorrt_usable
     except ImportError:
         return False, "the TensorRT build step (resnet_deploy.tensorrt_target) is missing from this install"
     return tensorrt_usable()
@@ -234,7 +234,7 @@ class ArtifactCache:
         path = source.with_name(source.stem + ".cpu.onnx")
         if "int8-cpu" in self._built or (self._reuse(path) and path.stat().st_mtime >= source.stat().st_mtime):
             return self._built.setdefault("int8-cpu", path)
-        from resnet_deploy.onnxruntime_target import build_onnxruntime_artifact
+        from resnet_deploy.targets.onnxruntime import build_onnxruntime_artifact
 
         self._progress(f"optimizing the INT8 model for ONNX Runtime on the CPU → {path}")
         self._built["int8-cpu"] = Path(build_onnxruntime_artifact(source, path, device="cpu").path)
@@ -246,7 +246,7 @@ class ArtifactCache:
     def tensorrt_plan(self, precision: str, batch: int) -> Path:
         """A strongly typed TensorRT plan compiled from the ONNX of `precision`, tuned for `batch` (profile 1..batch).
         The plan's manifest lets the engine refuse it on another GPU or TensorRT version; the file name keys both."""
-        from resnet_deploy.tensorrt_target import TensorRTBuildOptions, build_tensorrt_engine
+        from resnet_deploy.targets.tensorrt import TensorRTBuildOptions, build_tensorrt_engine
 
         source = self.onnx_for(precision)
         calib = f"{self.calibration_tag()}." if precision == "int8" else ""

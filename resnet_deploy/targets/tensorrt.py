@@ -34,7 +34,7 @@ _SIZE_UNITS = {"": 1, "b": 1, "k": 1 << 10, "kb": 10**3, "kib": 1 << 10, "m": 1 
 
 def tensorrt_usable() -> tuple[bool, str]:
     """(True, "") when TensorRT 10+ imports and torch sees a CUDA GPU; else (False, the reason)."""
-    from engines.tensorrt_support import probe_tensorrt
+    from engines.tensorrt.support import probe_tensorrt
 
     reason = probe_tensorrt()
     return reason is None, reason or ""
@@ -68,7 +68,7 @@ class TensorRTBuildOptions:
 
     def validated(self) -> TensorRTBuildOptions:
         """These options with the hardware level normalized; a UsageError names the first bad value."""
-        from engines.tensorrt_support import normalize_hardware_compatibility
+        from engines.tensorrt.support import normalize_hardware_compatibility
 
         if not 1 <= self.min_batch <= self.opt_batch <= self.max_batch:
             raise UsageError(f"the batch profile needs 1 <= --min-batch <= --opt-batch <= --max-batch, got "
@@ -140,8 +140,8 @@ def build_tensorrt_engine(onnx_path: str | Path, output: str | Path, *, precisio
     warnings: list[str] = []
     card_dict = _card_dict(card, onnx_path, warnings)
 
-    from engines.tensorrt_build import BuildSettings, build_plan
-    from engines.tensorrt_inspect import precision_verdict, summarize_engine_information
+    from engines.tensorrt.build import BuildSettings, build_plan
+    from engines.tensorrt.inspect import precision_verdict, summarize_engine_information
 
     cache_path = Path(options.timing_cache) if options.timing_cache is not None else None
     cache_in = cache_path.read_bytes() if cache_path is not None and cache_path.is_file() else None
@@ -164,7 +164,7 @@ def build_tensorrt_engine(onnx_path: str | Path, output: str | Path, *, precisio
     gpu_name, capability, driver = _current_gpu()
     manifest = _manifest(built, onnx_path, precision, options, card_dict, summary.counts, verdict.to_dict(),
                          gpu_name, capability, driver)
-    from engines.tensorrt_manifest import manifest_path
+    from engines.tensorrt.manifest import manifest_path
 
     write_bytes(output, built.plan)
     manifest_file = manifest_path(output)
@@ -212,8 +212,8 @@ def _manifest(built: Any, onnx_path: Path, precision: str, options: TensorRTBuil
 
     import torch
 
-    from engines.tensorrt_manifest import EngineManifest
-    from engines.tensorrt_support import format_version
+    from engines.tensorrt.manifest import EngineManifest
+    from engines.tensorrt.support import format_version
     from resnet_deploy import __version__
 
     low, opt, high = built.batch_profile

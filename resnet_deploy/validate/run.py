@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from resnet_deploy.errors import UsageError
-from resnet_deploy.parity import (
+from resnet_deploy.validate.parity import (
     AccuracyTally,
     Gate,
     ParityTally,

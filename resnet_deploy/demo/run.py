@@ -112,7 +112,7 @@ def prepare_data(options: DemoOptions) -> tuple[Path, dict[str, Any]]:
             "source": str(options.data), "classes": train.num_classes, "class_names": train.class_names,
             "train_images": len(train), "test_images": len(test), "test_split": test.split, "embedded": False,
         }
-    from resnet_deploy.demo_data import DIGIT_CLASSES, write_digits_imagefolder
+    from resnet_deploy.demo.data import DIGIT_CLASSES, write_digits_imagefolder
 
     folder = write_digits_imagefolder(options.out / "data")
     return folder.root, {
@@ -126,10 +126,10 @@ def target_usable(target: str) -> tuple[bool, str]:
     if target == "onnxruntime":
         return True, ""
     if target == "openvino":
-        from resnet_deploy.openvino_target import openvino_usable
+        from resnet_deploy.targets.openvino import openvino_usable
 
         return openvino_usable()
-    from resnet_deploy.tensorrt_target import tensorrt_usable
+    from resnet_deploy.targets.tensorrt import tensorrt_usable
 
     return tensorrt_usable()
 

@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from resnet_deploy.atomic import write_text
-from resnet_deploy.bench_report import environment_lines
-from resnet_deploy.demo import DemoResult
+from resnet_deploy.bench.report import environment_lines
+from resnet_deploy.demo.run import DemoResult
 
 
 def _pct(value: Any) -> str:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from resnet_deploy.atomic import atomic_path, write_text
-from resnet_deploy.bench import CV_WARN_THRESHOLD, BenchReport, BenchResult
+from resnet_deploy.bench.timing import CV_WARN_THRESHOLD, BenchReport, BenchResult
 
 BACKEND_COLORS = {"torch": "#ee4c2c", "onnxruntime": "#1f77b4", "openvino": "#7b2d8e", "tensorrt": "#76b900"}
 PRECISION_MARKERS = {"fp32": "o", "fp16": "s", "bf16": "D", "int8": "^"}

@@ -37,8 +37,8 @@ from typing import Any
 import numpy as np
 
 from engines.base import Engine, EngineError, EngineInputError, TensorInfo
-from engines.tensorrt_manifest import ManifestError, RunningEnvironment, check_compatible, read_manifest
-from engines.tensorrt_support import (
+from engines.tensorrt.manifest import ManifestError, RunningEnvironment, check_compatible, read_manifest
+from engines.tensorrt.support import (
     PLAN_HEADER_SIZE,
     device_index,
     enum_name,

@@ -1,0 +1,230 @@
+"""What FP16 and INT8 share: the source model, metadata, gates and checks.
+
+FP16 and calibrated INT8 (Q/DQ) ONNX models, verified against their FP32 source on ONNX Runtime.
+
+Precision is decided in ONNX (see DESIGN.md): TensorRT 11 builds only strongly typed networks, so
+FP16 arrives as an FP16-typed graph and INT8 as explicit QuantizeLinear/DequantizeLinear nodes.
+
+FP16 (`convert_fp16`): onnxconverter-common's `convert_float_to_float16` with float32 input and
+output kept (Casts inside). Before converting, the FP32 model runs on the check images with every
+intermediate tensor exposed; any node producing or consuming a tensor that comes within a factor two
+of FP16's range (65504), or holding a weight beyond the converter's clip value, stays FP32. Random
+weights (latency work) are converted whole: their activations are meaningless and often huge.
+
+INT8 (`quantize_int8`): ONNX Runtime's `quant_pre_process` then `quantize_static` in QDQ format,
+with the options TensorRT needs (the same ones NVIDIA's ModelOpt passes to ORT): per-channel
+symmetric int8 weights on the output-channel axis kept as float weights behind a Q/DQ pair,
+per-tensor symmetric int8 activations (zero point 0), float biases (TensorRT's DequantizeLinear
+takes no int32 input). Activation ranges come from `calibration.py`. `fp16_remainder` converts
+what stays unquantized to FP16 (Q/DQ scales become FP16, which needs opset 19).
+
+Both write the model atomically and only after it passed its check; the metadata of the source
+(model card, preprocessing) is kept, and `resnet_deploy.precision`, the calibration and the check
+are added.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from resnet_deploy.atomic import sha256_file
+from resnet_deploy.card import CARD_METADATA_KEY, ModelCard
+from resnet_deploy.errors import CheckFailed, UsageError
+from resnet_deploy.onnx_check import LogitComparison
+
+PRECISION_KEY = "resnet_deploy.precision"
+ARTIFACT_KEY = "resnet_deploy.artifact"  # set on runtime-specific artifacts (ONNX Runtime target)
+FP16_MIN_AGREEMENT = 99.0  # default gates on real images, percent top-1 agreement with FP32
+INT8_MIN_AGREEMENT = 95.0
+FP16_MAX = 65504.0
+FP16_SAFE_MAX = FP16_MAX / 2  # headroom for images brighter than the check images
+FP16_CONVERTER_CLIP = 1e4  # onnxconverter-common clips FP16 initializers to this magnitude
+RANDOM_CHECK_SAMPLES = 64  # random inputs when no check images are given
+MIN_FP16_QDQ_OPSET = 19  # QuantizeLinear/DequantizeLinear take FP16 scales from opset 19
+INT8_EXTRA_OPTIONS: dict[str, Any] = {
+    "ActivationSymmetric": True,  # activations: int8, zero point 0 (TensorRT accepts nothing else)
+    "WeightSymmetric": True,  # weights: int8 in [-127, 127], zero point 0
+    "QuantizeBias": False,  # TensorRT's DequantizeLinear takes no int32 bias
+    "AddQDQPairToWeight": True,  # float weights behind Q/DQ: the explicit-quantization form of TensorRT's docs
+    "QDQOpTypePerChannelSupportToAxis": {"Conv": 0},  # one scale per output channel
+}
+
+
+@dataclass
+class CalibrationReport:
+    requested: str  # entropy | minmax | percentile | auto
+    method: str  # the method whose model was kept
+    scores: dict[str, dict[str, Any]]  # per method: agreement, max_abs_logit_diff, cache status
+    samples: int
+    seed: int
+    data: str  # the folder, or "random"
+    set_sha256: str
+    random: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class PrecisionResult:
+    path: Path
+    precision: str  # "fp16" or "int8"
+    fp16_remainder: bool
+    source: Path
+    source_sha256: str
+    sha256: str
+    agreement: float  # top-1 agreement with the FP32 source on the check images, percent
+    max_abs_logit_diff: float
+    mean_abs_logit_diff: float
+    check_images: int
+    check_data: str  # what the check images were
+    gate: float | None  # the agreement the check had to reach (None: informational only)
+    random_weights: bool
+    fp32_nodes: list[str] = field(default_factory=list)  # FP16: nodes kept in FP32
+    calibration: CalibrationReport | None = None
+    seconds: float = 0.0
+    warnings: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["path"], data["source"] = str(self.path), str(self.source)
+        data["calibration"] = self.calibration.to_dict() if self.calibration else None
+        return data
+
+
+# --- source and metadata -------------------------------------------------------------------------------
+
+
+@dataclass
+class _Source:
+    path: Path
+    model: Any  # onnx.ModelProto
+    props: dict[str, str]
+    card: ModelCard
+    sha256: str
+    random_weights: bool
+    input_name: str
+    input_shape: list[Any]
+    opset: int
+
+
+def read_source(path: str | Path) -> _Source:
+    """The FP32 source ONNX with its model card; anything else is refused with the reason."""
+    import onnx
+
+    from engines.onnxruntime_engine import graph_precision
+
+    source = Path(path)
+    if not source.is_file():
+        raise UsageError(f"{source}: no such ONNX file")
+    try:
+        model = onnx.load(str(source))
+    except Exception as exc:  # onnx raises DecodeError / ValueError for non-ONNX bytes
+        raise UsageError(f"{source}: not a readable ONNX model ({exc})") from None
+    props = {p.key: p.value for p in model.metadata_props}
+    if ARTIFACT_KEY in props:
+        raise UsageError(f"{source}: this is a {props[ARTIFACT_KEY]} artifact, optimized for one runtime; "
+                         "give the FP32 ONNX model it was built from")
+    precision = graph_precision(source)
+    if precision != "fp32":
+        raise UsageError(f"{source}: the source must be the FP32 ONNX model, this one is {precision}")
+    if CARD_METADATA_KEY not in props:
+        raise UsageError(f"{source}: the ONNX model carries no resnet-deploy model card in its metadata; "
+                         "export it with `resnet-deploy export`")
+    card = ModelCard.from_json(props[CARD_METADATA_KEY])
+    random_weights = props.get("random_weights") == "true" or bool(card.lineage.get("random_weights"))
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    shape = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in dims]
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    return _Source(source, model, props, card, sha256_file(source), random_weights, model.graph.input[0].name,
+                   shape, opset)
+
+
+def set_metadata(model: Any, props: dict[str, str]) -> None:
+    """Replace the model's metadata_props with `props` (in order)."""
+    del model.metadata_props[:]
+    for key, value in props.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+
+
+def drop_unused_opsets(model: Any) -> None:
+    """Keep the default opset and the domains nodes use; ORT's pre-processing imports a dozen it never uses."""
+    used = {node.domain for node in model.graph.node}
+    kept = [o for o in model.opset_import if o.domain in ("", "ai.onnx") or o.domain in used]
+    del model.opset_import[:]
+    model.opset_import.extend(kept)
+
+
+def _check_images_or_random(src: _Source, images: np.ndarray | None, seed: int) -> tuple[np.ndarray, str]:
+    size = src.card.preprocessing.input_size
+    if images is not None:
+        if images.ndim != 4 or tuple(images.shape[1:]) != (3, size, size):
+            raise UsageError(f"check images must be preprocessed NCHW arrays of shape (N, 3, {size}, {size}), "
+                             f"got {tuple(images.shape)}")
+        return images.astype(np.float32, copy=False), "images"
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((RANDOM_CHECK_SAMPLES, 3, size, size), dtype=np.float32), "random"
+
+
+def _gate(min_agreement: float | None, default: float, src: _Source, data: str) -> float | None:
+    """The agreement to enforce: none for random weights or random inputs (logits there carry no meaning)."""
+    if src.random_weights or data == "random":
+        return None
+    return default if min_agreement is None else min_agreement
+
+
+def _enforce(comparison: LogitComparison, gate: float | None, what: str, output: Path, hint: str) -> None:
+    if gate is None:
+        return
+    if not comparison.finite:
+        raise CheckFailed(f"{output}: the {what} model produces inf/NaN logits on the check images; nothing was "
+                          "written")
+    if comparison.agreement < gate:
+        raise CheckFailed(
+            f"{output}: the {what} model agrees with FP32 on {comparison.agreement:.2f}% of top-1 predictions "
+            f"(max |Δ logit| {comparison.max_abs_logit_diff:.3g}), below the {gate:g}% gate; nothing was written. "
+            f"{hint}")
+
+
+# --- FP16 -----------------------------------------------------------------------------------------------
+
+
+# --- helpers --------------------------------------------------------------------------------------------
+
+
+def _session(path: Path) -> Any:
+    from resnet_deploy.onnx_check import session
+
+    return session(path)
+
+
+def _verification(comparison: LogitComparison, data: str) -> dict[str, Any]:
+    return {"reference": "FP32 source on ONNX Runtime (CPU)", "data": data, **comparison.to_dict()}
+
+
+def _version(dist: str) -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+@contextlib.contextmanager
+def _quiet():
+    """The converters print chatter and warn on stdout/stderr; stdout is for results only."""
+    import warnings
+
+    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
+
+
