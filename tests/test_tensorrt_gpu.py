@@ -1,8 +1,9 @@
 """Real TensorRT builds and runs (marker `gpu`): skipped with the reason where TensorRT or a CUDA GPU is absent.
 
-A random-weight ResNet-20 is exported to ONNX, made FP16 (onnxconverter-common) and INT8 (ONNX Runtime
-Q/DQ), compiled by `build_tensorrt_engine`, and run through `TensorRTEngine` against ONNX Runtime on
-the CPU. Run them with `pytest -m gpu tests/test_tensorrt_gpu.py` on a machine with an NVIDIA GPU.
+A random-weight ResNet-20 is exported to ONNX, made FP16 (onnxconverter-common) and INT8 (the production
+`quantize_int8`, random calibration), compiled by `build_tensorrt_engine`, and run through `TensorRTEngine`
+against ONNX Runtime on the CPU. Run them with `pytest -m gpu tests/test_tensorrt_gpu.py` on a machine with an
+NVIDIA GPU.
 """
 
 from __future__ import annotations
@@ -63,23 +64,12 @@ def onnx_fp16(workdir: Path, onnx_fp32: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def onnx_int8(workdir: Path, onnx_fp32: Path) -> Path:
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
+    # The production recipe (float biases: TensorRT's DequantizeLinear takes no INT32 input); its output is
+    # checked for that in tests/test_tensorrt_unit.py with the same call.
+    from resnet_deploy.precision import quantize_int8
 
-    class Reader(CalibrationDataReader):
-        def __init__(self) -> None:
-            self.batches = iter([{"input": _images(8, seed)} for seed in range(8)])
-
-        def get_next(self):
-            return next(self.batches, None)
-
-    prepared = workdir / "resnet20.pre.onnx"
-    quant_pre_process(str(onnx_fp32), str(prepared))
-    path = workdir / "resnet20.int8.onnx"
-    quantize_static(str(prepared), str(path), Reader(), quant_format=QuantFormat.QDQ,
-                    activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, per_channel=True,
-                    extra_options={"ActivationSymmetric": True, "WeightSymmetric": True})
-    return path
+    return quantize_int8(onnx_fp32, workdir / "resnet20.int8.onnx", calib_data=None, samples=8, check_samples=8,
+                         random_calibration=True).path
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +82,7 @@ def test_fp32_engine_matches_onnxruntime(fp32_plan, onnx_fp32: Path):
     import tensorrt as trt
 
     from engines.tensorrt.engine import TensorRTEngine
-    from engines.tensorrt.support import parse_version, read_plan_version
+    from engines.tensorrt.support import header_version, parse_version, read_plan_version
 
     manifest = json.loads(fp32_plan.manifest_path.read_text())
     assert manifest["tensorrt_version"] == trt.__version__
@@ -100,7 +90,7 @@ def test_fp32_engine_matches_onnxruntime(fp32_plan, onnx_fp32: Path):
     assert manifest["card"]["arch"] == "resnet20"
     assert len(manifest["source_onnx"]["sha256"]) == 64
     plan_version = read_plan_version(fp32_plan.plan_path.read_bytes()[:28])
-    assert plan_version == parse_version(trt.__version__)[:4]  # the documented header layout holds
+    assert plan_version == header_version(parse_version(trt.__version__))  # one byte per part (build 300 → 44)
     assert fp32_plan.timing_cache is not None and fp32_plan.timing_cache.stat().st_size > 0
 
     with TensorRTEngine(fp32_plan.plan_path) as engine:

@@ -1,6 +1,12 @@
-"""TensorRT code that runs without TensorRT: version dispatch, plan header, manifest and staleness,
-inspector precision summaries (JSON written by hand in NVIDIA's documented 10.x/11.x formats), the
-"mostly FP32" verdict, and the clean refusal when TensorRT or a GPU is missing."""
+"""TensorRT code that runs without TensorRT: version dispatch, plan header (and its fallback to the
+manifest), manifest and staleness, the version-compatibility rule, inspector precision summaries (JSON
+written by hand in NVIDIA's documented 10.x/11.x formats), the "mostly FP32" verdict, the INT8 model the
+GPU tests build from, and the clean refusal when TensorRT or a GPU is missing.
+
+TensorRT cannot be installed here, so two tests drive production code with small stand-ins for the
+TensorRT Python API surface it touches (a recording engine/context/inspector for the inspector call
+order, an `ILogger`/`Severity` pair for the logger's filter). They check the order and the filtering of
+calls our code makes, not TensorRT's behaviour; `scripts/tensorrt_smoke.py` checks that on a GPU."""
 
 from __future__ import annotations
 
@@ -9,10 +15,11 @@ import json
 import struct
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from engines.base import BackendUnavailableError, EngineInputError
-from engines.tensorrt.build import profile_shapes, resolve_batch_profile
+from engines.tensorrt.build import TensorRTBuildError, engine_information, profile_shapes, resolve_batch_profile
 from engines.tensorrt.inspect import (
     datatype_from_text,
     layer_precision,
@@ -28,11 +35,16 @@ from engines.tensorrt.manifest import (
     manifest_path,
     read_manifest,
     stale_reasons,
+    trusted_plan_version,
 )
 from engines.tensorrt.support import (
+    MIN_VERSION,
     PLAN_TAG,
+    device_memory_bytes,
     enum_name,
+    header_version,
     load_compatible,
+    make_logger,
     normalize_hardware_compatibility,
     parse_version,
     read_plan_version,
@@ -68,24 +80,25 @@ def test_tensorrt_10_sets_strong_typing_explicitly():
     plan = version_plan((10, 13, 3, 9))
     assert plan.required_network_flags == ("STRONGLY_TYPED",)
     assert plan.optional_network_flags == ()
-    assert plan.inspector_io_key == "Bindings"
 
 
 def test_tensorrt_11_is_always_strongly_typed_and_never_names_explicit_batch():
     plan = version_plan((11, 4, 0, 106))
     assert plan.required_network_flags == ()  # the flag may be gone; strong typing is always on
     assert plan.optional_network_flags == ("STRONGLY_TYPED",)
-    assert plan.inspector_io_key == "I/O Tensors"
-    for major in (10, 11, 12):
-        flags = version_plan((major, 0, 0, 0))
+    for version in ((10, 13), (11, 0), (12, 0)):
+        flags = version_plan((*version, 0, 0))
         assert "EXPLICIT_BATCH" not in flags.required_network_flags + flags.optional_network_flags
         # weak-typing precision flags are never set (removed in 11, an error with STRONGLY_TYPED in 10)
         assert {"FP16", "INT8", "BF16", "FP8"} <= set(flags.forbidden_builder_flags)
 
 
-def test_tensorrt_older_than_10_is_refused_with_the_upgrade_hint():
-    with pytest.raises(BackendUnavailableError, match=r"TensorRT is not available \(TensorRT 8\.6\.1 .* 10 or newer"):
-        version_plan((8, 6, 1))
+def test_tensorrt_older_than_10_13_is_refused_with_the_upgrade_hint():
+    assert MIN_VERSION == (10, 13)  # strong typing complete from 10.12; pyproject requires tensorrt-cu13>=10.13
+    for old in ((8, 6, 1), (10, 12, 0, 36), (10, 0, 1, 6)):
+        with pytest.raises(BackendUnavailableError, match=r"TensorRT is not available \(TensorRT .* 10\.13 or newer"):
+            version_plan(old)
+    assert version_plan((10, 13, 0, 35)).major == 10
 
 
 @pytest.mark.parametrize(("built", "running", "vc", "ok"), [
@@ -94,7 +107,12 @@ def test_tensorrt_older_than_10_is_refused_with_the_upgrade_hint():
     ((10, 13, 3, 9), (10, 16, 1, 11), False, False),
     ((10, 13, 3, 9), (10, 16, 1, 11), True, True),  # version compatible: later runtimes load it
     ((10, 13, 3, 9), (11, 4, 0, 106), True, True),  # 10 → 11 allowed
+    ((11, 1, 0, 106), (11, 4, 0, 106), True, True),  # later minor of the same major
     ((11, 1, 0, 106), (10, 16, 1, 11), True, False),  # 11 → 10 never
+    ((8, 6, 1, 6), (10, 13, 3, 9), True, True),  # 8 → 10 allowed (support matrix)
+    ((8, 6, 1, 6), (11, 4, 0, 106), True, False),  # 8 → 11: two majors, not supported
+    ((10, 13, 3, 9), (12, 0, 0, 1), True, False),  # 10 → 12: not in the matrix
+    ((8, 6, 1, 6), (9, 3, 0, 1), True, False),  # 8 → 9: not in the matrix either
     ((8, 5, 1, 7), (10, 0, 0, 6), True, False),  # version compatibility starts at 8.6
 ])
 def test_load_compatibility_rules(built, running, vc, ok):
@@ -125,6 +143,24 @@ def test_plan_header_version_is_read_from_bytes_24_to_27():
 ])
 def test_non_plans_have_no_version(header):
     assert read_plan_version(header) is None
+
+
+def test_header_version_keeps_one_byte_per_part():
+    assert header_version((10, 13, 3, 300)) == (10, 13, 3, 44)
+    assert header_version((11, 4, 0, 106, 7)) == (11, 4, 0, 106)
+
+
+def test_device_memory_prefers_v2_and_falls_back_before_10_1():
+    class Engine101:
+        device_memory_size_v2 = 1 << 20
+        device_memory_size = 7  # deprecated in 10.1, gone in 11.x
+
+    class Engine100:
+        device_memory_size = 4096
+
+    assert device_memory_bytes(Engine101()) == 1 << 20
+    assert device_memory_bytes(Engine100()) == 4096
+    assert device_memory_bytes(object()) is None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -277,6 +313,28 @@ def test_the_plan_header_version_wins_over_the_manifest():
     assert stale_reasons(_manifest(), A100, plan_version=(10, 8, 0, 43))
 
 
+def test_unreadable_header_falls_back_to_the_manifest():
+    ordinary, vc = _manifest(), _manifest(build_options={"version_compatible": True})
+    good = _plan_header((10, 13, 3, 9))
+    other = _plan_header((10, 8, 0, 43))
+    lean = b"\x00" * 8 + bytes(range(40))  # a version-compatible plan whose header does not read as documented
+    assert trusted_plan_version(good, ordinary) == (10, 13, 3, 9)
+    assert trusted_plan_version(other, ordinary) == (10, 8, 0, 43)  # ordinary plans: the header decides
+    assert trusted_plan_version(lean, ordinary) is None  # never "not a plan": the manifest and TensorRT decide
+    assert trusted_plan_version(lean, vc) is None
+    assert trusted_plan_version(good, vc) == (10, 13, 3, 9)
+    # A version-compatible header that disagrees with the manifest is not trusted (layout unverified).
+    assert trusted_plan_version(other, vc) is None
+    assert stale_reasons(vc, A100, plan_version=trusted_plan_version(other, vc)) == []
+    assert stale_reasons(ordinary, A100, plan_version=trusted_plan_version(lean, ordinary)) == []
+
+
+def test_version_compatible_plan_across_two_majors_names_the_rule():
+    vc = _manifest(build_options={"version_compatible": True})
+    (reason,) = stale_reasons(vc, RunningEnvironment("12.0.0.1", A100.gpu_name, (8, 0)))
+    assert "across major versions only 8 → 10, 10 → 11" in reason
+
+
 def test_header_version_parts_are_single_bytes():
     # A build number above 255 is stored modulo 256 in the header: still the same TensorRT.
     manifest = _manifest(tensorrt_version="10.13.3.300")
@@ -425,25 +483,35 @@ def test_bf16_is_matched_before_float():
     assert layer_precision({"Inputs": [{"DataType": "BFloat16"}], "Weights": {"Type": "Float"}}) == "bf16"
 
 
-def test_quantized_weights_decide_before_the_activations():
+def test_tensor_formats_decide_and_weights_only_fill_in_what_lacks_one():
     layer = {"Inputs": [{"Format/Datatype": "Channel major FP16 format where channel % 8 == 0"}],
              "Weights": {"Type": "Int8", "Count": 2304}}
-    assert layer_precision(layer) == "int8"
+    assert layer_precision(layer) == "fp16"  # int8 weights feeding fp16 math: the math is fp16
+    no_format = {"Inputs": [{"Name": "x", "Dimensions": [-1, 16, 32, 32]}], "Weights": {"Type": "Int8", "Count": 9}}
+    assert layer_precision(no_format) == "int8"  # inspected without a context: no format, weights fill in
     assert layer_precision({"Weights": {"Type": "Half", "Count": 10}}) == "fp16"  # no tensors: weights type
     assert layer_precision({"Name": "x"}) == "unknown"
+
+
+def test_cast_layers_are_not_fp32_compute():
+    cast = {"Name": "/Cast", "LayerType": "Cast", "Inputs": [{"Format/Datatype": "Row major linear FP32"}],
+            "Outputs": [{"Format/Datatype": "Row major linear FP16 format"}]}
+    conv = {"Name": "/conv", "LayerType": "CaskConvolution", "Inputs": [{"DataType": "Half"}]}
+    summary = summarize_engine_information({"Layers": [cast, conv, {**cast, "Name": "/Cast_1"}]})
+    assert summary.counts == {"fp16": 1}
+    assert [layer.compute for layer in summary.layers] == [False, True, False]
 
 
 def test_trt10_detailed_fp16_summary():
     summary = summarize_engine_information(json.dumps(TRT10_FP16))
     assert summary.detailed
     assert summary.io_tensors == ["input", "logits"]
-    # The input Cast runs on FP32 data, the output Cast on FP16; the reformat, the NoOp and the
-    # [profile 1] copy are not counted.
-    assert summary.counts == {"fp16": 6, "fp32": 1}
-    assert summary.compute_layers == 7
+    # The two Casts (FP32 I/O), the reformat, the NoOp and the [profile 1] copy are not counted.
+    assert summary.counts == {"fp16": 5}
+    assert summary.compute_layers == 5
     verdict = precision_verdict(summary, "fp16")
     assert verdict.passed and verdict.verified
-    assert verdict.reduced_fraction == pytest.approx(6 / 7)
+    assert verdict.reduced_fraction == 1.0
 
 
 def test_trt11_split_fields_int8_summary():
@@ -472,11 +540,11 @@ def _all_fp32(engine: dict) -> dict:
 
 def test_mostly_fp32_fp16_engine_fails_the_check():
     summary = summarize_engine_information(_all_fp32(TRT10_FP16))
-    assert summary.counts == {"fp32": 7}
+    assert summary.counts == {"fp32": 5}
     verdict = precision_verdict(summary, "fp16")
     assert not verdict.passed and verdict.verified
     assert verdict.fp32_fraction == 1.0
-    assert "100% of its 7 compute layers in FP32" in verdict.message
+    assert "100% of its 5 compute layers in FP32" in verdict.message
     assert precision_verdict(summary, "fp32").passed  # an FP32 request is what it is
 
 
@@ -492,6 +560,200 @@ def test_verdict_threshold_is_a_majority():
     assert precision_verdict(summarize_engine_information(half), "fp16").passed  # 50 % FP32 is not "mostly"
     half["Layers"].append({"Name": "c", "LayerType": "CaskPooling", "Inputs": [{"DataType": "Float"}]})
     assert not precision_verdict(summarize_engine_information(half), "fp16").passed
+
+
+# --------------------------------------------------------------------------------------------------
+# The calls made against TensorRT's Python API (stand-ins for the API surface: TensorRT cannot be installed)
+
+
+class _Recorder:
+    """Records, in order, the calls production code makes on the TensorRT objects below."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple] = []
+
+
+class _Inspector:
+    def __init__(self, rec: _Recorder) -> None:
+        self._rec = rec
+        self._context = None
+
+    @property
+    def execution_context(self):
+        return self._context
+
+    @execution_context.setter
+    def execution_context(self, context) -> None:  # pybind property: IEngineInspector::setExecutionContext
+        self._rec.calls.append(("inspector.execution_context", context.shapes.copy()))
+        self._context = context
+
+    def get_engine_information(self, fmt) -> str:
+        shapes = self._context.shapes if self._context is not None else None
+        self._rec.calls.append(("get_engine_information", fmt, shapes))
+        return json.dumps({"Layers": [], "context_shapes": shapes})
+
+    def __del__(self) -> None:
+        self._rec.calls.append(("inspector released",))
+
+
+class _Context:
+    def __init__(self, rec: _Recorder, accept: bool) -> None:
+        self._rec, self._accept, self.shapes = rec, accept, {}
+
+    def set_input_shape(self, name: str, shape) -> bool:
+        self._rec.calls.append(("set_input_shape", name, tuple(shape)))
+        if self._accept:
+            self.shapes[name] = tuple(shape)
+        return self._accept
+
+
+class _Engine:
+    def __init__(self, rec: _Recorder, *, context: bool = True, accept: bool = True) -> None:
+        self._rec, self._context, self._accept = rec, context, accept
+
+    def create_execution_context(self):
+        self._rec.calls.append(("create_execution_context",))
+        return _Context(self._rec, self._accept) if self._context else None
+
+    def create_engine_inspector(self):
+        self._rec.calls.append(("create_engine_inspector",))
+        return _Inspector(self._rec)
+
+
+class _TRT:
+    class LayerInformationFormat:
+        JSON = "JSON"
+
+
+def test_inspector_reads_through_a_context_set_to_the_opt_shape():
+    rec = _Recorder()
+    info = json.loads(engine_information(_TRT, _Engine(rec), "input", (8, 3, 32, 32)))
+    assert info["context_shapes"] == {"input": [8, 3, 32, 32]}  # the JSON was read with the shape in place
+    names = [call[0] for call in rec.calls]
+    assert names == ["create_execution_context", "set_input_shape", "create_engine_inspector",
+                     "inspector.execution_context", "get_engine_information", "inspector released"]
+    assert rec.calls[1] == ("set_input_shape", "input", (8, 3, 32, 32))
+    assert rec.calls[3] == ("inspector.execution_context", {"input": (8, 3, 32, 32)})  # shape set before attaching
+    assert rec.calls[4][1] == "JSON"
+
+
+def test_inspector_without_a_context_or_shape_is_a_build_error():
+    with pytest.raises(TensorRTBuildError, match="could not create an execution context"):
+        engine_information(_TRT, _Engine(_Recorder(), context=False), "input", (8, 3, 32, 32))
+    rec = _Recorder()
+    with pytest.raises(TensorRTBuildError, match=r"refused input shape \[64, 3, 32, 32\]"):
+        engine_information(_TRT, _Engine(rec, accept=False), "input", (64, 3, 32, 32))
+    assert "get_engine_information" not in [call[0] for call in rec.calls]
+
+
+class _Message:
+    """A log message that records whether anything formatted it."""
+
+    formatted = 0
+
+    def __format__(self, spec: str) -> str:
+        type(self).formatted += 1
+        return "message"
+
+
+def _fake_tensorrt_logging():
+    import enum
+
+    class Severity(enum.IntEnum):  # the values and names of trt.ILogger.Severity
+        INTERNAL_ERROR = 0
+        ERROR = 1
+        WARNING = 2
+        INFO = 3
+        VERBOSE = 4
+
+    class ILogger:
+        def __init__(self) -> None:
+            pass
+
+    ILogger.Severity = Severity
+    return type("tensorrt", (), {"ILogger": ILogger})
+
+
+def test_logger_filters_by_severity_before_formatting():
+    trt = _fake_tensorrt_logging()
+    severity = trt.ILogger.Severity
+    logger = make_logger(trt)
+    _Message.formatted = 0
+    for _ in range(1000):
+        logger.log(severity.VERBOSE, _Message())
+    assert _Message.formatted == 0 and logger.tail() == []
+    logger.log(severity.INFO, "built")
+    logger.log(severity.WARNING, "slow tactic")
+    logger.log(severity.ERROR, "boom")
+    assert logger.tail() == ["[INFO] built", "[WARNING] slow tactic", "[ERROR] boom"]
+    assert logger.warnings() == ["[WARNING] slow tactic", "[ERROR] boom"]
+    quiet = make_logger(trt, min_severity="warning")
+    quiet.log(severity.INFO, _Message())
+    quiet.log(severity.INTERNAL_ERROR, "bad")
+    assert quiet.tail() == ["[INTERNAL_ERROR] bad"] and _Message.formatted == 0
+    with pytest.raises(ValueError, match="unknown TensorRT log severity"):
+        make_logger(trt, min_severity="chatty")
+
+
+# --------------------------------------------------------------------------------------------------
+# The INT8 model the GPU tests compile: production quantize_int8, random calibration
+
+#: element types TensorRT's DequantizeLinear accepts as its input (onnx-tensorrt operators.md)
+TENSORRT_DQ_INPUT_TYPES = frozenset({"INT8", "FLOAT8E4M3FN", "FLOAT4E2M1", "INT4"})
+
+
+def _dequantize_input_types(model) -> dict[str, str]:
+    """DequantizeLinear node name → element type of its quantized input."""
+    import onnx
+
+    inferred = onnx.shape_inference.infer_shapes(model)
+    graph = inferred.graph
+    types = {t.name: t.data_type for t in graph.initializer}
+    for info in (*graph.value_info, *graph.input, *graph.output):
+        types.setdefault(info.name, info.type.tensor_type.elem_type)
+    return {node.name or node.output[0]: onnx.TensorProto.DataType.Name(types.get(node.input[0], 0))
+            for node in graph.node if node.op_type == "DequantizeLinear"}
+
+
+@pytest.fixture(scope="module")
+def int8_onnx(tmp_path_factory):
+    from resnet_deploy.checkpoints import random_model
+    from resnet_deploy.export import export_onnx
+    from resnet_deploy.precision import quantize_int8
+
+    workdir = tmp_path_factory.mktemp("int8")
+    fp32 = export_onnx(random_model("resnet20"), workdir / "resnet20.onnx").path
+    # The same call as tests/test_tensorrt_gpu.py's onnx_int8 fixture.
+    return quantize_int8(fp32, workdir / "resnet20.int8.onnx", calib_data=None, samples=8, check_samples=8,
+                         random_calibration=True).path
+
+
+def test_int8_model_for_tensorrt_has_no_int32_into_a_dequantize(int8_onnx):
+    import onnx
+
+    model = onnx.load(str(int8_onnx))
+    dq_types = _dequantize_input_types(model)
+    assert len(dq_types) > 20  # weights and activations of every convolution and the classifier
+    assert set(dq_types.values()) <= TENSORRT_DQ_INPUT_TYPES, {k: v for k, v in dq_types.items() if v != "INT8"}
+    initializers = {t.name for t in model.graph.initializer}
+    gemm = next(node for node in model.graph.node if node.op_type == "Gemm")
+    assert gemm.input[2] in initializers  # the classifier bias stays a float initializer, no Q/DQ pair
+    assert onnx.numpy_helper.to_array(next(t for t in model.graph.initializer if t.name == gemm.input[2])).dtype \
+        == np.float32
+
+
+def test_int32_bias_recipe_would_be_caught():
+    # The check above must be able to fail: ORT's default (QuantizeBias on) feeds an INT32 bias to a DQ.
+    from onnx import TensorProto, helper, numpy_helper
+
+    bias = numpy_helper.from_array(np.array([5, -3], dtype=np.int32), "bias_quantized")
+    scale = numpy_helper.from_array(np.array(0.01, dtype=np.float32), "bias_scale")
+    graph = helper.make_graph([helper.make_node("DequantizeLinear", ["bias_quantized", "bias_scale"], ["bias"])],
+                              "g", [], [helper.make_tensor_value_info("bias", TensorProto.FLOAT, [2])],
+                              [bias, scale])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    assert set(_dequantize_input_types(model).values()) == {"INT32"}
+    assert not set(_dequantize_input_types(model).values()) <= TENSORRT_DQ_INPUT_TYPES
 
 
 # --------------------------------------------------------------------------------------------------

@@ -2,15 +2,15 @@
 
 Precision is decided by the ONNX graph (FP16-typed tensors, Q/DQ nodes), never by builder flags:
 TensorRT 11 removed `BuilderFlag.FP16/INT8` and the calibrators, and on 10.x those flags are a build
-error together with STRONGLY_TYPED. The per-version differences come from `tensorrt_support.version_plan`.
+error together with STRONGLY_TYPED. The per-version differences come from `support.version_plan`.
 
 The build: `OnnxParser.parse_from_file` (every parser error collected), one optimization profile
 for the batch dimension (min/opt/max; a static-batch ONNX gets a fixed profile), the workspace
 memory-pool limit, the builder optimization level, DETAILED profiling verbosity (needed for the
-inspector's per-layer precisions), a timing cache (given as bytes, returned updated), optional
-VERSION_COMPATIBLE and hardware-compatibility level. A `None` from `build_serialized_network` or a
-parse failure becomes one `TensorRTBuildError` that carries the builder's log tail. File writing is
-left to the caller (resnet_deploy writes atomically).
+inspector's per-layer precisions, read through an execution context set to the opt shape), a timing
+cache (given as bytes, returned updated), optional VERSION_COMPATIBLE and hardware-compatibility level.
+A `None` from `build_serialized_network` or a parse failure becomes one `TensorRTBuildError` that
+carries the builder's log tail. File writing is left to the caller (resnet_deploy writes atomically).
 
 Pages followed (10.x and 11.x):
 * Python API, Builder / IBuilderConfig / OnnxParser / Runtime / EngineInspector:
@@ -27,6 +27,7 @@ Pages followed (10.x and 11.x):
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -190,7 +191,8 @@ def build_plan(onnx_path: str | Path, settings: BuildSettings | None = None, *,
                                  f"(build_serialized_network returned None). {format_log_tail(logger.tail())}")
     plan_bytes = bytes(serialized)
     cache_out = bytes(config.get_timing_cache().serialize()) if use_timing_cache else None
-    info = _engine_information(trt, logger, plan_bytes, settings.version_compatible)
+    opt_shape = profile_shapes(input_spec.shape, batch)[1] if batch is not None else input_spec.shape
+    info = _engine_information(trt, logger, plan_bytes, settings.version_compatible, input_spec.name, opt_shape)
     fixed = input_spec.shape[0]
     return BuildOutput(
         plan=plan_bytes,
@@ -255,17 +257,41 @@ def _attach_timing_cache(config: Any, data: bytes | None) -> str:
     return "rejected (rebuilt)"
 
 
-def _engine_information(trt: Any, logger: Any, plan_bytes: bytes, version_compatible: bool) -> str:
+def _engine_information(trt: Any, logger: Any, plan_bytes: bytes, version_compatible: bool, input_name: str,
+                        shape: tuple[int, ...]) -> str:
     runtime = trt.Runtime(logger)
     if version_compatible:
         runtime.engine_host_code_allowed = True  # our own plan: its embedded lean runtime may run
     engine = runtime.deserialize_cuda_engine(plan_bytes)
     if engine is None:
         raise TensorRTBuildError(f"TensorRT built a plan but cannot load it back. {format_log_tail(logger.tail())}")
+    try:
+        return engine_information(trt, engine, input_name, shape, log_tail=logger.tail)
+    finally:
+        del engine, runtime  # engine before runtime
+
+
+def engine_information(trt: Any, engine: Any, input_name: str, shape: tuple[int, ...], *,
+                       log_tail: Callable[[], list[str]] = list) -> str:
+    """The inspector's JSON for `engine` with an execution context whose input shape is `shape` (the opt shape).
+
+    Without a context, "values dependent on input shapes will be displayed as -1 and format information
+    will not be shown" (`IEngineInspector::setExecutionContext`, 10.16 and 11.1), and the realized-precision
+    check reads exactly that datatype text; trtexec and Polygraphy attach a context with the shapes set.
+    """
+    context = engine.create_execution_context()
+    if context is None:
+        raise TensorRTBuildError(f"TensorRT could not create an execution context to inspect the engine "
+                                 f"(out of GPU memory?). {format_log_tail(log_tail())}")
+    if not context.set_input_shape(input_name, tuple(shape)):
+        raise TensorRTBuildError(f"TensorRT refused input shape {list(shape)} for {input_name!r} while inspecting "
+                                 f"the engine. {format_log_tail(log_tail())}")
     inspector = engine.create_engine_inspector()
-    info = inspector.get_engine_information(trt.LayerInformationFormat.JSON)
-    del inspector, engine, runtime  # inspector before engine before runtime
-    return str(info)
+    inspector.execution_context = context
+    try:
+        return str(inspector.get_engine_information(trt.LayerInformationFormat.JSON))
+    finally:
+        del inspector, context  # inspector before context (before the caller's engine and runtime)
 
 
 def _format_parser_error(error: Any) -> str:
@@ -288,6 +314,7 @@ __all__ = [
     "TensorRTBuildError",
     "TensorSpec",
     "build_plan",
+    "engine_information",
     "format_log_tail",
     "format_version",
     "profile_shapes",

@@ -22,7 +22,7 @@ Pages followed:
   https://docs.nvidia.com/deeplearning/tensorrt/latest/api/migration/tensorrt-10x-to-11x-python-api-reference.html
 * CUDA graphs with `enqueueV3` (run once before capture; capture on an explicit stream), Advanced Topics:
   https://docs.nvidia.com/deeplearning/tensorrt/latest/inference-library/advanced.html
-* Version / hardware compatibility of plans: see `engines/tensorrt_manifest.py`.
+* Version / hardware compatibility of plans: see `engines/tensorrt/manifest.py`.
 """
 
 from __future__ import annotations
@@ -37,15 +37,19 @@ from typing import Any
 import numpy as np
 
 from engines.base import Engine, EngineError, EngineInputError, TensorInfo
-from engines.tensorrt.manifest import ManifestError, RunningEnvironment, check_compatible, read_manifest
+from engines.tensorrt.manifest import (
+    ManifestError,
+    RunningEnvironment,
+    check_compatible,
+    read_manifest,
+    trusted_plan_version,
+)
 from engines.tensorrt.support import (
-    PLAN_HEADER_SIZE,
     device_index,
     enum_name,
     format_log_tail,
     load_tensorrt,
     make_logger,
-    read_plan_version,
     require_cuda_torch,
     torch_dtype_name,
 )
@@ -91,9 +95,9 @@ class TensorRTEngine(Engine):
             raise EngineInputError(f"{self.path}: no such file")
         manifest = read_manifest(self.path)
         data = self.path.read_bytes()
-        plan_version = read_plan_version(data[:PLAN_HEADER_SIZE])
-        if plan_version is None:
-            raise EngineInputError(f"{self.path}: not a TensorRT plan (its header lacks the plan tag)")
+        # An unreadable header (e.g. a version-compatible plan's, whose layout is unverified) falls back to the
+        # manifest's version; a file that is no plan at all is then refused by deserialization below.
+        plan_version = trusted_plan_version(data, manifest)
         if manifest.plan_sha256 and hashlib.sha256(data).hexdigest() != manifest.plan_sha256:
             raise ManifestError(f"{self.path}: its manifest describes another plan (sha256 differs); rebuild it "
                                 "with `resnet-deploy build-engine --target tensorrt`")

@@ -4,9 +4,12 @@ A TensorRT build can silently run most layers in FP32 although the user asked fo
 after every build the inspector's layer information (built with `ProfilingVerbosity.DETAILED`) is
 summarized here, and an FP16/INT8 engine whose compute layers are mostly FP32 is rejected.
 
-The inspector has no "Precision" key; a layer's precision is derived from its data: quantized weights
-(`Weights: {"Type": "Int8", ...}`) first, else the data type of its first input, else of its first
-output, else the weights type. Formats documented by NVIDIA and accepted here:
+The inspector has no "Precision" key; a layer's precision is derived from its data: the data type of
+its first input, else of its first output, else (a layer whose tensors still lack a format) its weights
+type (`Weights: {"Type": "Int8", ...}`). The builder reads the JSON through an execution context set to
+the opt shape, which is what makes the inspector print formats at all on a dynamic-batch engine. Cast
+layers (the FP32 I/O of an FP16 graph) convert rather than compute and are not counted, like reformats.
+Formats documented by NVIDIA and accepted here:
 
 * 10.x: `{"Layers": [...], "Bindings": ["input", "logits"]}`; each layer has `Name`, `LayerType`,
   `Inputs`/`Outputs` (with `Name`, `Dimensions`, `Format/Datatype`), `Weights`, `TacticName`.
@@ -30,11 +33,10 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-#: layer types that move or relabel data without computing (never counted)
-NON_COMPUTE_LAYER_TYPES = frozenset({"reformat", "noop", "signal", "wait"})
+#: layer types that move, convert or relabel data without computing (never counted)
+NON_COMPUTE_LAYER_TYPES = frozenset({"reformat", "noop", "signal", "wait", "cast"})
 #: precisions below FP32 (what an fp16/int8 request hopes to see)
 REDUCED_PRECISIONS = frozenset({"fp16", "bf16", "int8", "fp8", "int4", "fp4"})
-QUANTIZED_WEIGHT_PRECISIONS = frozenset({"int8", "fp8", "int4", "fp4"})
 #: an fp16/int8 engine whose compute layers are more FP32 than this fraction is rejected
 MAX_FP32_FRACTION = 0.5
 
@@ -119,11 +121,7 @@ def _is_compute(layer: dict[str, Any]) -> bool:
 
 
 def layer_precision(layer: dict[str, Any]) -> str:
-    """Realized precision of one detailed inspector layer."""
-    weights = layer.get("Weights")
-    weights_type = datatype_from_text(weights.get("Type")) if isinstance(weights, dict) else None
-    if weights_type in QUANTIZED_WEIGHT_PRECISIONS:
-        return weights_type
+    """Realized precision of one detailed inspector layer: its tensors' data type, else its weights type."""
     for key in ("Inputs", "Outputs"):
         tensors = layer.get(key)
         if isinstance(tensors, list):
@@ -131,6 +129,8 @@ def layer_precision(layer: dict[str, Any]) -> str:
                 found = tensor_datatype(tensor)
                 if found:
                     return found
+    weights = layer.get("Weights")
+    weights_type = datatype_from_text(weights.get("Type")) if isinstance(weights, dict) else None
     return weights_type or "unknown"
 
 

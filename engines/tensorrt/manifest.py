@@ -9,7 +9,8 @@ Rules, from NVIDIA's "Version Compatibility" (10.x) and "Engine Compatibility" (
 https://docs.nvidia.com/deeplearning/tensorrt/10.16.1/inference-library/version-compatibility.html
 https://docs.nvidia.com/deeplearning/tensorrt/11.1.0/inference-library/engine-compatibility.html
 — by default a plan loads only on the exact TensorRT version and the same kind of GPU that built it;
-VERSION_COMPATIBLE plans load on later TensorRT versions (10 → 11, never 11 → 10); hardware level
+VERSION_COMPATIBLE plans load on later TensorRT versions of the same major version, and across major
+versions only 8 → 10 and 10 → 11 (the 11.4 support matrix; never 11 → 10); hardware level
 AMPERE_PLUS plans load on any compute capability ≥ 8.0, SAME_COMPUTE_CAPABILITY on the same one.
 """
 
@@ -21,7 +22,16 @@ from pathlib import Path
 from typing import Any
 
 from engines.base import EngineError, EngineInputError
-from engines.tensorrt.support import format_version, load_compatible, normalize_hardware_compatibility, parse_version
+from engines.tensorrt.support import (
+    PLAN_HEADER_SIZE,
+    cross_major_rule,
+    format_version,
+    header_version,
+    load_compatible,
+    normalize_hardware_compatibility,
+    parse_version,
+    read_plan_version,
+)
 
 MANIFEST_FORMAT = "resnet-deploy/tensorrt-engine"
 MANIFEST_FORMAT_VERSION = 1
@@ -144,11 +154,14 @@ def stale_reasons(manifest: EngineManifest, env: RunningEnvironment,
     built = plan_version or parse_version(manifest.tensorrt_version)
     running = parse_version(env.tensorrt_version)
     if plan_version is not None:  # the header stores each part in one byte
-        running = tuple(part & 0xFF for part in running)
+        running = header_version(running)
     if not load_compatible(built, running, version_compatible=manifest.version_compatible):
         reason = f"it was built with TensorRT {format_version(built)} but TensorRT {env.tensorrt_version} is installed"
-        if manifest.version_compatible or running < built:
+        if running < built:
             reason += " (a plan never loads on an older TensorRT)"
+        elif manifest.version_compatible:
+            reason += (f" (version-compatible plans load on later versions of the same major version, and across "
+                       f"major versions only {cross_major_rule()})")
         else:
             reason += " (or build it with --version-compatible to load it on later TensorRT versions)"
         reasons.append(reason)
@@ -165,6 +178,20 @@ def stale_reasons(manifest: EngineManifest, env: RunningEnvironment,
     elif level == "none" and env.gpu_name != manifest.gpu_name:
         reasons.append(f"it was built for {there} but {here} (or build it with --hardware-compatibility same-cc)")
     return reasons
+
+
+def trusted_plan_version(header: bytes, manifest: EngineManifest) -> tuple[int, ...] | None:
+    """The plan version to check staleness against, or None to rely on the manifest (and on deserialization).
+
+    The header layout is confirmed for ordinary plans only. A VERSION_COMPATIBLE plan embeds a lean runtime
+    and its header is unverified: there the header counts only when it reads as the manifest's own version.
+    An unreadable header never makes a plan "not a TensorRT plan": TensorRT's deserialization has the last word.
+    """
+    found = read_plan_version(header[:PLAN_HEADER_SIZE])
+    if found is None or not manifest.version_compatible:
+        return found
+    recorded = header_version(parse_version(manifest.tensorrt_version))
+    return found if found == recorded else None
 
 
 def check_compatible(manifest: EngineManifest, env: RunningEnvironment, *, plan_path: str | Path,

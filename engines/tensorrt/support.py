@@ -12,14 +12,19 @@ Documentation followed:
   `device_memory_size`) and the strong-typing pattern:
   https://docs.nvidia.com/deeplearning/tensorrt/latest/api/migration/tensorrt-10x-to-11x-python-api-reference.html
   https://docs.nvidia.com/deeplearning/tensorrt/latest/api/migration/tensorrt-10x-to-11x-python-api-patterns.html
-* Version compatibility (10.x page; 11.x "Engine Compatibility" page: 10 → 11 allowed, 11 → 10 never):
+* Version compatibility (10.x page; 11.x "Engine Compatibility" page: 10 → 11 allowed, 11 → 10 never;
+  the 11.4 support matrix: across major versions only 8 → 10 and 10 → 11):
   https://docs.nvidia.com/deeplearning/tensorrt/10.16.1/inference-library/version-compatibility.html
   https://docs.nvidia.com/deeplearning/tensorrt/11.1.0/inference-library/engine-compatibility.html
+  https://docs.nvidia.com/deeplearning/tensorrt/11.4.1/getting-started/support-matrix.html
+* `ICudaEngine.device_memory_size_v2` exists from 10.1 (`getDeviceMemorySizeV2`); 11.x removed the old one.
 * `DataType` members (FLOAT, HALF, BF16, INT8, INT32, INT64, BOOL, UINT8, FP8, INT4, FP4, E8M0) as
   bound in NVIDIA/TensorRT `python/src/infer/pyFoundationalTypes.cpp`; `trt.nptype` has no BF16/FP8,
   so the torch mapping is written here by hand.
 * Plan header: trtexec's `--getPlanVersionOnly` (NVIDIA/TensorRT `samples/common/sampleEngines.cpp`,
   `printPlanVersion`): u32 tag 0x74727466, u32 serialization version 0, bytes 24..27 = version.
+  Confirmed for ordinary plans only: a VERSION_COMPATIBLE plan embeds a lean runtime and its header is
+  unverified, so callers treat an unreadable header as "unknown", never as "not a plan".
 """
 
 from __future__ import annotations
@@ -34,7 +39,10 @@ from typing import Any
 from engines.base import BackendUnavailableError
 
 INSTALL_HINT = "pip install 'resnet-deploy[tensorrt]' on a Linux or Windows machine with an NVIDIA GPU"
-MIN_MAJOR = 10
+#: strong typing is complete from 10.12; pyproject's tensorrt extra requires 10.13
+MIN_VERSION = (10, 13)
+#: version-compatible plans load on a later major version only for these (built, running) majors
+CROSS_MAJOR_LOADS = frozenset({(8, 10), (10, 11)})
 
 PLAN_TAG = 0x74727466
 PLAN_HEADER_SIZE = 28
@@ -76,10 +84,6 @@ class VersionPlan:
     #: BuilderFlag names this project must never set: weak-typing precision flags (an error together
     #: with STRONGLY_TYPED on 10.x, removed on 11.x)
     forbidden_builder_flags: tuple[str, ...]
-    #: ICudaEngine attribute that reports the context's device memory
-    device_memory_attribute: str
-    #: the inspector's name for the I/O tensor list in its JSON
-    inspector_io_key: str
 
 
 _WEAK_TYPING_FLAGS = ("FP16", "BF16", "INT8", "FP8", "INT4", "FP4",
@@ -89,16 +93,16 @@ _WEAK_TYPING_FLAGS = ("FP16", "BF16", "INT8", "FP8", "INT4", "FP4",
 def version_plan(version: tuple[int, ...]) -> VersionPlan:
     """The one place that knows how TensorRT 10 and 11 differ for this project."""
     major = version[0]
-    if major < MIN_MAJOR:
+    if tuple(version[:2]) < MIN_VERSION:
         raise BackendUnavailableError(
             f"TensorRT is not available (TensorRT {format_version(version)} is installed; resnet-deploy needs "
-            f"TensorRT {MIN_MAJOR} or newer: pip install -U 'resnet-deploy[tensorrt]')"
+            f"TensorRT {format_version(MIN_VERSION)} or newer: pip install -U 'resnet-deploy[tensorrt]')"
         )
     if major == 10:
         # Strong typing is opt-in on 10.x. EXPLICIT_BATCH is ignored since 10.0 and gone in 11: never referenced.
-        return VersionPlan(10, ("STRONGLY_TYPED",), (), _WEAK_TYPING_FLAGS, "device_memory_size_v2", "Bindings")
+        return VersionPlan(10, ("STRONGLY_TYPED",), (), _WEAK_TYPING_FLAGS)
     # 11.x and later: always strongly typed; the flag may linger (ignored) or disappear.
-    return VersionPlan(major, (), ("STRONGLY_TYPED",), _WEAK_TYPING_FLAGS, "device_memory_size_v2", "I/O Tensors")
+    return VersionPlan(major, (), ("STRONGLY_TYPED",), _WEAK_TYPING_FLAGS)
 
 
 def network_creation_flags(trt: Any, plan: VersionPlan) -> int:
@@ -124,12 +128,20 @@ def load_compatible(built: tuple[int, ...], running: tuple[int, ...], *, version
     """Can a plan built by TensorRT `built` be deserialized by `running`?
 
     Without version compatibility the versions must match exactly (major, minor, patch, build). With
-    it, any later runtime loads the plan (8.6+ builders only); an older one never does (11 → 10).
+    it (8.6+ builders only), a later runtime of the same major version loads the plan, and across
+    major versions only 8 → 10 and 10 → 11 (support matrix); an older runtime never does (11 → 10).
     """
     width = min(len(built), len(running))
     if not version_compatible:
         return built[:width] == running[:width]
-    return built >= (8, 6) and running[:width] >= built[:width]
+    if tuple(built[:2]) < (8, 6) or running[:width] < built[:width]:
+        return False
+    return built[0] == running[0] or (built[0], running[0]) in CROSS_MAJOR_LOADS
+
+
+def cross_major_rule() -> str:
+    """The documented cross-major rule in words, for error messages."""
+    return ", ".join(f"{a} → {b}" for a, b in sorted(CROSS_MAJOR_LOADS))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -222,6 +234,21 @@ def read_plan_version(header: bytes) -> tuple[int, int, int, int] | None:
     return major, minor, patch, build
 
 
+def header_version(version: tuple[int, ...]) -> tuple[int, ...]:
+    """A version as the plan header stores it: four parts, one byte each (a build number 300 reads 44)."""
+    return tuple(part & 0xFF for part in version[:4])
+
+
+def device_memory_bytes(engine: Any) -> int | None:
+    """The device memory one execution context needs: `device_memory_size_v2` (10.1+, the only one in 11.x),
+    else the older `device_memory_size`; None when neither exists."""
+    for name in ("device_memory_size_v2", "device_memory_size"):
+        value = getattr(engine, name, None)
+        if value is not None:
+            return int(value)
+    return None
+
+
 # --------------------------------------------------------------------------------------------------
 # Data types
 
@@ -288,8 +315,26 @@ def normalize_hardware_compatibility(text: str | None) -> str:
 # The logger
 
 
-def make_logger(trt: Any, *, keep: int = 400) -> Any:
-    """A `trt.ILogger` that keeps the last messages (INFO and worse) for error reports, printing nothing."""
+#: `trt.ILogger.Severity` members, most severe first
+SEVERITY_ORDER = ("INTERNAL_ERROR", "ERROR", "WARNING", "INFO", "VERBOSE")
+
+
+def kept_severities(severity_enum: Any, min_severity: str = "INFO") -> frozenset[Any]:
+    """The members of `trt.ILogger.Severity` at `min_severity` or worse (names missing in a binding are skipped)."""
+    key = min_severity.upper()
+    if key not in SEVERITY_ORDER:
+        raise ValueError(f"unknown TensorRT log severity {min_severity!r}; use one of {', '.join(SEVERITY_ORDER)}")
+    names = SEVERITY_ORDER[: SEVERITY_ORDER.index(key) + 1]
+    return frozenset(getattr(severity_enum, name) for name in names if hasattr(severity_enum, name))
+
+
+def make_logger(trt: Any, *, keep: int = 400, min_severity: str = "INFO") -> Any:
+    """A `trt.ILogger` that keeps the last messages (`min_severity` and worse) for error reports, printing nothing.
+
+    TensorRT calls `log` for every message, VERBOSE included (thousands per build); the severity is
+    tested against a precomputed set before anything is formatted.
+    """
+    kept = kept_severities(trt.ILogger.Severity, min_severity)
 
     class CapturingLogger(trt.ILogger):
         def __init__(self) -> None:
@@ -297,8 +342,7 @@ def make_logger(trt: Any, *, keep: int = 400) -> Any:
             self.lines: deque[str] = deque(maxlen=keep)
 
         def log(self, severity: Any, msg: str) -> None:
-            # VERBOSE is the only level above INFO; skip it early (thousands of lines per build).
-            if severity == trt.ILogger.Severity.VERBOSE:
+            if severity not in kept:
                 return
             self.lines.append(f"[{enum_name(severity)}] {msg}")
 
