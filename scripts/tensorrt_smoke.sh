@@ -10,6 +10,9 @@
 # Without --checkpoint the weights are random: the run still proves the pipeline and the parity of the
 # engines, but accuracy gates are relaxed (random logits have no meaningful top-1).
 # The exit status is non-zero when any step failed; each step's JSON is kept in the output folder.
+# The open TensorRT questions (inspector with/without context, version- and hardware-compatible plans,
+# timing-cache reuse and corruption, CUDA-graph re-capture) are answered by scripts/tensorrt_smoke.py,
+# which needs no data: run it first on a new GPU machine.
 set -uo pipefail
 
 ARCH=resnet20
@@ -20,7 +23,7 @@ BATCHES=1,8,32
 LIMIT=2000
 RD=${RESNET_DEPLOY:-resnet-deploy}
 
-usage() { sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+usage() { sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 while [ $# -gt 0 ]; do
     case "$1" in
         --data) DATA=$2; shift 2 ;;

@@ -210,3 +210,35 @@ def test_static_batch_onnx_gets_a_fixed_profile(workdir: Path):
     with TensorRTEngine(result.plan_path) as engine:
         assert engine.batch_range == (2, 2)
         assert engine.infer(_images(2)).shape == (2, 10)
+
+
+def test_cuda_graph_recaptures_across_batch_sizes(fp32_plan):
+    from engines.tensorrt.engine import TensorRTEngine
+
+    batches = {n: _images(n, seed=10 + n) for n in (4, 7)}
+    with TensorRTEngine(fp32_plan.plan_path) as plain:
+        want = {n: plain.infer(x) for n, x in batches.items()}
+    with TensorRTEngine(fp32_plan.plan_path, cuda_graph=True) as graphed:
+        for n in (4, 7, 4):  # each change of batch size re-captures; the replay must match plain runs
+            assert np.allclose(graphed.infer(batches[n]), want[n], atol=1e-5), n
+    with TensorRTEngine(fp32_plan.plan_path, include_copies=False, cuda_graph=True) as engine:
+        prepared = {n: engine.prepare(x) for n, x in batches.items()}
+        for n in (4, 7, 4):
+            engine.run_prepared(prepared[n])
+            assert np.allclose(engine.fetch(prepared[n]), want[n], atol=1e-5), n
+
+
+def test_inspector_with_a_context_shows_every_compute_layer_format(fp32_plan):
+    manifest = json.loads(fp32_plan.manifest_path.read_text())
+    assert manifest["precision_check"]["verified"]
+    assert "unknown" not in manifest["layer_precisions"]  # formats were printed (the context had its shape)
+
+
+def test_version_compatible_plan_reopens(workdir: Path, onnx_fp32: Path, fp32_plan):
+    from engines.tensorrt.engine import TensorRTEngine
+
+    options = TensorRTBuildOptions(min_batch=1, opt_batch=4, max_batch=8, version_compatible=True)
+    result = build_tensorrt_engine(onnx_fp32, workdir / "resnet20.vc.plan", precision="fp32", options=options)
+    batch = _images(4, seed=21)
+    with TensorRTEngine(result.plan_path) as vc, TensorRTEngine(fp32_plan.plan_path) as ordinary:
+        assert _relative_error(vc.infer(batch), ordinary.infer(batch)) < 2e-2

@@ -825,3 +825,71 @@ def test_cli_build_engine_target_tensorrt_without_tensorrt_exits_2(tmp_path: Pat
     assert "error: TensorRT is not available (" in result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "t.plan").exists()
+
+
+# --------------------------------------------------------------------------------------------------
+# scripts/tensorrt_smoke.py: its own bookkeeping (the checks themselves need a GPU)
+
+
+def _smoke_module():
+    import importlib.util
+    import sys
+
+    path = Path(__file__).resolve().parent.parent / "scripts" / "tensorrt_smoke.py"
+    spec = importlib.util.spec_from_file_location("tensorrt_smoke", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the class is made
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_smoke_checks_run_independently_and_record_each_answer(tmp_path: Path):
+    import time
+
+    smoke_mod = _smoke_module()
+    smoke = smoke_mod.Smoke(out=tmp_path, deadline=time.monotonic() + 60, skip=frozenset({"skipped_by_flag"}))
+
+    def broken(_smoke):
+        raise RuntimeError("TensorRT said no")
+
+    def says_no(_smoke):
+        raise smoke_mod.CheckFailed("header differs")
+
+    smoke.run("broken", broken)
+    smoke.run("says_no", says_no)
+    smoke.run("fine", lambda _smoke: {"answer": 42})
+    smoke.run("needs_a_plan", lambda _smoke: {}, plans=("fp32",))
+    smoke.run("skipped_by_flag", lambda _smoke: {})
+    smoke.deadline = time.monotonic() - 1
+    smoke.run("late", lambda _smoke: {})
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert {name: entry["status"] for name, entry in saved.items()} == {
+        "broken": "error", "says_no": "failed", "fine": "ok", "needs_a_plan": "skipped", "skipped_by_flag": "skipped",
+        "late": "skipped"}
+    assert saved["broken"]["reason"] == "RuntimeError: TensorRT said no"
+    assert saved["fine"]["answer"] == 42
+    assert "the fp32 plan" in saved["needs_a_plan"]["reason"]
+    assert saved["late"]["reason"] == "over the time budget"
+
+
+def test_smoke_summarizes_inspector_keys():
+    keys = _smoke_module().keys_of(json.dumps(TRT11_INT8))
+    assert keys["top_level"] == ["I/O Tensors", "Layers"]
+    assert keys["layers"] == 6
+    assert keys["layer_keys"]["Weights"] == 3
+    assert {"DataType", "Datatype", "Format", "Name"} <= set(keys["tensor_keys"])
+    assert keys["layer_types"]["CaskConvolution"] == 2
+
+
+@needs_no_tensorrt
+def test_smoke_without_tensorrt_exits_2_and_says_why(tmp_path: Path):
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parent.parent / "scripts" / "tensorrt_smoke.py"
+    done = subprocess.run([sys.executable, str(script), str(tmp_path / "out")], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert "error: TensorRT is not available" in done.stderr and "Traceback" not in done.stderr
+    saved = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert saved["preflight"]["status"] == "unavailable"
