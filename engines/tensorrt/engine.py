@@ -118,8 +118,8 @@ class TensorRTEngine(Engine):
                 self._runtime.engine_host_code_allowed = True
             self._engine = self._runtime.deserialize_cuda_engine(data)
             if self._engine is None:
-                raise EngineError(f"{self.path}: TensorRT could not deserialize the plan. "
-                                  f"{format_log_tail(self._logger.tail())}")
+                raise EngineError(f"{self.path}: TensorRT could not deserialize the plan (not a TensorRT plan, or "
+                                  f"one this TensorRT cannot load). {format_log_tail(self._logger.tail())}")
             self._discover_io()
             self._context = self._engine.create_execution_context()
             if self._context is None:
