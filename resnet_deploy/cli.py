@@ -19,6 +19,7 @@ from resnet_deploy.commands import (
     import_weights_cmd,
     inspect_cmd,
     train_cmd,
+    triton_repo_cmd,
     validate_cmd,
 )
 from resnet_deploy.errors import ResnetDeployError
@@ -60,6 +61,7 @@ app.command("bench")(bench_cmd.bench)
 app.command("inspect")(inspect_cmd.inspect)
 app.command("import-weights")(import_weights_cmd.import_weights)
 app.command("demo")(demo_cmd.demo)
+app.command("triton-repo")(triton_repo_cmd.triton_repo)
 
 
 def run_command(command: typer.core.TyperCommand | typer.core.TyperGroup, argv: list[str] | None, prog: str) -> None:

@@ -66,7 +66,8 @@ def environment_lines(env: dict[str, Any]) -> list[str]:
     return lines
 
 
-def render_markdown(report: BenchReport, *, command: str | None = None, plot: str | None = None) -> str:
+def render_markdown(report: BenchReport, *, command: str | None = None, plot: str | None = None,
+                    scenarios: Sequence[Any] = ()) -> str:
     out: list[str] = ["# resnet-deploy bench", ""]
     if command:
         out += ["Command:", "", "```", command, "```", ""]
@@ -102,13 +103,14 @@ def render_markdown(report: BenchReport, *, command: str | None = None, plot: st
                 batch = "all" if s.batch_size is None else str(s.batch_size)
                 out.append(f"| {s.backend} | {s.precision} | {batch} | {s.reason} |")
             out.append("")
+    out += scenario_markdown(scenarios)
     if plot:
         out += [f"![latency and throughput]({plot})", ""]
     return "\n".join(out)
 
 
 def write_markdown(report: BenchReport, path: str | Path, *, command: str | None = None,
-                   plot: str | Path | None = None) -> Path:
+                   plot: str | Path | None = None, scenarios: Sequence[Any] = ()) -> Path:
     target = Path(path)
     plot_ref = None
     if plot is not None:
@@ -117,7 +119,7 @@ def write_markdown(report: BenchReport, path: str | Path, *, command: str | None
             plot_ref = str(plot.resolve().relative_to(target.resolve().parent))
         except ValueError:
             plot_ref = str(plot.resolve())
-    write_text(target, render_markdown(report, command=command, plot=plot_ref))
+    write_text(target, render_markdown(report, command=command, plot=plot_ref, scenarios=scenarios))
     return target
 
 
@@ -195,3 +197,49 @@ def _plot_throughput(ax: Any, model: str, results: Sequence[BenchResult]) -> Non
 
 
 _HATCHES = {"fp32": "", "fp16": "//", "bf16": "..", "int8": "xx"}
+
+
+# --- MLPerf LoadGen scenarios ------------------------------------------------------------------------------------
+
+SCENARIO_COLUMNS = ("model", "backend", "precision", "scenario", "p50 ms", "p90 ms", "p99 ms", "samples/s",
+                    "target", "LoadGen")
+
+
+def scenario_rows(results: Sequence[Any]) -> list[list[str]]:
+    rows = []
+    for r in results:
+        lat = r.latency_ms
+        target = (f"{r.target_qps:.4g} QPS, p99 ≤ {r.target_latency_ms:g} ms" if r.scenario == "server" else "")
+        verdict = ("VALID" if r.valid else "INVALID") + ("" if r.mlperf_valid or not r.valid else " (short run)")
+        rows.append([r.model, r.backend, r.precision, r.scenario,
+                     *(f"{lat[k]:.3f}" if k in lat else "–" for k in ("p50", "p90", "p99")),
+                     f"{r.samples_per_s:.1f}" if r.samples_per_s is not None else "–", target, verdict])
+    return rows
+
+
+def scenario_markdown(results: Sequence[Any]) -> list[str]:
+    if not results:
+        return []
+    out = ["## MLPerf LoadGen scenarios", "",
+           "Driven by MLPerf's LoadGen (SingleStream: one sample per query, next query when the last completes; "
+           "Offline: all samples at once, run in batches; Server: Poisson arrivals at the target QPS, queued samples "
+           "batched). Latency is LoadGen's, from query issue to completion.", ""]
+    short = [r for r in results if not r.mlperf_valid]
+    if short:
+        out += ["Runs shorter than LoadGen's minimum duration or query count are not valid MLPerf results.", ""]
+    out += ["| " + " | ".join(SCENARIO_COLUMNS) + " |", "| " + " | ".join(["---"] * len(SCENARIO_COLUMNS)) + " |"]
+    out += ["| " + " | ".join(row) + " |" for row in scenario_rows(results)]
+    notes = sorted({note for r in results for note in r.notes})
+    return [*out, "", *[f"- {note}" for note in notes], ""]
+
+
+def scenario_table(results: Sequence[Any]) -> Any:
+    from rich.markup import escape
+    from rich.table import Table
+
+    table = Table(title="MLPerf LoadGen scenarios", title_justify="left")
+    for column in SCENARIO_COLUMNS:
+        table.add_column(column, justify="right" if column.endswith(("ms", "/s")) else "left", no_wrap=True)
+    for row in scenario_rows(results):
+        table.add_row(*(escape(cell) for cell in row))
+    return table

@@ -65,6 +65,16 @@ def bench(
     report: Annotated[Path | None, typer.Option("--report", help="Write a Markdown report here.")] = None,
     plot: Annotated[Path | None, typer.Option(
         "--plot", help="Write a PNG: latency vs batch size and throughput per backend/precision.")] = None,
+    scenario: Annotated[str | None, typer.Option(
+        "--scenario", help="Also run MLPerf LoadGen scenarios, comma-separated: single-stream, offline, server "
+                           "(extra: resnet-deploy[loadgen]).", show_default=False)] = None,
+    target_qps: Annotated[float | None, typer.Option(
+        "--target-qps", help="Server scenario: target queries/s [default: half of what one stream sustains].",
+        show_default=False)] = None,
+    target_latency_ms: Annotated[float, typer.Option(
+        "--target-latency-ms", help="Server scenario: the p99 latency bound (MLPerf ResNet-50: 15 ms).")] = 15.0,
+    peak_qps: Annotated[bool, typer.Option(
+        "--peak-qps", help="Server scenario: search the highest target QPS LoadGen judges VALID.")] = False,
     json_output: JsonOption = False,
 ) -> None:
     """Measure latency (mean, std, p50-p99) and throughput per backend, precision and batch size, with the
@@ -112,7 +122,14 @@ def bench(
         device=device_name, threads=threads, include_copies=include_copies,
         cache_dir=cache_dir or default_cache_dir(), calib_data=calib_data, calib_samples=calib_samples,
         progress=_say)
+    scenarios = _parse_scenarios(scenario)
+    if scenarios:
+        from resnet_deploy.bench.loadgen import _loadgen
+
+        _loadgen()  # a missing extra is one error line before anything is measured
     report_doc = _run(plan, sizes, timing, include_copies)
+    scenario_results = _run_scenarios(plan, scenarios, duration=duration, target_qps=target_qps,
+                                      target_latency_ms=target_latency_ms, peak_qps=peak_qps, batch_sizes=sizes)
 
     command = "resnet-deploy " + " ".join(shlex.quote(arg) for arg in sys.argv[1:])
     noisy = report_doc.noisy()
@@ -133,14 +150,47 @@ def bench(
         from resnet_deploy.bench.report import write_markdown
 
         write_markdown(report_doc, report, command=command,
-                       plot=plot if plot is not None and report_doc.results else None)
+                       plot=plot if plot is not None and report_doc.results else None, scenarios=scenario_results)
         _say(f"report written to {report}")
     if json_output:
-        emit_json({"command": command, **report_doc.to_dict()})
+        emit_json({"command": command, **report_doc.to_dict(),
+                   **({"scenarios": [r.to_dict() for r in scenario_results]} if scenarios else {})})
     else:
         _print_tables(report_doc)
+        if scenario_results:
+            from resnet_deploy.bench.report import scenario_table
+            from resnet_deploy.commands._common import stdout
+
+            stdout.print(scenario_table(scenario_results))
     if not report_doc.results:
         raise UsageError("nothing could be measured here; see the skipped rows for why")
+
+
+def _parse_scenarios(text: str | None) -> list[str]:
+    from resnet_deploy.bench.loadgen import SCENARIOS
+
+    if text is None:
+        return []
+    chosen = [part.strip() for part in text.split(",") if part.strip()]
+    unknown = [part for part in chosen if part not in SCENARIOS]
+    if unknown or not chosen:
+        raise UsageError(f"--scenario takes {', '.join(SCENARIOS)} (comma-separated), got {text!r}")
+    return chosen
+
+
+def _run_scenarios(plan: BenchPlan, scenarios: list[str], *, duration: float | None, target_qps: float | None,
+                   target_latency_ms: float, peak_qps: bool, batch_sizes: list[int]) -> list:
+    if not scenarios:
+        return []
+    from resnet_deploy.bench.loadgen import ScenarioSettings, run_plan_scenarios
+
+    if target_qps is not None and target_qps <= 0 or target_latency_ms <= 0:
+        raise UsageError("--target-qps and --target-latency-ms must be positive")
+    largest = max(batch_sizes)
+    options = ScenarioSettings(duration_s=duration, min_queries=1 if duration is not None else None,
+                               target_qps=target_qps, target_latency_ms=target_latency_ms, offline_batch=largest,
+                               server_batch=largest)
+    return run_plan_scenarios(plan.cases, scenarios, options, peak_qps=peak_qps, progress=_say)
 
 
 def _run(plan: BenchPlan, sizes: list[int], timing: TimingConfig, include_copies: bool) -> BenchReport:

@@ -1,0 +1,289 @@
+"""MLPerf Inference scenarios through MLPerf's own LoadGen (`mlcommons-loadgen`): SingleStream (p90 latency),
+Offline (samples/s) and Server (Poisson arrivals at a target QPS, p99 bound, VALID/INVALID), a peak-QPS search for
+Server, and LoadGen's accuracy mode on real images.
+
+Any engine of the contract serves as the system under test. LoadGen writes its logs into a temporary folder;
+the summary it writes is parsed into `ScenarioResult`. Run settings (minimum duration and query count) default to
+LoadGen's own; shorter ones are allowed and the result then says it is not a valid MLPerf run.
+"""
+
+from __future__ import annotations
+
+import queue
+import re
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from engines.base import Engine
+from resnet_deploy.errors import BackendUnavailable, UsageError
+
+SCENARIOS = ("single-stream", "offline", "server")
+EXTRA = "pip install 'resnet-deploy[loadgen]'"
+PERFORMANCE_SAMPLES = 64  # random images resident in memory, as LoadGen's performance sample set
+DEFAULT_SERVER_LATENCY_MS = 15.0  # MLPerf's bound for ResNet-50 in the Server scenario
+MLPERF_ACCURACY_FRACTION = 0.99  # MLPerf: the submission keeps at least 99 % of the FP32 reference's top-1
+
+
+@dataclass(frozen=True)
+class ScenarioSettings:
+    duration_s: float | None = None  # None: LoadGen's minimum duration
+    min_queries: int | None = None  # None: LoadGen's minimum query count
+    target_qps: float | None = None  # Server; None: half of what SingleStream sustained
+    target_latency_ms: float = DEFAULT_SERVER_LATENCY_MS  # Server's p99 bound
+    offline_batch: int = 8
+    server_batch: int = 8  # the most queued samples the Server SUT runs as one batch
+
+
+@dataclass
+class ScenarioResult:
+    scenario: str
+    model: str
+    backend: str
+    precision: str
+    artifact: str | None
+    valid: bool  # LoadGen's verdict on this run's own settings
+    mlperf_valid: bool  # also run with LoadGen's default duration and query count
+    latency_ms: dict[str, float]  # p50, p90, p95, p99, mean, min, max
+    samples_per_s: float | None
+    queries: int | None
+    target_qps: float | None = None
+    target_latency_ms: float | None = None
+    settings: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    top1: float | None = None  # accuracy mode
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _loadgen() -> Any:
+    try:
+        import mlperf_loadgen
+    except ImportError:
+        raise BackendUnavailable(f"MLPerf scenarios need MLPerf's LoadGen: {EXTRA}") from None
+    return mlperf_loadgen
+
+
+def parse_summary(text: str) -> dict[str, str]:
+    """`key : value` lines of `mlperf_log_summary.txt` (first occurrence wins)."""
+    fields: dict[str, str] = {}
+    for line in text.splitlines():
+        match = re.match(r"\s*([^:*]+?)\s*:\s*(.+?)\s*$", line)
+        if match and match.group(1) not in fields:
+            fields[match.group(1)] = match.group(2)
+    return fields
+
+
+def _latencies(fields: dict[str, str]) -> dict[str, float]:
+    names = {"p50": "50.00 percentile latency (ns)", "p90": "90.00 percentile latency (ns)",
+             "p95": "95.00 percentile latency (ns)", "p99": "99.00 percentile latency (ns)",
+             "mean": "Mean latency (ns)", "min": "Min latency (ns)", "max": "Max latency (ns)"}
+    return {key: float(fields[name]) / 1e6 for key, name in names.items() if name in fields}
+
+
+class _SystemUnderTest:
+    """Answers LoadGen's queries with an engine: inline for SingleStream/Offline, from a worker thread that batches
+    whatever has queued for Server (LoadGen's issue thread must not block there)."""
+
+    def __init__(self, engine: Engine, samples: np.ndarray, *, batch: int, threaded: bool, keep_top1: bool) -> None:
+        self.engine, self.samples, self.batch, self.threaded = engine, samples, batch, threaded
+        self.predictions: dict[int, int] = {}
+        self.keep_top1 = keep_top1
+        self._queue: queue.Queue[Any] = queue.Queue()
+        self._worker = threading.Thread(target=self._serve, daemon=True) if threaded else None
+        self.error: BaseException | None = None
+
+    def start(self) -> None:
+        if self._worker is not None:
+            self._worker.start()
+
+    def stop(self) -> None:
+        if self._worker is not None:
+            self._queue.put(None)
+            self._worker.join()
+
+    def issue(self, query_samples: Sequence[Any]) -> None:
+        if self.threaded:
+            for sample in query_samples:
+                self._queue.put(sample)
+            return
+        for start in range(0, len(query_samples), self.batch):
+            self._run(list(query_samples[start:start + self.batch]))
+
+    def _serve(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is None:
+                return
+            chunk = [first]
+            while len(chunk) < self.batch:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    self._queue.put(None)
+                    break
+                chunk.append(item)
+            self._run(chunk)
+
+    def _run(self, chunk: list[Any]) -> None:
+        lg = _loadgen()
+        try:
+            logits = self.engine.infer(self.samples[[sample.index for sample in chunk]])
+        except BaseException as exc:  # LoadGen waits forever for an unanswered query: answer, then report
+            self.error = self.error or exc
+            logits = None
+        if logits is not None and self.keep_top1:
+            for sample, row in zip(chunk, logits, strict=True):
+                self.predictions[sample.index] = int(np.argmax(row))
+        lg.QuerySamplesComplete([lg.QuerySampleResponse(sample.id, 0, 0) for sample in chunk])
+
+
+def _settings(lg: Any, scenario: str, options: ScenarioSettings, *, expected_ms: float, target_qps: float | None,
+              accuracy: bool) -> Any:
+    settings = lg.TestSettings()
+    settings.scenario = {"single-stream": lg.TestScenario.SingleStream, "offline": lg.TestScenario.Offline,
+                         "server": lg.TestScenario.Server}[scenario]
+    settings.mode = lg.TestMode.AccuracyOnly if accuracy else lg.TestMode.PerformanceOnly
+    settings.single_stream_expected_latency_ns = max(1, int(expected_ms * 1e6))
+    settings.offline_expected_qps = max(1.0, options.offline_batch * 1000.0 / max(expected_ms, 1e-3) / 2)
+    if target_qps is not None:
+        settings.server_target_qps = target_qps
+    settings.server_target_latency_ns = int(options.target_latency_ms * 1e6)
+    if options.duration_s is not None:
+        settings.min_duration_ms = int(options.duration_s * 1000)
+    if options.min_queries is not None:
+        settings.min_query_count = options.min_queries
+    return settings
+
+
+def run_scenario(engine: Engine, samples: np.ndarray, scenario: str, options: ScenarioSettings, *, model: str,
+                 artifact: str | None, expected_ms: float, target_qps: float | None = None,
+                 labels: np.ndarray | None = None) -> ScenarioResult:
+    """One LoadGen run. With `labels`, LoadGen's accuracy mode: every sample once, top-1 from the answers."""
+    if scenario not in SCENARIOS:
+        raise UsageError(f"--scenario must be one of {', '.join(SCENARIOS)}, got {scenario!r}")
+    lg = _loadgen()
+    accuracy = labels is not None
+    batch = {"single-stream": 1, "offline": options.offline_batch, "server": options.server_batch}[scenario]
+    if engine.input.shape[0] is not None and engine.input.shape[0] != batch:
+        raise UsageError(f"{artifact or model}: static batch {engine.input.shape[0]}; the {scenario} scenario runs "
+                         f"batch {batch} (export with a dynamic batch)")
+    settings = _settings(lg, scenario, options, expected_ms=expected_ms, target_qps=target_qps, accuracy=accuracy)
+    sut_impl = _SystemUnderTest(engine, samples, batch=batch, threaded=scenario == "server", keep_top1=accuracy)
+    count = len(samples)
+    with tempfile.TemporaryDirectory(prefix="resnet-deploy-loadgen-") as logs:
+        log_settings = lg.LogSettings()
+        log_settings.log_output.outdir = logs
+        log_settings.log_output.copy_summary_to_stdout = False
+        sut = lg.ConstructSUT(sut_impl.issue, lambda: None)
+        qsl = lg.ConstructQSL(count, min(count, PERFORMANCE_SAMPLES), lambda ids: None, lambda ids: None)
+        sut_impl.start()
+        try:
+            lg.StartTestWithLogSettings(sut, qsl, settings, log_settings)
+        finally:
+            sut_impl.stop()
+            lg.DestroyQSL(qsl)
+            lg.DestroySUT(sut)
+        summary = (Path(logs) / "mlperf_log_summary.txt").read_text() if not accuracy else ""
+    if sut_impl.error is not None:
+        raise sut_impl.error
+    return _result(scenario, engine, summary, options, model=model, artifact=artifact, target_qps=target_qps,
+                   labels=labels, predictions=sut_impl.predictions)
+
+
+def _result(scenario: str, engine: Engine, summary: str, options: ScenarioSettings, *, model: str,
+            artifact: str | None, target_qps: float | None, labels: np.ndarray | None,
+            predictions: dict[int, int]) -> ScenarioResult:
+    fields = parse_summary(summary)
+    notes = []
+    shortened = options.duration_s is not None or options.min_queries is not None
+    if shortened:
+        notes.append("shorter than LoadGen's minimum duration/query count: not a valid MLPerf result")
+    rate_key = {"single-stream": "QPS w/o loadgen overhead", "offline": "Samples per second",
+                "server": "Completed samples per second"}[scenario]
+    top1 = None
+    if labels is not None:
+        hits = sum(predictions.get(i) == int(label) for i, label in enumerate(labels))
+        top1 = 100.0 * hits / len(labels)
+    valid = fields.get("Result is") == "VALID" or labels is not None
+    return ScenarioResult(
+        scenario=scenario, model=model, backend=engine.name, precision=engine.precision, artifact=artifact,
+        valid=valid, mlperf_valid=valid and not shortened, latency_ms=_latencies(fields),
+        samples_per_s=float(fields[rate_key]) if rate_key in fields else None,
+        queries=None, target_qps=target_qps if scenario == "server" else None,
+        target_latency_ms=options.target_latency_ms if scenario == "server" else None,
+        settings={"min_duration_s": options.duration_s, "min_queries": options.min_queries,
+                  "batch": {"single-stream": 1, "offline": options.offline_batch,
+                            "server": options.server_batch}[scenario]},
+        notes=notes, top1=top1)
+
+
+def find_peak_qps(run: Callable[[float], ScenarioResult], start_qps: float, *, steps: int = 6) -> ScenarioResult:
+    """The highest Server target QPS LoadGen judges VALID: double until INVALID, then bisect `steps` times."""
+    low: ScenarioResult | None = None
+    high_qps = start_qps
+    result = run(high_qps)
+    while result.valid and steps > 0:
+        low, high_qps = result, high_qps * 2
+        result = run(high_qps)
+        steps -= 1
+    low_qps = low.target_qps if low is not None else 0.0
+    for _ in range(steps):
+        middle = (low_qps + high_qps) / 2
+        result = run(middle)
+        if result.valid:
+            low, low_qps = result, middle
+        else:
+            high_qps = middle
+    if low is None:
+        raise UsageError(f"no target QPS down to {start_qps / 2 ** steps:.3g} met the Server latency bound")
+    low.notes.append(f"peak QPS: highest VALID target found by doubling and bisection (INVALID at {high_qps:.4g})")
+    return low
+
+
+def expected_latency_ms(engine: Engine, samples: np.ndarray, calls: int = 10) -> float:
+    """A quick median of single-sample calls: LoadGen sizes its query counts from it."""
+    engine.infer(samples[:1])
+    timings = []
+    for i in range(calls):
+        start = time.perf_counter()
+        engine.infer(samples[i % len(samples): i % len(samples) + 1])
+        timings.append((time.perf_counter() - start) * 1000)
+    return float(np.median(timings))
+
+
+def run_plan_scenarios(cases: Sequence[Any], scenarios: Sequence[str], options: ScenarioSettings, *,
+                       peak_qps: bool = False, progress: Callable[[str], None] = lambda message: None,
+                       ) -> list[ScenarioResult]:
+    """Every scenario on every bench case (`bench.plan.BenchCase`: model, backend, precision, open())."""
+    _loadgen()  # a missing extra is one error before any engine is opened
+    results = []
+    for case in cases:
+        with case.open() as engine:
+            shape = [PERFORMANCE_SAMPLES, *(d or 1 for d in engine.input.shape[1:])]
+            samples = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
+            expected = expected_latency_ms(engine, samples)
+            for scenario in scenarios:
+                progress(f"LoadGen {scenario}: {case.model} {case.backend} {case.precision}")
+
+                def run(qps: float | None, scenario: str = scenario, engine: Engine = engine,
+                        samples: np.ndarray = samples, case: Any = case, expected: float = expected,
+                        ) -> ScenarioResult:
+                    return run_scenario(engine, samples, scenario, options, model=case.model,
+                                        artifact=case.artifact, expected_ms=expected, target_qps=qps)
+
+                start_qps = options.target_qps or max(1.0, 500.0 / expected)  # half what one stream sustains
+                if scenario == "server" and peak_qps:
+                    results.append(find_peak_qps(run, start_qps))
+                else:
+                    results.append(run(start_qps if scenario == "server" else None))
+    return results

@@ -1,0 +1,305 @@
+"""A Triton Inference Server model repository from resnet-deploy artifacts.
+
+For every artifact: `<name>/config.pbtxt` and `<name>/<version>/model.{onnx,plan,xml+bin}` for Triton's ONNX
+Runtime (`onnxruntime_onnx`), TensorRT (`tensorrt_plan`) or OpenVINO (`backend: "openvino"`) backend, with names,
+types and shapes read from the artifact (`model_io.py`), dynamic batching within what the artifact accepts, an
+instance group, a warm-up request, and `labels.txt` from the model card. With a card and an FP32 input, also an
+ensemble `<name>_jpeg` (encoded image bytes → class scores) whose Python-backend step applies the card's
+evaluation transform (`triton_preprocess.py`).
+
+Every config is built as Triton's own protobuf (`tritonclient`'s `model_config_pb2`), printed as text, parsed back
+with the schema, and checked against the artifact before anything is written.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from resnet_deploy.errors import BackendUnavailable, UsageError
+from resnet_deploy.serving.model_io import ArtifactIO
+
+TRITON_TYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "bfloat16": "TYPE_BF16", "int8": "TYPE_INT8",
+                "uint8": "TYPE_UINT8", "int32": "TYPE_INT32", "int64": "TYPE_INT64", "bool": "TYPE_BOOL"}
+MODEL_FILES = {"onnxruntime": "model.onnx", "tensorrt": "model.plan", "openvino": "model.xml"}
+DEFAULT_MAX_BATCH = 32  # for artifacts that accept any batch
+PREPROCESS_SOURCE = Path(__file__).with_name("triton_preprocess.py")
+EXTRA = "pip install 'resnet-deploy[triton]'"
+
+
+@dataclass(frozen=True)
+class RepositoryOptions:
+    name: str | None = None  # only with one artifact
+    version: int = 1
+    instances: int = 1
+    max_batch: int | None = None  # default: the artifact's largest, or 32 for any-batch artifacts
+    max_queue_delay_us: int = 100
+    gpu: bool = False  # ONNX models: GPU instances (plans always run on a GPU, OpenVINO on the CPU)
+    ensemble: bool = True
+    force: bool = False  # replace models of the same name already in the repository
+
+
+@dataclass
+class ModelEntry:
+    """One model folder of the repository, ready to write."""
+
+    name: str
+    config: Any  # model_config_pb2.ModelConfig
+    files: dict[str, Path] = field(default_factory=dict)  # path inside the model folder → source file
+    texts: dict[str, str] = field(default_factory=dict)  # path inside the model folder → content
+
+    def summary(self) -> dict[str, Any]:
+        return {"name": self.name, "platform": self.config.platform or None, "backend": self.config.backend or None,
+                "max_batch_size": self.config.max_batch_size,
+                "files": sorted(["config.pbtxt", *self.files, *self.texts])}
+
+
+@dataclass
+class RepositoryReport:
+    repository: Path
+    models: list[dict[str, Any]]
+    notes: list[str]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"repository": str(self.repository), "models": self.models, "notes": self.notes}
+
+
+def _schema() -> Any:
+    try:
+        from tritonclient.grpc import model_config_pb2
+    except ImportError:
+        raise BackendUnavailable(f"Triton's model-config schema comes with tritonclient: {EXTRA}") from None
+    return model_config_pb2
+
+
+def model_name_for(path: Path) -> str:
+    """resnet20.int8.cpu.onnx → resnet20_int8_cpu: Triton names are folder names; keep them plain."""
+    stem = path.name[: -len(path.suffix)] if path.suffix else path.name
+    return re.sub(r"[^A-Za-z0-9_-]+", "_", stem).strip("_") or "model"
+
+
+def _max_batch(io: ArtifactIO, asked: int | None) -> int:
+    """Triton's max_batch_size: 0 (no batching; dims include the batch) for a static-batch artifact."""
+    if io.static_batch is not None:
+        if asked not in (None, 0, io.static_batch):
+            raise UsageError(f"{io.path}: the model has a static batch of {io.static_batch}; --max-batch {asked} "
+                             "cannot be served (export it with a dynamic batch)")
+        return 0
+    if asked is not None and asked < 1:
+        raise UsageError(f"--max-batch must be positive, got {asked}")
+    if io.batch_range is None:
+        return asked or DEFAULT_MAX_BATCH
+    low, high = io.batch_range
+    if low > 1:
+        raise UsageError(f"{io.path}: its batch profile starts at {low}; Triton's dynamic batcher sends batches from "
+                         "1 up, so rebuild it with --min-batch 1")
+    if asked is not None and asked > high:
+        raise UsageError(f"{io.path}: --max-batch {asked} is beyond the plan's profile (max {high}); rebuild with "
+                         f"--max-batch {asked} or ask for at most {high}")
+    return asked or high
+
+
+def _preferred_batches(max_batch: int) -> list[int]:
+    sizes = [size for size in (4, 8, 16, 32, 64, 128) if size <= max_batch]
+    return sizes[-3:] or [max_batch]
+
+
+def _triton_type(dtype: str, where: str) -> str:
+    if dtype not in TRITON_TYPES:
+        raise UsageError(f"{where}: element type {dtype} has no Triton data type")
+    return TRITON_TYPES[dtype]
+
+
+def classifier_entry(io: ArtifactIO, name: str, options: RepositoryOptions) -> ModelEntry:
+    schema = _schema()
+    config = schema.ModelConfig(name=name)
+    model_file = MODEL_FILES[io.backend]
+    if io.backend == "onnxruntime":
+        config.platform = "onnxruntime_onnx"
+    elif io.backend == "tensorrt":
+        config.platform = "tensorrt_plan"
+        config.cc_model_filenames[io.compute_capability] = model_file
+    else:
+        config.backend = "openvino"
+    config.default_model_filename = model_file
+    max_batch = _max_batch(io, options.max_batch)
+    config.max_batch_size = max_batch
+    skip = 1 if max_batch > 0 else 0
+    config.input.add(name=io.input.name, data_type=_triton_type(io.input.dtype, str(io.path)),
+                     dims=list(io.input.shape[skip:]))
+    output = config.output.add(name=io.output.name, data_type=_triton_type(io.output.dtype, str(io.path)),
+                               dims=list(io.output.shape[skip:]))
+    texts: dict[str, str] = {}
+    if io.card is not None:
+        output.label_filename = "labels.txt"
+        texts["labels.txt"] = "".join(f"{label}\n" for label in io.card.class_names)
+    if max_batch > 0:
+        config.dynamic_batching.preferred_batch_size.extend(_preferred_batches(max_batch))
+        config.dynamic_batching.max_queue_delay_microseconds = options.max_queue_delay_us
+    gpu = io.backend == "tensorrt" or (io.backend == "onnxruntime" and options.gpu)
+    kind = schema.ModelInstanceGroup.KIND_GPU if gpu else schema.ModelInstanceGroup.KIND_CPU
+    config.instance_group.add(count=options.instances, kind=kind)
+    warmup = config.model_warmup.add(name="random_batch_1", batch_size=1 if max_batch > 0 else 0)
+    warmup.inputs[io.input.name].CopyFrom(schema.ModelWarmup.Input(
+        data_type=config.input[0].data_type, dims=list(config.input[0].dims), random_data=True))
+    version = str(options.version)
+    files = {f"{version}/{model_file}": io.path}
+    if io.backend == "openvino":
+        files[f"{version}/model.bin"] = io.files[1]
+    for extra in io.files[1:] if io.backend == "onnxruntime" else ():
+        files[f"{version}/{extra.name}"] = extra  # ONNX external data keeps its file name (the graph names it)
+    return ModelEntry(name, config, files, texts)
+
+
+def ensemble_entries(io: ArtifactIO, classifier: ModelEntry, options: RepositoryOptions) -> tuple[list[ModelEntry],
+                                                                                                  str | None]:
+    """The `<name>_preprocess` Python model and the `<name>_jpeg` ensemble; or why there are none."""
+    if io.card is None:
+        return [], f"{classifier.name}: no model card, so no preprocessing is known: no JPEG ensemble"
+    if classifier.config.max_batch_size == 0:
+        return [], f"{classifier.name}: static batch, no JPEG ensemble (the ensemble batches requests)"
+    if io.input.dtype != "float32":
+        return [], f"{classifier.name}: input is {io.input.dtype}, the preprocessing makes float32: no JPEG ensemble"
+    schema = _schema()
+    batch = classifier.config.max_batch_size
+    in_name, out_name = io.input.name, io.output.name
+    pre = schema.ModelConfig(name=f"{classifier.name}_preprocess", backend="python", max_batch_size=batch)
+    pre.input.add(name="IMAGE", data_type="TYPE_STRING", dims=[1])
+    pre.output.add(name=in_name, data_type="TYPE_FP32", dims=list(classifier.config.input[0].dims))
+    pre.parameters["preprocessing"].string_value = json.dumps(io.card.preprocessing.to_dict())
+    pre.instance_group.add(count=options.instances, kind=schema.ModelInstanceGroup.KIND_CPU)
+    version = str(options.version)
+
+    ensemble = schema.ModelConfig(name=f"{classifier.name}_jpeg", platform="ensemble", max_batch_size=batch)
+    ensemble.input.add(name="IMAGE", data_type="TYPE_STRING", dims=[1])
+    ensemble.output.add(name=out_name, data_type=classifier.config.output[0].data_type,
+                        dims=list(classifier.config.output[0].dims), label_filename="labels.txt")
+    step = ensemble.ensemble_scheduling.step.add(model_name=pre.name, model_version=-1)
+    step.input_map["IMAGE"] = "IMAGE"
+    step.output_map[in_name] = "preprocessed_image"
+    step = ensemble.ensemble_scheduling.step.add(model_name=classifier.name, model_version=-1)
+    step.input_map[in_name] = "preprocessed_image"
+    step.output_map[out_name] = out_name
+    labels = classifier.texts["labels.txt"]
+    return [ModelEntry(pre.name, pre, {f"{version}/model.py": PREPROCESS_SOURCE}),
+            ModelEntry(ensemble.name, ensemble, texts={f"{version}/.keep": "", "labels.txt": labels})], None
+
+
+def config_text(config: Any) -> str:
+    from google.protobuf import text_format
+
+    return text_format.MessageToString(config)
+
+
+def check_config(text: str, io: ArtifactIO) -> Any:
+    """Parse a classifier's config.pbtxt with Triton's schema and hold it against the artifact; returns the parsed
+    config. Refuses what Triton would refuse at load time, naming every problem."""
+    from google.protobuf import text_format
+
+    schema = _schema()
+    try:
+        config = text_format.Parse(text, schema.ModelConfig())
+    except text_format.ParseError as exc:
+        raise UsageError(f"config.pbtxt does not parse with Triton's schema: {exc}") from None
+    problems = []
+    batching = config.max_batch_size > 0
+    skip = 1 if batching else 0
+    for label, declared, actual in (("input", config.input, io.input), ("output", config.output, io.output)):
+        if len(declared) != 1:
+            problems.append(f"{len(declared)} {label}s declared, the model has 1")
+            continue
+        if declared[0].name != actual.name:
+            problems.append(f"{label} is named {declared[0].name!r} in the config but {actual.name!r} in the model")
+        if list(declared[0].dims) != list(actual.shape[skip:]):
+            problems.append(f"{label} dims {list(declared[0].dims)} do not match the model's "
+                            f"{list(actual.shape[skip:])}")
+    if batching and io.static_batch is not None:
+        problems.append(f"max_batch_size {config.max_batch_size} on a model with a static batch of {io.static_batch}")
+    if batching and io.batch_range is not None and config.max_batch_size > io.batch_range[1]:
+        problems.append(f"max_batch_size {config.max_batch_size} is beyond the plan's profile (max "
+                        f"{io.batch_range[1]})")
+    if io.backend == "tensorrt" and dict(config.cc_model_filenames) != {io.compute_capability: MODEL_FILES["tensorrt"]}:
+        problems.append(f"cc_model_filenames {dict(config.cc_model_filenames)} does not map the plan's compute "
+                        f"capability {io.compute_capability} to model.plan")
+    if problems:
+        raise UsageError(f"{io.path}: Triton would refuse this config: " + "; ".join(problems))
+    return config
+
+
+def _checked_text(entry: ModelEntry, io: ArtifactIO | None) -> str:
+    from google.protobuf import text_format
+
+    text = config_text(entry.config)
+    if io is not None:
+        check_config(text, io)
+    else:  # the generated helpers (preprocess, ensemble): parse with the schema all the same
+        text_format.Parse(text, _schema().ModelConfig())
+    return text
+
+
+def write_repository(artifacts: list[ArtifactIO], output: Path, options: RepositoryOptions) -> RepositoryReport:
+    """Build every model, check every config, then write each model folder (staged, then renamed into place)."""
+    if options.name is not None and len(artifacts) > 1:
+        raise UsageError("--name names one model; give one artifact, or let the names come from the file names")
+    if options.version < 1 or options.instances < 1 or options.max_queue_delay_us < 0:
+        raise UsageError("--version and --instances must be positive, --max-queue-delay-us not negative")
+    entries: list[tuple[ModelEntry, ArtifactIO | None]] = []
+    notes: list[str] = []
+    for io in artifacts:
+        name = options.name or model_name_for(io.path)
+        classifier = classifier_entry(io, name, options)
+        entries.append((classifier, io))
+        if options.ensemble:
+            extra, why = ensemble_entries(io, classifier, options)
+            entries.extend((entry, None) for entry in extra)
+            if why:
+                notes.append(why)
+    names = [entry.name for entry, _ in entries]
+    duplicated = sorted({n for n in names if names.count(n) > 1})
+    if duplicated:
+        raise UsageError(f"two artifacts would become the same model {', '.join(duplicated)}; rename one")
+    existing = [n for n in names if (output / n).exists()]
+    if existing and not options.force:
+        raise UsageError(f"{output}: already holds {', '.join(existing)}; pass --force to replace them")
+    texts = [_checked_text(entry, io) for entry, io in entries]
+    output.mkdir(parents=True, exist_ok=True)
+    for (entry, _), text in zip(entries, texts, strict=True):
+        _write_model(output, entry, text)
+    return RepositoryReport(output, [entry.summary() for entry, _ in entries], notes)
+
+
+def _write_model(repository: Path, entry: ModelEntry, text: str) -> None:
+    staging = Path(tempfile.mkdtemp(prefix=f".{entry.name}.", suffix=".tmp", dir=repository))
+    try:
+        (staging / "config.pbtxt").write_text(text)
+        for relative, content in entry.texts.items():
+            (staging / relative).parent.mkdir(parents=True, exist_ok=True)
+            (staging / relative).write_text(content)
+        for relative, source in entry.files.items():
+            (staging / relative).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, staging / relative)
+        staging.chmod(0o777 & ~_umask())
+        final = repository / entry.name
+        if final.exists():  # --force: move the old one aside first, so a failure never leaves neither
+            old = final.with_name(f".{entry.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            final.rename(old)
+            staging.rename(final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            staging.rename(final)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _umask() -> int:
+    import os
+
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

@@ -1,0 +1,108 @@
+"""bench --scenario: MLPerf's LoadGen drives a real engine through SingleStream, Offline and Server; its summary is
+parsed into bench's results; the accuracy mode answers every sample; a missing extra is one error line."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from resnet_deploy.checkpoints import random_model
+
+pytest.importorskip("mlperf_loadgen", reason="MLPerf LoadGen is an optional extra (resnet-deploy[loadgen])")
+from resnet_deploy.bench.loadgen import (  # noqa: E402
+    ScenarioResult,
+    ScenarioSettings,
+    find_peak_qps,
+    parse_summary,
+    run_scenario,
+)
+
+REPO = Path(__file__).resolve().parent.parent
+SHORT = ScenarioSettings(duration_s=0.3, min_queries=1, target_latency_ms=1000.0, offline_batch=4, server_batch=4)
+
+
+@pytest.fixture(scope="module")
+def onnx_path(tmp_path_factory) -> Path:
+    from resnet_deploy.export import export_onnx
+
+    return Path(export_onnx(random_model("resnet20", seed=0), tmp_path_factory.mktemp("lg") / "resnet20.onnx",
+                            verify=False).path)
+
+
+@pytest.fixture(scope="module")
+def engine(onnx_path):
+    from resnet_deploy.artifacts import open_engine
+
+    with open_engine(onnx_path, threads=1) as opened:
+        yield opened
+
+
+@pytest.fixture(scope="module")
+def samples() -> np.ndarray:
+    return np.random.default_rng(0).standard_normal((16, 3, 32, 32), dtype=np.float32)
+
+
+@pytest.mark.parametrize("scenario", ["single-stream", "offline", "server"])
+def test_scenarios_run_and_parse(engine, samples, scenario):
+    result = run_scenario(engine, samples, scenario, SHORT, model="resnet20", artifact="resnet20.onnx",
+                          expected_ms=1.0, target_qps=20.0)
+    assert result.backend == "onnxruntime" and result.precision == "fp32"
+    lat = result.latency_ms
+    assert 0 < lat["min"] <= lat["p50"] <= lat["p90"] <= lat["p99"] <= lat["max"]
+    assert result.samples_per_s is not None and result.samples_per_s > 0
+    assert result.mlperf_valid is False and "not a valid MLPerf result" in result.notes[0]
+    if scenario == "server":
+        assert result.target_qps == 20.0 and result.target_latency_ms == 1000.0
+    json.dumps(result.to_dict())  # the JSON document holds it as is
+
+
+def test_accuracy_mode_answers_every_sample(engine, samples):
+    labels = engine.infer(samples).argmax(axis=1)
+    labels[:4] = (labels[:4] + 1) % 10  # four deliberately wrong labels: top-1 must be exactly 12/16
+    result = run_scenario(engine, samples, "offline", SHORT, model="resnet20", artifact=None, expected_ms=1.0,
+                          labels=labels)
+    assert result.top1 == pytest.approx(75.0)
+
+
+def test_parse_summary_reads_loadgen_lines():
+    text = ("Scenario : Server\nResult is : INVALID\n  Min duration satisfied : Yes\n"
+            "99.00 percentile latency (ns)   : 1500000\n")
+    fields = parse_summary(text)
+    assert fields["Result is"] == "INVALID" and fields["99.00 percentile latency (ns)"] == "1500000"
+
+
+def _result(qps: float, valid: bool) -> ScenarioResult:
+    return ScenarioResult("server", "m", "onnxruntime", "fp32", None, valid, False, {}, qps, None, target_qps=qps)
+
+
+def test_peak_qps_search_brackets_the_limit():
+    tried = []
+
+    def run(qps: float) -> ScenarioResult:
+        tried.append(qps)
+        return _result(qps, qps <= 37.0)
+
+    peak = find_peak_qps(run, 10.0, steps=6)
+    assert 30.0 < peak.target_qps <= 37.0 and peak.valid
+    assert tried[:3] == [10.0, 20.0, 40.0]
+
+
+def _cli(code: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=300)
+
+
+def test_cli_bad_scenario_and_missing_extra(onnx_path):
+    done = subprocess.run([sys.executable, "-m", "resnet_deploy", "bench", str(onnx_path), "--scenario", "burst"],
+                          capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert done.returncode == 2 and "error: --scenario takes single-stream, offline, server" in done.stderr
+    code = ("import sys; sys.modules['mlperf_loadgen'] = None\nfrom resnet_deploy.cli import main\n"
+            f"main(['bench', {str(onnx_path)!r}, '--scenario', 'offline'])")
+    done = _cli(code)
+    assert done.returncode == 2, done.stderr
+    assert [line for line in done.stderr.splitlines() if line.startswith("error:")] == [
+        "error: MLPerf scenarios need MLPerf's LoadGen: pip install 'resnet-deploy[loadgen]'"]
