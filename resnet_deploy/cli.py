@@ -3,13 +3,10 @@ known failures into one `error:` line with the exit codes of DESIGN.md."""
 
 from __future__ import annotations
 
-import os
-import sys
 from typing import Annotated
 
 import typer
 
-from engines.base import EngineError
 from resnet_deploy import __version__
 from resnet_deploy.commands import (
     bench_cmd,
@@ -22,11 +19,7 @@ from resnet_deploy.commands import (
     triton_repo_cmd,
     validate_cmd,
 )
-from resnet_deploy.errors import ResnetDeployError
-
-# Typer raises click's usage errors (recent Typer vendors click as `typer._click`); find the class
-# through a public name so both layouts work.
-_CLICK_USAGE_ERROR: type[Exception] = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
+from resnet_deploy.runner import run_command
 
 app = typer.Typer(
     name="resnet-deploy",
@@ -62,34 +55,6 @@ app.command("inspect")(inspect_cmd.inspect)
 app.command("import-weights")(import_weights_cmd.import_weights)
 app.command("demo")(demo_cmd.demo)
 app.command("triton-repo")(triton_repo_cmd.triton_repo)
-
-
-def run_command(command: typer.core.TyperCommand | typer.core.TyperGroup, argv: list[str] | None, prog: str) -> None:
-    """Run a Typer command as a program: known failures end in one `error: ...` line and DESIGN.md's exit
-    codes, never a traceback. `python -m trainer` runs through here too."""
-    try:
-        result = command.main(args=argv, prog_name=prog, standalone_mode=False)
-    except _CLICK_USAGE_ERROR as exc:
-        ctx = getattr(exc, "ctx", None)
-        where = ctx.command_path if ctx is not None else prog
-        print(f"error: {exc.format_message()} (see: {where} --help)", file=sys.stderr)
-        sys.exit(2)
-    except (KeyboardInterrupt, typer.Abort):
-        print("error: interrupted", file=sys.stderr)
-        sys.exit(130)
-    except (ResnetDeployError, EngineError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(exc.exit_code)
-    except Exception as exc:  # a bug: say so in one line unless asked for the traceback
-        if os.environ.get("RESNET_DEPLOY_DEBUG"):
-            raise
-        print(
-            f"error: unexpected {type(exc).__name__}: {exc} "
-            "(a bug; rerun with RESNET_DEPLOY_DEBUG=1 for the traceback)",
-            file=sys.stderr,
-        )
-        sys.exit(1)
-    sys.exit(result if isinstance(result, int) else 0)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -190,7 +190,7 @@ def test_cli_json_plot_and_export(digits, tmp_path):
     assert Path(document["checkpoint"]) == tmp_path / "a" / "last.safetensors"
     assert "train" in first.stderr  # the progress bar and notes go to stderr
 
-    second = run(["-m", "trainer", "--arch", "plain20", "--out", str(tmp_path / "b"), *args], env)
+    second = run(["-m", "resnet_deploy", "train", "--arch", "plain20", "--out", str(tmp_path / "b"), *args], env)
     assert second.returncode == 0, second.stderr
     assert json.loads(second.stdout)["iters"] == 12
 
@@ -260,7 +260,7 @@ def test_cuda_training_learns_and_resumes_exactly_with_deterministic(tmp_path):
         pytest.skip("no CUDA GPU visible to PyTorch")
     data = make_pattern_folder(tmp_path / "patterns")  # the GPU machine has no scikit-learn
     env = cli_env(tmp_path)
-    common = ["-m", "trainer", "--arch", "resnet20", "--data", str(data), "--image-size", str(SIZE),
+    common = ["-m", "resnet_deploy", "train", "--arch", "resnet20", "--data", str(data), "--image-size", str(SIZE),
               "--batch-size", "32", "--iters", "120", "--eval-every", "40", "--device", "cuda", "--amp", "bf16",
               "--deterministic", "--json"]
     full = run([*common, "--out", str(tmp_path / "full")], env)

@@ -22,7 +22,7 @@ def test_two_process_gloo_run_keeps_ranks_identical_and_writes_once(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "RESNET_DEPLOY_CACHE": str(tmp_path / "cache")}
     command = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-        "-m", "trainer", "--arch", "resnet20", "--data", str(data), "--image-size", str(SIZE),
+        "-m", "resnet_deploy", "train", "--arch", "resnet20", "--data", str(data), "--image-size", str(SIZE),
         "--batch-size", "16", "--iters", "12", "--eval-every", "6", "--device", "cpu", "--out", str(out), "--json",
     ]
     try:

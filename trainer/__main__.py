@@ -1,9 +1,9 @@
-"""`python -m trainer [OPTIONS]`: the same command as `resnet-deploy train` (and what torchrun launches:
-`torchrun --nproc_per_node N -m trainer ...`).
+"""`python -m trainer plot RUN [RUN ...] [-o FILE] [--label NAME ...] [--responses]`: draw the error curves
+of one or more run folders over each other (Fig. 6), or with `--responses` the layer response stds of
+runs trained with `--analyze-responses` (Fig. 7).
 
-`python -m trainer plot RUN [RUN ...] [-o FILE] [--label NAME ...] [--responses]` draws the error
-curves of one or more run folders over each other (Fig. 6), or with `--responses` the layer
-response stds of runs trained with `--analyze-responses` (Fig. 7).
+Training itself has one command, `resnet-deploy train` (under torchrun: `torchrun --nproc_per_node N
+-m resnet_deploy train ...`); the trainer is a library and does not import the CLI.
 """
 
 from __future__ import annotations
@@ -14,10 +14,26 @@ from typing import Annotated
 
 import typer
 
-from resnet_deploy.cli import run_command
-from resnet_deploy.commands.train_cmd import train
+from resnet_deploy.errors import UsageError
+from resnet_deploy.runner import run_command
+
+PROG = "python -m trainer"
+TRAIN_HINT = ("training is `resnet-deploy train ...` (or `python -m resnet_deploy train ...`; with several "
+              "processes `torchrun --nproc_per_node N -m resnet_deploy train ...`)")
+
+app = typer.Typer(
+    help="Trainer tools. Train with `resnet-deploy train`; under torchrun: "
+    "`torchrun --nproc_per_node N -m resnet_deploy train ...`.",
+    no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None,
+)
 
 
+@app.callback()
+def _root() -> None:
+    """Trainer tools: `plot` draws the error curves of run folders (Fig. 6) or their layer responses (Fig. 7)."""
+
+
+@app.command("plot", short_help="Draw the error curves (Fig. 6) or layer responses (Fig. 7) of run folders.")
 def plot(
     runs: Annotated[list[Path], typer.Argument(help="Run folders (each with metrics.jsonl).")],
     output: Annotated[Path, typer.Option("--output", "-o", help="PNG to write.")] = Path("curves.png"),
@@ -36,18 +52,18 @@ def plot(
     print(path)
 
 
-def _run(function: object, argv: list[str], prog: str) -> None:
-    app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None)
-    app.command()(function)
-    run_command(typer.main.get_command(app), argv, prog)
+@app.command("train", hidden=True, context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+def _train_moved(ctx: typer.Context) -> None:
+    raise UsageError(TRAIN_HINT)
 
 
 def main(argv: list[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
-    if args and args[0] == "plot":
-        _run(plot, args[1:], "python -m trainer plot")
-    else:
-        _run(train, args, "python -m trainer")
+    if not args:
+        args = ["--help"]
+    elif args[0].startswith("-") and args[0] not in ("--help", "-h"):
+        args = ["train", *args]  # the old `python -m trainer --arch ...` form: say where training went
+    run_command(typer.main.get_command(app), args, PROG)
 
 
 if __name__ == "__main__":
