@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from resnet_deploy.atomic import atomic_path
-from resnet_deploy.data import ImageDataset, open_dataset
+from resnet_deploy.data import BadImageError, ImageDataset, open_dataset
 from resnet_deploy.errors import UsageError
 from trainer.augment import mix_seed, normalize, pca_lighting, random_crop_flip, seeded
 
@@ -45,6 +45,18 @@ class TrainData:
     holdout_rows: list[int]  # empty unless --val-split
     test: ImageDataset
     test_split: str
+    test_rows: list[int] | None = None  # None: every test image; fewer after --skip-bad
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason) of unreadable images
+
+    @property
+    def test_indices(self) -> list[int]:
+        return list(range(len(self.test))) if self.test_rows is None else self.test_rows
+
+    def without(self, bad_train: set[int], bad_test: set[int], skipped: list[tuple[str, str]]) -> TrainData:
+        """The same splits less the unreadable images (`--skip-bad`)."""
+        return TrainData(self.root, self.train, [r for r in self.train_rows if r not in bad_train],
+                         [r for r in self.holdout_rows if r not in bad_train], self.test, self.test_split,
+                         [r for r in self.test_indices if r not in bad_test], self.skipped + skipped)
 
     @property
     def class_names(self) -> list[str]:
@@ -56,8 +68,9 @@ class TrainData:
 
     def describe(self) -> str:
         held = f" ({len(self.holdout_rows)} held out for validation)" if self.holdout_rows else ""
-        return (f"{self.root}: {len(self.train_rows)} training images{held}, {len(self.test)} {self.test_split} "
-                f"images, {len(self.class_names)} classes ({self.train.kind})")
+        skipped = f", {len(self.skipped)} unreadable skipped" if self.skipped else ""
+        return (f"{self.root}: {len(self.train_rows)} training images{held}, {len(self.test_indices)} "
+                f"{self.test_split} images, {len(self.class_names)} classes ({self.train.kind}){skipped}")
 
 
 def open_train_data(root: str | Path, *, val_split: int = 0, seed: int = 0) -> TrainData:
@@ -89,6 +102,9 @@ def open_train_data(root: str | Path, *, val_split: int = 0, seed: int = 0) -> T
             f"(only in train: {', '.join(only_train[:5]) or '-'}; "
             f"only in {test_split}: {', '.join(only_test[:5]) or '-'})"
         )
+    if len(train.class_names) < 2:
+        raise UsageError(f"--data {root}: {len(train.class_names)} class ({', '.join(train.class_names)}); a "
+                         "classifier needs at least two classes (one class scores 100 % and learns nothing)")
     rows = list(range(len(train)))
     holdout: list[int] = []
     if val_split:
@@ -164,10 +180,11 @@ def default_cache_dir() -> Path:
 
 def cache_key(dataset: ImageDataset, size: int) -> str:
     """Identifies the decoded tensor: every file's path, size and mtime, the labels and the image size."""
-    digest = hashlib.sha256(f"v{CACHE_VERSION}|{size}|{dataset.root.resolve()}|".encode())
+    # os.fsencode: file names are bytes to the OS; a non-UTF-8 name is a surrogate-escaped str here.
+    digest = hashlib.sha256(b"v%d|%d|%s|" % (CACHE_VERSION, size, os.fsencode(dataset.root.resolve())))
     for sample, label in zip(dataset.samples, dataset.labels, strict=True):
         stat = os.stat(sample)
-        digest.update(f"{sample}|{stat.st_size}|{stat.st_mtime_ns}|{label}\n".encode())
+        digest.update(b"%s|%d|%d|%d\n" % (os.fsencode(sample), stat.st_size, stat.st_mtime_ns, label))
     return digest.hexdigest()[:32]
 
 
@@ -188,6 +205,7 @@ class DecodedImages:
     labels: torch.Tensor  # int64 (N,)
     cache_file: Path | None = None
     from_cache: bool = False
+    bad: dict[int, tuple[str, str]] = field(default_factory=dict)  # index → (path, reason), with skip_bad
 
 
 def decode_images(
@@ -197,8 +215,12 @@ def decode_images(
     cache_dir: Path | None,
     threads: int = 2,
     progress: Progress | None = None,
+    skip_bad: bool = False,
 ) -> DecodedImages:
-    """All of `dataset` as one uint8 tensor, decoded once and cached as `.npz` under `cache_dir`."""
+    """All of `dataset` as one uint8 tensor, decoded once and cached as `.npz` under `cache_dir`.
+
+    With `skip_bad`, unreadable images stay black and are listed in `bad`; such a decode is not cached,
+    so a later run without `--skip-bad` still names the file."""
     labels = torch.tensor(dataset.labels, dtype=torch.int64)
     if dataset.arrays is not None:  # CIFAR batches are already pixels
         arrays = dataset.arrays[np.asarray(dataset.samples, dtype=np.int64)]
@@ -219,10 +241,16 @@ def decode_images(
         except (OSError, ValueError, KeyError):
             pass  # a damaged cache is decoded again and overwritten
 
-    pixels = np.empty((len(dataset), size, size, 3), dtype=np.uint8)
+    pixels = np.zeros((len(dataset), size, size, 3), dtype=np.uint8)
+    bad: dict[int, tuple[str, str]] = {}
 
     def work(index: int) -> int:
-        pixels[index] = _decode_one(dataset, index, size)
+        try:
+            pixels[index] = _decode_one(dataset, index, size)
+        except BadImageError as exc:
+            if not skip_bad:
+                raise
+            bad[index] = (exc.path, exc.reason)
         return index
 
     # PIL releases the GIL while decoding, so threads overlap file reads and decoding.
@@ -231,13 +259,26 @@ def decode_images(
             if progress is not None and (done % 1024 == 0 or done == len(dataset)):
                 progress(done)
     images = torch.from_numpy(np.ascontiguousarray(pixels.transpose(0, 3, 1, 2)))
-    if cache_file is not None:
+    if cache_file is not None and not bad:
         try:
             with atomic_path(cache_file) as tmp, open(tmp, "wb") as handle:
                 np.savez(handle, images=images.numpy())
         except OSError:
             cache_file = None  # a read-only cache folder only costs the next run a decode
-    return DecodedImages(images, labels, cache_file, from_cache=False)
+    return DecodedImages(images, labels, cache_file if not bad else None, from_cache=False, bad=bad)
+
+
+def find_bad_images(dataset: ImageDataset, rows: list[int], *, threads: int = 2) -> dict[int, tuple[str, str]]:
+    """Rows whose image cannot be decoded (for `--skip-bad` with worker loaders, before the data order is fixed)."""
+    def check(row: int) -> tuple[int, tuple[str, str] | None]:
+        try:
+            dataset.load(row)
+        except BadImageError as exc:
+            return row, (exc.path, exc.reason)
+        return row, None
+
+    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+        return {row: found for row, found in pool.map(check, rows, chunksize=256) if found is not None}
 
 
 def channel_stats(images_u8: torch.Tensor) -> tuple[tuple[float, float, float], tuple[float, float, float]]:

@@ -5,6 +5,7 @@ The loop only calls a `Reporter`; it never prints. Ranks other than 0 get the si
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from rich.console import Console
@@ -17,6 +18,33 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+
+
+@dataclass
+class Throughput:
+    """Training images/s, the one definition the bar, metrics.jsonl and the summary all show: images over
+    the time spent in training steps (evaluation and saving left out). Log windows that start in the first
+    `warm` iterations of a session (compilation, cuDNN autotuning) count only until later ones exist."""
+
+    start: int
+    warm: int
+    steady_images: int = 0
+    steady_seconds: float = 0.0
+    all_images: int = 0
+    all_seconds: float = 0.0
+
+    def add(self, window_start: int, images: int, seconds: float) -> None:
+        self.all_images += images
+        self.all_seconds += seconds
+        if window_start - self.start >= self.warm:
+            self.steady_images += images
+            self.steady_seconds += seconds
+
+    @property
+    def images_per_s(self) -> float:
+        if self.steady_seconds > 0:
+            return self.steady_images / self.steady_seconds
+        return self.all_images / self.all_seconds if self.all_seconds > 0 else 0.0
 
 
 class Reporter:

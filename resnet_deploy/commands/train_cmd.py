@@ -1,4 +1,4 @@
-"""`resnet-deploy train` (also `python -m trainer`, and under `torchrun ... -m trainer`).
+"""`resnet-deploy train` (under torchrun: `torchrun --nproc_per_node N -m resnet_deploy train ...`).
 
 The command only turns options into a `trainer.TrainConfig`; the trainer does the work.
 """
@@ -92,6 +92,9 @@ def train(  # noqa: PLR0913 - a training command has many knobs
     save_every: Annotated[int | None, typer.Option(
         "--save-every", help="Write last.pt every N iterations (default: at each evaluation).",
         rich_help_panel=PANEL_RUN)] = None,
+    skip_bad: Annotated[bool, typer.Option(
+        "--skip-bad", help="Skip unreadable images (counted and reported) instead of failing.",
+        rich_help_panel=PANEL_RUN)] = False,
     analyze_responses: Annotated[bool, typer.Option(
         "--analyze-responses", help="Record the std of each layer's response at the end (paper Fig. 7).",
         rich_help_panel=PANEL_RUN)] = False,
@@ -110,7 +113,7 @@ def train(  # noqa: PLR0913 - a training command has many knobs
         channels_last=channels_last, compile=compile_model, device=device, workers=workers, loader=loader,
         cache_dir=cache_dir, no_cache=no_cache, seed=seed, out=out, resume=resuming, resume_from=resume_from,
         eval_every=eval_every, save_every=save_every, analyze_responses=analyze_responses,
-        deterministic=deterministic, synthetic=synthetic,
+        deterministic=deterministic, synthetic=synthetic, skip_bad=skip_bad,
     )
     result = run_training(config, RichReporter(stderr))
     if not result.is_main:
@@ -133,5 +136,7 @@ def _print_summary(result: Any) -> None:
                      markup=False)
     stdout.print(f"{result.images_per_s:,.0f} images/s (global batch {result.global_batch}, "
                  f"{result.world_size} process{'es' if result.world_size > 1 else ''})", markup=False)
+    if result.skipped_images:
+        stdout.print(f"skipped {result.skipped_images} unreadable image(s) (--skip-bad)", markup=False)
     stdout.print(f"model card: {result.checkpoint} (best: {result.best_checkpoint})", markup=False)
     stdout.print(f"checkpoint: {result.last_pt}; metrics: {result.metrics_file}; curves: {result.plot}", markup=False)
