@@ -41,6 +41,7 @@ def test_two_process_gloo_run_keeps_ranks_identical_and_writes_once(tmp_path):
     assert saved.card.recipe["world_size"] == 2 and saved.card.recipe["global_batch"] == 32
 
     names = sorted(p.name for p in out.iterdir())
-    assert names == ["best.safetensors", "curves.png", "last.pt", "last.safetensors", "metrics.jsonl", "run.json"]
+    assert names == [".lock", "best.safetensors", "curves.png", "last.pt", "last.safetensors", "metrics.jsonl",
+                     "run.json"]
     iterations = [json.loads(line)["iteration"] for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert iterations == [6, 12]

@@ -22,9 +22,7 @@ from trainer.data import (
     TENSOR_LOADER_LIMIT_BYTES,
     BatchPlan,
     DecodedImages,
-    TensorBatches,
     TrainData,
-    WorkerBatches,
     channel_stats,
     decode_images,
     default_cache_dir,
@@ -32,11 +30,15 @@ from trainer.data import (
     open_train_data,
     synthetic_train_data,
     tensor_bytes,
+)
+from trainer.evaluate import Batches
+from trainer.loaders import (
+    TensorBatches,
+    WorkerBatches,
     tensor_eval_batches,
     train_transform,
     worker_eval_batches,
 )
-from trainer.evaluate import Batches
 from trainer.progress import Reporter
 from trainer.recipes import Recipe, Schedule, StepFactor, get_recipe, resolve_schedule
 from trainer.runlock import RunLock
