@@ -20,7 +20,7 @@ from resnet_deploy.commands._common import (
 from resnet_deploy.errors import UsageError
 
 
-def _floats3(text: str | None, flag: str) -> tuple[float, float, float] | None:
+def parse_floats3(text: str | None, flag: str) -> tuple[float, float, float] | None:
     if text is None:
         return None
     try:
@@ -97,8 +97,8 @@ def import_weights(
         raise UsageError(f"--interpolation must be bilinear, bicubic or nearest, got {interpolation!r}")
     pre = dataclasses.replace(
         pre,
-        mean=_floats3(mean, "--mean") or pre.mean,
-        std=_floats3(std, "--std") or pre.std,
+        mean=parse_floats3(mean, "--mean") or pre.mean,
+        std=parse_floats3(std, "--std") or pre.std,
         input_size=input_size or pre.input_size,
         resize_size=(None if resize_size == 0 else resize_size) if resize_size is not None else pre.resize_size,
         interpolation=interpolation or pre.interpolation,
