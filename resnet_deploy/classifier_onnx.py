@@ -468,3 +468,35 @@ def import_onnx(
     attach_card(cleaned, card, io, source_sha256=digest)
     save_onnx(cleaned, output)
     return ImportResult(source=source, output=output, io=io, card=card, clean=report)
+
+
+# --- for build-engine / validate / bench on a card-less ONNX -------------------------------------------------
+
+
+def is_foreign_card(card: ModelCard) -> bool:
+    """A card made here for a graph built elsewhere: `card.arch` names no registered ResNet, so there is no
+    PyTorch twin to build (bench's torch baseline, `card.build_model()`)."""
+    return bool(card.lineage.get("foreign_onnx"))
+
+
+def card_or_flags(
+    model: Any,
+    source: str | Path,
+    *,
+    mean: tuple[float, float, float] | None = None,
+    std: tuple[float, float, float] | None = None,
+    input_size: int | None = None,
+    resize_size: int | None = None,
+    interpolation: str | None = None,
+    class_names: list[str] | None = None,
+) -> ModelCard:
+    """The card an ONNX carries, or one from the preprocessing flags for a card-less graph (refused, naming
+    the flags, when they are missing); the graph's classifier contract is checked either way."""
+    io = classifier_io(model, source)
+    text = next((p.value for p in model.metadata_props if p.key == CARD_METADATA_KEY), None)
+    if text:
+        return ModelCard.from_json(text)
+    pre = preprocessing_for(io, mean=mean, std=std, input_size=input_size, resize_size=resize_size,
+                            interpolation=interpolation)
+    return foreign_card(io, pre, name=Path(source).name.split(".")[0], class_names=class_names,
+                        source_file=Path(source).name)

@@ -193,3 +193,14 @@ def test_import_onnx_is_a_command() -> None:
     from resnet_deploy.cli import app
 
     assert "import-onnx" in get_command(app).commands  # type: ignore[attr-defined]
+
+
+def test_card_or_flags_for_a_card_less_graph(foreign: dict) -> None:
+    from resnet_deploy.classifier_onnx import card_or_flags, is_foreign_card
+
+    source = foreign["folder"] / "legacy.onnx"
+    model = load_onnx(source)
+    with pytest.raises(UsageError, match="--mean and --std are needed"):
+        card_or_flags(model, source)
+    card = card_or_flags(model, source, mean=IMAGENET[0], std=IMAGENET[1])
+    assert is_foreign_card(card) and card.num_classes == 10 and card.preprocessing.input_size == SIZE
