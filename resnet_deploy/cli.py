@@ -13,6 +13,7 @@ from resnet_deploy.commands import (
     build_engine_cmd,
     demo_cmd,
     export_cmd,
+    import_onnx_cmd,
     import_weights_cmd,
     inspect_cmd,
     train_cmd,
@@ -53,6 +54,7 @@ app.command("validate")(validate_cmd.validate)
 app.command("bench")(bench_cmd.bench)
 app.command("inspect")(inspect_cmd.inspect)
 app.command("import-weights")(import_weights_cmd.import_weights)
+app.command("import-onnx")(import_onnx_cmd.import_onnx)
 app.command("demo")(demo_cmd.demo)
 app.command("triton-repo")(triton_repo_cmd.triton_repo)
 

@@ -20,7 +20,7 @@ from resnet_deploy.commands._common import (
 from resnet_deploy.errors import UsageError
 
 
-def _floats3(text: str | None, flag: str) -> tuple[float, float, float] | None:
+def parse_floats3(text: str | None, flag: str) -> tuple[float, float, float] | None:
     if text is None:
         return None
     try:
@@ -47,7 +47,8 @@ def class_names_from_folder(folder: Path) -> list[str]:
 
 
 def import_weights(
-    source: Annotated[Path, typer.Argument(help="Foreign weights: .pth/.pt/.th state_dict or plain .safetensors.")],
+    source: Annotated[Path, typer.Argument(
+        help="Foreign weights: .pth/.pt/.th state_dict, timm checkpoint, Lightning .ckpt or plain .safetensors.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="The model card to write (.safetensors).")],
     depth: DepthOption = None,
     arch: ArchOption = None,
@@ -65,6 +66,9 @@ def import_weights(
     ] = None,
     interpolation: Annotated[str | None, typer.Option("--interpolation", help="bilinear or bicubic.")] = None,
     dataset: Annotated[str | None, typer.Option("--dataset", help="Name of the data set the weights fit.")] = None,
+    use_ema: Annotated[
+        bool, typer.Option("--use-ema", help="Take a timm checkpoint's EMA weights (state_dict_ema).")
+    ] = False,
     json_output: JsonOption = False,
 ) -> None:
     """Write a model card from foreign PyTorch weights (loaded safely, checked strictly)."""
@@ -82,8 +86,10 @@ def import_weights(
         class_names = class_names_from_folder(classes_from)
     name = resolve_arch(depth, arch)
     loaded = load_model(source, arch=name, num_classes=num_classes, class_names=class_names,
-                        renames=parse_renames(rename or []))
+                        renames=parse_renames(rename or []), use_ema=use_ema)
     card = loaded.card
+    for note in loaded.notes:
+        info(f"{source}: {note}")
     if loaded.kind != "foreign":
         info(f"{source} already carries a model card; its metadata is kept and overridden only by flags")
     pre = card.preprocessing
@@ -91,8 +97,8 @@ def import_weights(
         raise UsageError(f"--interpolation must be bilinear, bicubic or nearest, got {interpolation!r}")
     pre = dataclasses.replace(
         pre,
-        mean=_floats3(mean, "--mean") or pre.mean,
-        std=_floats3(std, "--std") or pre.std,
+        mean=parse_floats3(mean, "--mean") or pre.mean,
+        std=parse_floats3(std, "--std") or pre.std,
         input_size=input_size or pre.input_size,
         resize_size=(None if resize_size == 0 else resize_size) if resize_size is not None else pre.resize_size,
         interpolation=interpolation or pre.interpolation,
@@ -102,7 +108,7 @@ def import_weights(
     card = dataclasses.replace(card, preprocessing=pre, dataset=dataset or card.dataset)
     save_card(output, loaded.model, card)
     result = {"output": str(output), "arch": card.arch, "num_classes": card.num_classes,
-              "source_sha256": loaded.source_sha256, "preprocessing": pre.to_dict()}
+              "source_sha256": loaded.source_sha256, "preprocessing": pre.to_dict(), "notes": loaded.notes}
     if json_output:
         emit_json(result)
     else:

@@ -1,0 +1,502 @@
+"""Any image-classifier ONNX, from any exporter: read its I/O, clean its graph, give it a model card.
+
+An image classifier here is a graph with one NCHW float32 input (any name, static or dynamic batch)
+and one output of class scores [N, C] (any name). `classifier_io` reads that contract from the graph
+and refuses anything else with one line naming the problem.
+
+Foreign graphs carry what our own export never leaves: BatchNormalization, Identity, unfolded
+constants (`Shape → Expand → CastLike` chains), an opset below what FP16/INT8 need. `clean_graph`
+removes them with the tools already in the dependencies: the onnx version converter raises the
+opset, then onnxslim (constant folding, Identity and dead-node removal, Conv+BatchNorm fusion) and
+ONNX Runtime's offline optimizer at its basic, provider-independent level (turns CastLike into Cast,
+fuses Conv+BatchNorm) run in turns until the graph stops changing. The cleaned graph is run against
+the original on ONNX Runtime and refused if its logits moved; what changed comes back as lines.
+
+`attach_card` writes the model card (preprocessing, classes, lineage) into `metadata_props` under the
+key export uses, so every later step reads the file as if `resnet-deploy export` had written it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import sys
+import tempfile
+import warnings
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from resnet_deploy.atomic import atomic_path, sha256_file
+from resnet_deploy.card import CARD_METADATA_KEY, ModelCard, Preprocessing, stamp_lineage
+from resnet_deploy.errors import CheckFailed, UsageError
+
+PRECISION_KEY = "resnet_deploy.precision"
+MIN_OPSET = 19  # FP16 Q/DQ scales need opset 19 (precision/common.py)
+TARGET_OPSET = 20  # what `resnet-deploy export` writes; raised to when below MIN_OPSET
+MAX_CLEAN_ROUNDS = 4  # onnxslim + ORT passes until nothing changes (two suffice for torch's exporters)
+VERIFY_TOLERANCE = 1e-4  # relative to max(1, |logit|): cleaning only reorders float32 arithmetic
+INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
+# Why an op type disappears when cleaned (default: folded into constants or fused).
+_REASONS = {"BatchNormalization": "folded into the preceding convolutions", "Identity": "removed",
+            "Dropout": "removed (inference)", "Constant": "folded into initializers"}
+
+
+@dataclass(frozen=True)
+class ClassifierIO:
+    """The image-classifier contract read from a graph."""
+
+    input_name: str
+    output_name: str
+    batch: int | None  # None: dynamic batch
+    channels: int
+    height: int | None  # None: dynamic
+    width: int | None
+    num_classes: int
+    opset: int
+
+    @property
+    def input_size(self) -> int | None:
+        return self.height if self.height is not None and self.height == self.width else None
+
+    def describe(self) -> str:
+        dims = ", ".join(str(d) if d is not None else "?" for d in (self.batch, self.channels, self.height, self.width))
+        return (f"{self.input_name} [{dims}] float32 → {self.output_name} [{self.batch or '?'}, {self.num_classes}], "
+                f"opset {self.opset}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class CleanReport:
+    """What `clean_graph` changed, and how far the cleaned logits are from the original's."""
+
+    changes: list[str]
+    opset_before: int
+    opset_after: int
+    nodes_before: int
+    nodes_after: int
+    max_abs_diff: float
+    op_counts_after: dict[str, int] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class ImportResult:
+    source: Path
+    output: Path
+    io: ClassifierIO
+    card: ModelCard
+    clean: CleanReport
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"source": str(self.source), "output": str(self.output), "io": self.io.to_dict(),
+                "arch": self.card.arch, "num_classes": self.card.num_classes,
+                "preprocessing": self.card.preprocessing.to_dict(), "changes": self.clean.changes,
+                "max_abs_diff": self.clean.max_abs_diff}
+
+
+# --- reading ---------------------------------------------------------------------------------------------------
+
+
+def load_onnx(path: str | Path) -> Any:
+    """The ModelProto at `path`; a missing or unreadable file is a UsageError."""
+    import onnx
+
+    source = Path(path)
+    if not source.is_file():
+        raise UsageError(f"{source}: no such file")
+    try:
+        return onnx.load(str(source))
+    except Exception as exc:  # onnx raises DecodeError / ValueError for non-ONNX bytes
+        raise UsageError(f"{source}: not a readable ONNX model ({_first_line(exc)})") from None
+
+
+def default_opset(model: Any) -> int:
+    return next((int(o.version) for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+
+
+def _dims(value: Any) -> list[int | None]:
+    return [int(d.dim_value) if d.HasField("dim_value") and d.dim_value > 0 else None
+            for d in value.type.tensor_type.shape.dim]
+
+
+def classifier_io(model: Any, source: str | Path = "model") -> ClassifierIO:
+    """Read `model` as an image classifier (one NCHW float32 input, one [N, C] output) or refuse it."""
+    import onnx
+
+    graph = model.graph
+    weights = {init.name for init in graph.initializer}
+    inputs = [v for v in graph.input if v.name not in weights]  # old exporters list weights as inputs
+    if len(inputs) != 1:
+        names = ", ".join(v.name for v in inputs) or "none"
+        raise UsageError(f"{source}: {len(inputs)} inputs ({names}); an image classifier takes one NCHW image tensor")
+    if len(graph.output) != 1:
+        names = ", ".join(v.name for v in graph.output) or "none"
+        raise UsageError(f"{source}: {len(graph.output)} outputs ({names}); an image classifier returns one "
+                         "[N, C] tensor of class scores")
+    image = inputs[0]
+    elem = image.type.tensor_type.elem_type
+    if elem != onnx.TensorProto.FLOAT:
+        dtype = onnx.TensorProto.DataType.Name(elem) if elem else "untyped"
+        raise UsageError(f"{source}: input {image.name!r} is {dtype}; give the float32 model (NCHW, normalized)")
+    dims = _dims(image)
+    if len(dims) != 4:
+        raise UsageError(f"{source}: input {image.name!r} has {len(dims)} dimensions; expected NCHW (4)")
+    if dims[1] != 3:
+        if dims[3] == 3:
+            raise UsageError(f"{source}: input {image.name!r} is NHWC {_shape(dims)}; export the model channels-first "
+                             "(NCHW: [N, 3, H, W])")
+        raise UsageError(f"{source}: input {image.name!r} {_shape(dims)} has no 3-channel (RGB) dimension at NCHW's C")
+    if dims[2] is not None and dims[3] is not None and dims[2] != dims[3]:
+        raise UsageError(f"{source}: input {image.name!r} is {dims[2]}x{dims[3]}; the model card describes a square "
+                         "crop")
+    output = graph.output[0]
+    out_dims = _dims(output) if output.type.tensor_type.HasField("shape") else []
+    if len(out_dims) != 2 or out_dims[1] is None:
+        out_dims = _inferred_output_dims(model, output.name) or out_dims
+    if len(out_dims) != 2 or out_dims[1] is None:
+        raise UsageError(f"{source}: output {output.name!r} is {_shape(out_dims)}: no class dimension "
+                         "(an image classifier returns [N, C] class scores with C fixed)")
+    return ClassifierIO(image.name, output.name, dims[0], 3, dims[2], dims[3], out_dims[1], default_opset(model))
+
+
+def _inferred_output_dims(model: Any, name: str) -> list[int | None] | None:
+    """The output shape by onnx shape inference, for exporters that leave graph outputs unshaped."""
+    import onnx
+
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model)
+    except Exception:  # inference gives up on some custom ops: then the graph's own annotation stands
+        return None
+    value = next((v for v in inferred.graph.output if v.name == name), None)
+    return _dims(value) if value is not None and value.type.tensor_type.HasField("shape") else None
+
+
+def _shape(dims: list[int | None]) -> str:
+    return "[" + ", ".join("?" if d is None else str(d) for d in dims) + "]"
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [line for line in str(exc).strip().splitlines() if line.strip()]
+    return lines[0] if lines else type(exc).__name__
+
+
+# --- cleaning --------------------------------------------------------------------------------------------------
+
+
+def clean_model(model: Any, source: str | Path = "model") -> tuple[Any, list[str]]:
+    """The cleaned ModelProto (same I/O names, metadata and producer) and what changed, not yet verified."""
+    import onnx
+
+    before = Counter(node.op_type for node in model.graph.node)
+    original, model = model, onnx.ModelProto()
+    model.CopyFrom(original)  # onnxslim edits what it is given; the original is the reference
+    model, changes = _raise_opset(model, source)
+    with tempfile.TemporaryDirectory(prefix="resnet-deploy-clean-") as tmp:
+        for round_ in range(MAX_CLEAN_ROUNDS):
+            start = _signature(model)
+            model = _ort_basic(_slim(model), Path(tmp) / f"round{round_}", source)
+            if _signature(model) == start:
+                break
+    _drop_unused_opsets(model)
+    del model.metadata_props[:]
+    model.metadata_props.extend(original.metadata_props)
+    model.producer_name, model.producer_version = original.producer_name, original.producer_version
+    changes += _describe(before, Counter(node.op_type for node in model.graph.node))
+    return model, changes
+
+
+def _raise_opset(model: Any, source: str | Path) -> tuple[Any, list[str]]:
+    from onnx import version_converter
+
+    opset = default_opset(model)
+    if opset >= MIN_OPSET:
+        return model, []
+    try:
+        converted = version_converter.convert_version(model, TARGET_OPSET)
+    except Exception as exc:  # the converter raises RuntimeError/ValueError for ops it has no adapter for
+        raise UsageError(f"{source}: the onnx version converter cannot raise opset {opset} to {TARGET_OPSET} "
+                         f"({_first_line(exc)}); re-export the model at opset {MIN_OPSET} or newer") from None
+    return converted, [f"opset {opset} → {TARGET_OPSET} (onnx version converter; FP16 Q/DQ needs {MIN_OPSET}+)"]
+
+
+def _slim(model: Any) -> Any:
+    import onnxslim
+
+    # onnxslim may print a summary: stdout is for results.
+    with contextlib.redirect_stdout(sys.stderr), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return onnxslim.slim(model)
+
+
+def _ort_basic(model: Any, stem: Path, source: str | Path) -> Any:
+    """ONNX Runtime's offline optimizer at the basic level: standard ONNX ops only, so the file stays portable."""
+    import onnx
+    import onnxruntime as ort
+
+    src, dst = stem.with_suffix(".in.onnx"), stem.with_suffix(".out.onnx")
+    onnx.save(model, str(src))
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    options.optimized_model_filepath = str(dst)
+    options.log_severity_level = 3
+    try:
+        ort.InferenceSession(str(src), sess_options=options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # ORT raises its own exception types
+        raise UsageError(f"{source}: ONNX Runtime cannot load this model ({_first_line(exc)})") from None
+    return onnx.load(str(dst))
+
+
+def _signature(model: Any) -> tuple[Any, ...]:
+    counts = Counter(node.op_type for node in model.graph.node)
+    return len(model.graph.node), len(model.graph.initializer), tuple(sorted(counts.items()))
+
+
+def _drop_unused_opsets(model: Any) -> None:
+    """ORT's saved model imports a dozen domains it never uses; keep the default one and those nodes use."""
+    used = {node.domain for node in model.graph.node}
+    kept = [o for o in model.opset_import if o.domain in ("", "ai.onnx") or o.domain in used]
+    del model.opset_import[:]
+    model.opset_import.extend(kept)
+
+
+def _describe(before: Counter[str], after: Counter[str]) -> list[str]:
+    lines = []
+    for op in sorted(set(before) | set(after), key=lambda o: (after[o] - before[o], o)):
+        if before[op] > after[op]:
+            lines.append(f"{op}: {before[op]} → {after[op]} ({_REASONS.get(op, 'folded or fused')})")
+        elif after[op] > before[op]:
+            lines.append(f"{op}: {before[op]} → {after[op]} (written by the optimizer)")
+    if after["BatchNormalization"]:
+        lines.append(f"{after['BatchNormalization']} BatchNormalization left (no convolution before it to fold into)")
+    lines.append(f"nodes {sum(before.values())} → {sum(after.values())}" if lines else "nothing to clean")
+    return lines
+
+
+def verify_cleaned(original: Any, cleaned: Any, io: ClassifierIO, *, input_size: int | None = None,
+                   seed: int = 0) -> float:
+    """Max |logit difference| of `cleaned` against `original` on ONNX Runtime (random images); past
+    VERIFY_TOLERANCE × max(1, |logit|) it is a CheckFailed and nothing is written."""
+    size = io.input_size or input_size or 224
+    images = np.random.default_rng(seed).standard_normal((io.batch or 2, 3, size, size), dtype=np.float32)
+    reference, candidate = _run(original, io, images), _run(cleaned, io, images)
+    if candidate.shape != reference.shape:
+        raise CheckFailed(f"the cleaned graph returns {candidate.shape}, the original {reference.shape}")
+    diff = float(np.abs(reference.astype(np.float64) - candidate.astype(np.float64)).max())
+    bound = VERIFY_TOLERANCE * max(1.0, float(np.abs(reference).max()))
+    if not np.isfinite(diff) or diff > bound:
+        raise CheckFailed(f"the cleaned graph moved the logits by {diff:.3g} (allowed {bound:.3g}); nothing written")
+    return diff
+
+
+def _run(model: Any, io: ClassifierIO, images: np.ndarray) -> np.ndarray:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    try:
+        sess = ort.InferenceSession(model.SerializeToString(), sess_options=options,
+                                    providers=["CPUExecutionProvider"])
+        return np.asarray(sess.run([io.output_name], {io.input_name: images})[0], dtype=np.float32)
+    except Exception as exc:  # ORT raises its own exception types
+        raise UsageError(f"ONNX Runtime cannot run this model ({_first_line(exc)})") from None
+
+
+def clean_graph(source: str | Path, output: str | Path, *, input_size: int | None = None) -> CleanReport:
+    """Clean a classifier ONNX into `output` (atomically, after verification); the source is never modified."""
+    model = load_onnx(source)
+    io = classifier_io(model, source)
+    cleaned, changes = clean_model(model, source)
+    report = _checked(model, cleaned, io, changes, source, input_size=input_size)
+    save_onnx(cleaned, output)
+    return report
+
+
+def _checked(original: Any, cleaned: Any, io: ClassifierIO, changes: list[str], source: str | Path,
+             *, input_size: int | None) -> CleanReport:
+    import onnx
+
+    after = classifier_io(cleaned, f"{source} (cleaned)")
+    if (after.input_name, after.output_name, after.batch) != (io.input_name, io.output_name, io.batch):
+        raise CheckFailed(f"{source}: cleaning changed the graph's I/O ({io.describe()} → {after.describe()})")
+    try:
+        onnx.checker.check_model(cleaned, full_check=True)
+    except Exception as exc:  # onnx raises ValidationError / InferenceError
+        raise CheckFailed(f"{source}: the cleaned graph fails onnx.checker ({_first_line(exc)})") from None
+    diff = verify_cleaned(original, cleaned, io, input_size=input_size)
+    counts = Counter(node.op_type for node in cleaned.graph.node)
+    return CleanReport(changes=changes, opset_before=io.opset, opset_after=after.opset,
+                       nodes_before=len(original.graph.node), nodes_after=len(cleaned.graph.node),
+                       max_abs_diff=diff, op_counts_after=dict(counts))
+
+
+def save_onnx(model: Any, output: str | Path) -> Path:
+    import onnx
+
+    target = Path(output)
+    with atomic_path(target) as tmp:
+        onnx.save(model, str(tmp))
+    return target
+
+
+# --- the model card --------------------------------------------------------------------------------------------
+
+
+def preprocessing_for(
+    io: ClassifierIO,
+    *,
+    mean: tuple[float, float, float] | None,
+    std: tuple[float, float, float] | None,
+    input_size: int | None = None,
+    resize_size: int | None = None,
+    interpolation: str | None = None,
+) -> Preprocessing:
+    """The preprocessing contract from flags, checked against the graph; nothing is guessed."""
+    if mean is None or std is None:
+        raise UsageError("--mean and --std are needed: an ONNX graph does not say how its input was normalized "
+                         "(ImageNet-trained: --mean 0.485,0.456,0.406 --std 0.229,0.224,0.225)")
+    if any(s <= 0 for s in std):
+        raise UsageError("--std values must be positive")
+    if input_size is None:
+        if io.input_size is None:
+            raise UsageError("--input-size is needed: the graph's input height and width are dynamic")
+        input_size = io.input_size
+    elif io.input_size is not None and input_size != io.input_size:
+        raise UsageError(f"--input-size {input_size} disagrees with the graph's fixed input {io.height}x{io.width}")
+    if input_size <= 0:
+        raise UsageError("--input-size must be positive")
+    resize = None if not resize_size else int(resize_size)
+    if resize is not None and resize < input_size:
+        raise UsageError(f"--resize-size {resize} is smaller than the crop ({input_size}); 0 means no resize")
+    interpolation = interpolation or "bilinear"
+    if interpolation not in INTERPOLATIONS:
+        raise UsageError(f"--interpolation must be {', '.join(INTERPOLATIONS)}, got {interpolation!r}")
+    return Preprocessing(input_size, resize, tuple(mean), tuple(std), interpolation)  # type: ignore[arg-type]
+
+
+def foreign_card(
+    io: ClassifierIO,
+    preprocessing: Preprocessing,
+    *,
+    name: str,
+    class_names: list[str] | None = None,
+    dataset: str | None = None,
+    source_file: str | None = None,
+    source_sha256: str | None = None,
+) -> ModelCard:
+    """A card for a classifier that was not built here: `arch` is its name (not a registered ResNet), and
+    the lineage says it is a foreign ONNX with these I/O names."""
+    if class_names is not None and len(class_names) != io.num_classes:
+        raise UsageError(f"{len(class_names)} class names given; the graph's output has {io.num_classes} classes")
+    names = list(class_names) if class_names is not None else [f"class_{i}" for i in range(io.num_classes)]
+    card = ModelCard(arch=name, num_classes=io.num_classes, class_names=names, preprocessing=preprocessing,
+                     dataset=dataset)
+    return stamp_lineage(card, source_sha256=source_sha256, source_file=source_file, foreign_onnx=True,
+                         onnx_io={"input": io.input_name, "output": io.output_name, "opset": io.opset})
+
+
+def card_metadata(card: ModelCard, io: ClassifierIO, *, source_sha256: str = "") -> dict[str, str]:
+    """The same keys `resnet-deploy export` writes: the card JSON plus flat human-readable ones."""
+    pre = card.preprocessing
+    return {
+        CARD_METADATA_KEY: card.to_json(),
+        "arch": card.arch,
+        "num_classes": str(card.num_classes),
+        "class_names": json.dumps(card.class_names),
+        "input_size": str(pre.input_size),
+        "resize_size": "none" if pre.resize_size is None else str(pre.resize_size),
+        "mean": json.dumps(list(pre.mean)),
+        "std": json.dumps(list(pre.std)),
+        "interpolation": pre.interpolation,
+        "dataset": card.dataset or "",
+        "source_sha256": source_sha256 or str(card.lineage.get("source_sha256", "")),
+        "batch": "dynamic" if io.batch is None else str(io.batch),
+        PRECISION_KEY: "fp32",
+    }
+
+
+def attach_card(model: Any, card: ModelCard, io: ClassifierIO, *, source_sha256: str = "") -> None:
+    """Write the card into `model.metadata_props` (in memory); other keys the model carries are kept."""
+    props = card_metadata(card, io, source_sha256=source_sha256)
+    kept = [(p.key, p.value) for p in model.metadata_props if p.key not in props]
+    del model.metadata_props[:]
+    for key, value in [*kept, *props.items()]:
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+
+
+# --- the whole import ------------------------------------------------------------------------------------------
+
+
+def import_onnx(
+    source: str | Path,
+    output: str | Path,
+    *,
+    mean: tuple[float, float, float] | None,
+    std: tuple[float, float, float] | None,
+    input_size: int | None = None,
+    resize_size: int | None = None,
+    interpolation: str | None = None,
+    class_names: list[str] | None = None,
+    name: str | None = None,
+    dataset: str | None = None,
+) -> ImportResult:
+    """Read a classifier ONNX, clean it, verify it, attach a card and write it to `output` (never the source)."""
+    source, output = Path(source), Path(output)
+    if output.resolve() == source.resolve():
+        raise UsageError(f"-o {output}: is the input; import-onnx writes a copy and never modifies its input")
+    model = load_onnx(source)
+    io = classifier_io(model, source)
+    pre = preprocessing_for(io, mean=mean, std=std, input_size=input_size, resize_size=resize_size,
+                            interpolation=interpolation)
+    digest = sha256_file(source)
+    card = foreign_card(io, pre, name=name or source.name.split(".")[0], class_names=class_names, dataset=dataset,
+                        source_file=source.name, source_sha256=digest)
+    had_card = any(p.key == CARD_METADATA_KEY for p in model.metadata_props)
+    cleaned, changes = clean_model(model, source)
+    report = _checked(model, cleaned, io, changes, source, input_size=pre.input_size)
+    if had_card:
+        report.changes.append("replaced the model card the source carried")
+    attach_card(cleaned, card, io, source_sha256=digest)
+    save_onnx(cleaned, output)
+    return ImportResult(source=source, output=output, io=io, card=card, clean=report)
+
+
+# --- for build-engine / validate / bench on a card-less ONNX -------------------------------------------------
+
+
+def is_foreign_card(card: ModelCard) -> bool:
+    """A card made here for a graph built elsewhere: `card.arch` names no registered ResNet, so there is no
+    PyTorch twin to build (bench's torch baseline, `card.build_model()`)."""
+    return bool(card.lineage.get("foreign_onnx"))
+
+
+def card_or_flags(
+    model: Any,
+    source: str | Path,
+    *,
+    mean: tuple[float, float, float] | None = None,
+    std: tuple[float, float, float] | None = None,
+    input_size: int | None = None,
+    resize_size: int | None = None,
+    interpolation: str | None = None,
+    class_names: list[str] | None = None,
+) -> ModelCard:
+    """The card an ONNX carries, or one from the preprocessing flags for a card-less graph (refused, naming
+    the flags, when they are missing); the graph's classifier contract is checked either way."""
+    io = classifier_io(model, source)
+    text = next((p.value for p in model.metadata_props if p.key == CARD_METADATA_KEY), None)
+    if text:
+        return ModelCard.from_json(text)
+    pre = preprocessing_for(io, mean=mean, std=std, input_size=input_size, resize_size=resize_size,
+                            interpolation=interpolation)
+    return foreign_card(io, pre, name=Path(source).name.split(".")[0], class_names=class_names,
+                        source_file=Path(source).name)
