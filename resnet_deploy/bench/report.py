@@ -46,6 +46,68 @@ def fmt_speedup(value: float | None) -> str:
     return "—" if value is None else f"{value:.2f}×"
 
 
+# Terminal table columns: (header, wide only). The default set fits 100 columns; `--wide` shows all.
+TABLE_COLUMNS = (("backend", False), ("prec.", False), ("batch", False), ("mean", False), ("std", True),
+                 ("p50", False), ("p90", True), ("p95", True), ("p99", False), ("min", True), ("max", True),
+                 ("CV", False), ("img/s", False), ("vs torch\nfp32", False))
+
+
+def _table_cells(r: BenchResult) -> dict[str, str]:
+    from rich.markup import escape
+
+    s = r.latency_ms
+    cv = f"[yellow]{r.cv:.1%} ⚠[/yellow]" if r.noisy else f"{r.cv:.1%}"
+    return {"backend": escape(r.backend), "prec.": escape(r.precision), "batch": str(r.batch_size),
+            "mean": fmt_ms(s.mean), "std": fmt_ms(s.std), "p50": fmt_ms(s.p50), "p90": fmt_ms(s.p90),
+            "p95": fmt_ms(s.p95), "p99": fmt_ms(s.p99), "min": fmt_ms(s.min), "max": fmt_ms(s.max), "CV": cv,
+            "img/s": _compact(r.throughput_ips, "", 1), "vs torch\nfp32": _compact(r.speedup, "×", 2)}
+
+
+def _compact(value: float | None, unit: str, digits: int) -> str:
+    """Fewer decimals for big numbers (2560000 img/s, 830×), so the column stays narrow."""
+    if value is None:
+        return "—"
+    return f"{value:.{digits if value < 100 else 0}f}{unit}"
+
+
+def results_tables(report: BenchReport, *, wide: bool = False) -> list[Any]:
+    """rich Tables per model: the measurements (latency per call in ms), then what was skipped and why.
+    Numbers never wrap or shrink; only the skip reasons fold."""
+    from rich import box
+    from rich.markup import escape
+    from rich.table import Table
+
+    env = report.environment
+    machine = (env.get("gpu") or {}).get("name") or (env.get("cpu") or {}).get("model", "?")
+    columns = [name for name, wide_only in TABLE_COLUMNS if wide or not wide_only]
+    style = dict(title_justify="left", box=box.SIMPLE_HEAD, collapse_padding=True, pad_edge=False)
+    tables = []
+    for model in models_of(report):
+        rows = ordered_results([r for r in report.results if r.model == model])
+        if rows:
+            table = Table(title=escape(f"{model} on {machine} (latency per call, ms)"), **style)
+            for name in columns:  # text folds first when the terminal is narrow; numbers never wrap
+                text = name in ("backend", "prec.")
+                table.add_column(name, justify="left" if text else "right", no_wrap=not text,
+                                 overflow="fold" if text else "ellipsis")
+            for i, r in enumerate(rows):
+                cells = _table_cells(r)
+                last_of_batch = i + 1 == len(rows) or rows[i + 1].batch_size != r.batch_size
+                table.add_row(*[cells[name] for name in columns], end_section=last_of_batch)
+            tables.append(table)
+        skipped = [s for s in report.skipped if s.model == model]
+        if skipped:
+            table = Table(title=escape(f"{model}: skipped"), **style)
+            for name in ("backend", "prec.", "batch"):
+                table.add_column(name, no_wrap=True)
+            table.add_column("reason", overflow="fold")
+            for s in skipped:
+                table.add_row(escape(s.backend), escape(s.precision),
+                              "all" if s.batch_size is None else str(s.batch_size), escape(s.reason))
+            tables.append(table)
+    return tables
+
+
 def environment_lines(env: dict[str, Any]) -> list[str]:
     """Short human lines for the machine a report was measured on."""
     cpu = env.get("cpu") or {}

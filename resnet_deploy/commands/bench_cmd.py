@@ -75,6 +75,9 @@ def bench(
         "--target-latency-ms", help="Server scenario: the p99 latency bound (MLPerf ResNet-50: 15 ms).")] = 15.0,
     peak_qps: Annotated[bool, typer.Option(
         "--peak-qps", help="Server scenario: search the highest target QPS LoadGen judges VALID.")] = False,
+    wide: Annotated[bool, typer.Option(
+        "--wide", help="Show every latency column (std, p90, p95, min, max); the default fits 100 columns.")]
+        = False,
     json_output: JsonOption = False,
 ) -> None:
     """Measure latency (mean, std, p50-p99) and throughput per backend, precision and batch size, with the
@@ -156,7 +159,7 @@ def bench(
         emit_json({"command": command, **report_doc.to_dict(),
                    **({"scenarios": [r.to_dict() for r in scenario_results]} if scenarios else {})})
     else:
-        _print_tables(report_doc)
+        _print_tables(report_doc, wide=wide)
         if scenario_results:
             from resnet_deploy.bench.report import scenario_table
             from resnet_deploy.commands._common import stdout
@@ -212,42 +215,17 @@ def _run(plan: BenchPlan, sizes: list[int], timing: TimingConfig, include_copies
     return report
 
 
-def _print_tables(report: BenchReport) -> None:
+def _print_tables(report: BenchReport, *, wide: bool = False) -> None:
     from rich.console import Console
     from rich.markup import escape
-    from rich.table import Table
 
-    from resnet_deploy.bench.report import fmt_ms, fmt_speedup, models_of, ordered_results
+    from resnet_deploy.bench.report import results_tables
     from resnet_deploy.commands._common import stdout
 
     # Piped or redirected: do not squeeze the table into rich's default 80 columns.
     out = stdout if stdout.is_terminal else Console(highlight=False, width=140)
-    env = report.environment
-    machine = (env.get("gpu") or {}).get("name") or (env.get("cpu") or {}).get("model", "?")
-    for model in models_of(report):
-        rows = ordered_results([r for r in report.results if r.model == model])
-        if rows:
-            table = Table(title=escape(f"{model} on {machine} (latency per call, ms)"), title_justify="left")
-            for name in ("backend", "precision", "batch", "mean", "p50", "p90", "p99", "CV", "images/s",
-                         "vs torch fp32"):
-                table.add_column(name, justify="left" if name in ("backend", "precision") else "right")
-            for i, r in enumerate(rows):
-                s = r.latency_ms
-                cv = f"[yellow]{r.cv:.1%} ⚠[/yellow]" if r.noisy else f"{r.cv:.1%}"
-                last_of_batch = i + 1 == len(rows) or rows[i + 1].batch_size != r.batch_size
-                table.add_row(r.backend, r.precision, str(r.batch_size), fmt_ms(s.mean), fmt_ms(s.p50),
-                              fmt_ms(s.p90), fmt_ms(s.p99), cv, f"{r.throughput_ips:.1f}", fmt_speedup(r.speedup),
-                              end_section=last_of_batch)
-            out.print(table)
-        skipped = [s for s in report.skipped if s.model == model]
-        if skipped:
-            table = Table(title=escape(f"{model}: skipped"), title_justify="left")
-            for name in ("backend", "precision", "batch", "reason"):
-                table.add_column(name)
-            for s in skipped:
-                table.add_row(s.backend, s.precision, "all" if s.batch_size is None else str(s.batch_size),
-                              escape(s.reason))
-            out.print(table)
+    for table in results_tables(report, wide=wide):
+        out.print(table)
     for note in report.notes:
         out.print(escape(f"note: {note}"))
 

@@ -63,6 +63,10 @@ def validate(
     report: Annotated[
         Path | None, typer.Option("--report", help="Also write a Markdown report (table, data, environment, lineage).")
     ] = None,
+    wide: Annotated[
+        bool, typer.Option("--wide", help="Show every column (top-5 overlap, Δtop-5, mean Δlogit, cosine, gate); "
+                                          "the default fits 100 columns.")
+    ] = False,
     json_output: JsonOption = False,
 ) -> None:
     """Top-1/top-5 of every artifact on the same images, parity against a reference, and precision gates.
@@ -108,7 +112,7 @@ def validate(
         _common.emit_json(result.to_dict())
     else:
         console = _results_console()
-        console.print(results_table(result))
+        console.print(results_table(result, wide=wide))
         for line in failure_lines(result):
             console.print(f"[red]FAIL[/red] {escape(line)}", soft_wrap=True)
     if not result.passed:

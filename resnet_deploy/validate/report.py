@@ -14,6 +14,13 @@ from resnet_deploy.validate.run import ArtifactResult, ValidationResult
 
 COLUMNS = ("artifact", "backend", "precision", "top-1 %", "top-5 %", "Δtop-1", "Δtop-5", "agree %",
            "top-5 overlap %", "max abs Δlogit", "mean abs Δlogit", "cosine", "img/s", "gate", "result")
+# The terminal's default columns (fit 100 columns); `--wide` shows all. The gate is in the failure lines.
+COMPACT_COLUMNS = ("artifact", "backend", "precision", "top-1 %", "top-5 %", "Δtop-1", "agree %", "max abs Δlogit",
+                   "img/s", "result")
+TEXT_COLUMNS = ("artifact", "backend", "precision", "gate", "result")
+# Terminal headers on two lines, so a number column is no wider than its numbers.
+HEADERS = {"top-1 %": "top-1\n%", "top-5 %": "top-5\n%", "agree %": "agree\n%", "top-5 overlap %": "top-5\noverlap %",
+           "max abs Δlogit": "max abs\nΔlogit", "mean abs Δlogit": "mean abs\nΔlogit", "precision": "prec."}
 
 
 def _number(value: float | None, digits: int = 2, *, signed: bool = False) -> str:
@@ -49,18 +56,25 @@ def row_cells(result: ArtifactResult) -> list[str]:
     ]
 
 
-def results_table(result: ValidationResult, *, short_names: bool = True) -> Any:
-    """A rich Table; `short_names` shows file names (paths where names collide)."""
+def results_table(result: ValidationResult, *, short_names: bool = True, wide: bool = False) -> Any:
+    """A rich Table; `short_names` shows file names (paths where names collide). The default columns
+    fit 100 terminal columns; `wide` shows all of them. Numbers never wrap: only text columns fold."""
+    from rich import box
     from rich.markup import escape
     from rich.table import Table
 
     ds = result.dataset
     crop = ", ten-crop" if result.ten_crop else ""
     title = f"validate: {ds.images} images, {ds.classes} classes from {ds.path}{crop}"
-    table = Table(title=title, title_justify="left")
-    for i, column in enumerate(COLUMNS):
-        table.add_column(column, justify="left" if i < 3 or column in ("gate", "result") else "right",
-                         overflow="fold")
+    shown = [i for i, column in enumerate(COLUMNS) if wide or column in COMPACT_COLUMNS]
+    table = Table(title=escape(title), title_justify="left", box=box.SIMPLE_HEAD, collapse_padding=True,
+                  pad_edge=False)
+    for i in shown:
+        column = COLUMNS[i]
+        numeric = column not in TEXT_COLUMNS
+        folds = column in ("artifact", "backend", "precision")  # the gate holds numbers: it never wraps
+        table.add_column(HEADERS.get(column, column), justify="right" if numeric else "left",
+                         no_wrap=not folds, overflow="fold" if folds else "ellipsis")
     names = [Path(r.artifact).name if r.backend != "ensemble" else r.artifact for r in result.results]
     for r, name in zip(result.results, names, strict=True):
         cells = row_cells(r)
@@ -69,7 +83,7 @@ def results_table(result: ValidationResult, *, short_names: bool = True) -> Any:
         cells = [escape(cell) for cell in cells]  # a file named "m[1].onnx" is not markup
         style = None if r.passed else "red"
         cells[-1] = f"[green]{cells[-1]}[/green]" if r.passed else f"[bold red]{cells[-1]}[/bold red]"
-        table.add_row(*cells, style=style)
+        table.add_row(*[cells[i] for i in shown], style=style)
     return table
 
 
