@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +52,19 @@ def import_openvino() -> Any:
     except ImportError:
         raise BackendUnavailableError(INSTALL_HINT) from None
     return openvino
+
+
+@functools.cache
+def shared_core() -> Any:
+    """The process's one `ov.Core`, alive until exit.
+
+    OpenVINO's CPU plugin installs its own alternate signal stack on the thread that loads it and, when
+    its Core dies, unmaps it and puts back the stack it found. Cores that die in the order they were made
+    (not the reverse) leave an unmapped stack installed; the next signal with a Python handler (SIGCHLD
+    from a DataLoader worker or a subprocess, Ctrl-C) then crashes the process with SIGSEGV, or writes
+    its frame into memory that was reused. One Core per process keeps that in order.
+    """
+    return import_openvino().Core()
 
 
 def ov_message(exc: BaseException) -> str:
@@ -98,7 +112,7 @@ class OpenVINOEngine(Engine):
                 f"OpenVINO performance hint must be LATENCY or THROUGHPUT, got {performance_hint!r}"
             )
         requested = hint_type_name(inference_precision)
-        self._core = ov.Core()
+        self._core = shared_core()
         self.ov_device = self._resolve_device(device)
         try:
             self._model = self._core.read_model(str(self.path))

@@ -71,8 +71,10 @@ def openvino_usable() -> tuple[bool, str]:
         import openvino as ov
     except ImportError:
         return False, INSTALL_HINT
+    from engines.openvino_engine import shared_core
+
     try:
-        core = ov.Core()
+        core = shared_core()  # never a Core of its own: see shared_core
         devices = core.available_devices
     except Exception as exc:  # a broken install raises RuntimeError from the plugin loader
         return False, f"OpenVINO {ov.get_version()} cannot start ({exc})"
