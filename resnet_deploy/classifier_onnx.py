@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import sys
 import tempfile
 import warnings
@@ -404,23 +403,10 @@ def foreign_card(
 
 
 def card_metadata(card: ModelCard, io: ClassifierIO, *, source_sha256: str = "") -> dict[str, str]:
-    """The same keys `resnet-deploy export` writes: the card JSON plus flat human-readable ones."""
-    pre = card.preprocessing
-    return {
-        CARD_METADATA_KEY: card.to_json(),
-        "arch": card.arch,
-        "num_classes": str(card.num_classes),
-        "class_names": json.dumps(card.class_names),
-        "input_size": str(pre.input_size),
-        "resize_size": "none" if pre.resize_size is None else str(pre.resize_size),
-        "mean": json.dumps(list(pre.mean)),
-        "std": json.dumps(list(pre.std)),
-        "interpolation": pre.interpolation,
-        "dataset": card.dataset or "",
-        "source_sha256": source_sha256 or str(card.lineage.get("source_sha256", "")),
-        "batch": "dynamic" if io.batch is None else str(io.batch),
-        PRECISION_KEY: "fp32",
-    }
+    """The same keys `resnet-deploy export` writes."""
+    from resnet_deploy.export import card_metadata_props
+
+    return card_metadata_props(card, source_sha256=source_sha256, batch=io.batch)
 
 
 def attach_card(model: Any, card: ModelCard, io: ClassifierIO, *, source_sha256: str = "") -> None:

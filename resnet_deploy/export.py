@@ -314,6 +314,16 @@ def onnx_metadata_for(loaded: LoadedModel, spec: ExportSpec) -> dict[str, str]:
         **card.lineage,
         "onnx_export": {"opset": spec.opset, "torch": torch.__version__, "onnx": onnx.__version__},
     })
+    return {
+        **card_metadata_props(card, source_sha256=loaded.source_sha256, batch=spec.batch),
+        "random_weights": "true" if is_random(loaded) else "false",
+        "torch_version": torch.__version__,
+        "onnx_version": onnx.__version__,
+    }
+
+
+def card_metadata_props(card: ModelCard, *, source_sha256: str | None, batch: int | None) -> dict[str, str]:
+    """An FP32 ONNX model's card metadata: the card JSON plus flat human-readable keys (export and import-onnx)."""
     pre = card.preprocessing
     return {
         CARD_METADATA_KEY: card.to_json(),
@@ -326,11 +336,8 @@ def onnx_metadata_for(loaded: LoadedModel, spec: ExportSpec) -> dict[str, str]:
         "std": json.dumps(list(pre.std)),
         "interpolation": pre.interpolation,
         "dataset": card.dataset or "",
-        "source_sha256": loaded.source_sha256 or str(card.lineage.get("source_sha256", "")),
-        "random_weights": "true" if is_random(loaded) else "false",
-        "torch_version": torch.__version__,
-        "onnx_version": onnx.__version__,
-        "batch": "dynamic" if spec.batch is None else str(spec.batch),
+        "source_sha256": source_sha256 or str(card.lineage.get("source_sha256", "")),
+        "batch": "dynamic" if batch is None else str(batch),
         PRECISION_KEY: "fp32",
     }
 

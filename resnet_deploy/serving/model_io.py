@@ -13,7 +13,7 @@ from typing import Any
 
 from resnet_deploy.artifacts import artifact_card, backend_for, manifest_path, read_manifest
 from resnet_deploy.card import ModelCard
-from resnet_deploy.errors import BackendUnavailable, UsageError
+from resnet_deploy.errors import UsageError
 
 # Element types as numpy names, from each runtime's own spelling.
 _OPENVINO_TYPES = {"f32": "float32", "f16": "float16", "bf16": "bfloat16", "i8": "int8", "u8": "uint8",
@@ -98,15 +98,12 @@ def _onnx_io(path: Path) -> ArtifactIO:
 
 
 def _openvino_io(path: Path) -> ArtifactIO:
-    try:
-        import openvino as ov
-    except ImportError:
-        raise BackendUnavailable("reading an OpenVINO IR needs OpenVINO: pip install 'resnet-deploy[openvino]'") \
-            from None
+    from engines.openvino_engine import shared_core  # raises one clear error when OpenVINO is not installed
+
     weights = path.with_suffix(".bin")
     if not weights.is_file():
         raise UsageError(f"{path}: its weights file {weights.name} is missing beside it")
-    model = ov.Core().read_model(str(path))
+    model = shared_core().read_model(str(path))  # one Core per process (see shared_core)
 
     def spec(port: Any) -> TensorSpec:
         shape = tuple(dim.get_length() if dim.is_static else -1 for dim in port.get_partial_shape())
