@@ -193,7 +193,7 @@ def _same_file(a: Path, b: Path) -> bool:
 
 def artifact_lineage(path: Path, card: Any) -> dict[str, Any]:
     """Where an artifact came from: its hash, the card's lineage, its manifest and ONNX metadata."""
-    from resnet_deploy.artifacts import ONNX_CARD_KEY, backend_for, onnx_metadata, read_manifest
+    from resnet_deploy.artifacts import CARD_KEY, backend_for, onnx_metadata, read_manifest
     from resnet_deploy.atomic import sha256_file
 
     lineage: dict[str, Any] = {"sha256": sha256_file(path), "arch": card.arch, "card_lineage": dict(card.lineage)}
@@ -201,7 +201,7 @@ def artifact_lineage(path: Path, card: Any) -> dict[str, Any]:
     if manifest:
         lineage["manifest"] = {k: v for k, v in manifest.items() if k != "card"}
     if backend_for(path) == "onnxruntime":
-        lineage["onnx_metadata"] = {k: v for k, v in onnx_metadata(path).items() if k != ONNX_CARD_KEY}
+        lineage["onnx_metadata"] = {k: v for k, v in onnx_metadata(path).items() if k != CARD_KEY}
     return lineage
 
 
