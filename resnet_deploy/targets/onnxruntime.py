@@ -41,6 +41,7 @@ from resnet_deploy.artifacts import (
     PRECISION_KEY,
     QUANTIZATION_KEY,
     SOURCE_ONNX_SHA256_KEY,
+    SUFFIXES,
     VERIFICATION_KEY,
     Manifest,
     manifest_versions,
@@ -102,7 +103,7 @@ def build_onnxruntime_artifact(
     if missing:
         raise BackendUnavailable(f"ONNX Runtime has no {', '.join(missing)} here (available: "
                                  f"{', '.join(ort.get_available_providers())}); install onnxruntime-gpu with CUDA")
-    if output.suffix.lower() != ".onnx":
+    if output.suffix.lower() not in SUFFIXES["onnxruntime"]:
         raise UsageError(f"{output}: an ONNX Runtime artifact is an .onnx file")
     if output.resolve() == source.resolve():
         raise UsageError(f"{output}: the artifact would overwrite its source; choose another --output")

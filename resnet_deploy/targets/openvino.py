@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from resnet_deploy.artifacts import Manifest, manifest_versions
+from resnet_deploy.artifacts import SUFFIXES, Manifest, manifest_versions, onnx_stem
 from resnet_deploy.atomic import sha256_file
 from resnet_deploy.card import ModelCard
 from resnet_deploy.errors import BackendUnavailable, CheckFailed, UsageError
@@ -83,7 +83,7 @@ def openvino_usable() -> tuple[bool, str]:
 def default_ir_path(onnx_path: str | Path, precision: str) -> Path:
     """model.onnx → model.xml (fp32) / model.bf16.xml; model.int8.onnx → model.int8.xml."""
     source = Path(onnx_path)
-    stem = source.name[: -len(".onnx")] if source.name.lower().endswith(".onnx") else source.stem
+    stem = onnx_stem(source)
     if precision != "fp32" and not stem.endswith(f".{precision}"):
         stem = f"{stem}.{precision}"
     return source.with_name(f"{stem}.xml")
@@ -108,7 +108,7 @@ def build_openvino_ir(
         raise UsageError(f"OpenVINO precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if not source.is_file():
         raise UsageError(f"{source}: no such file")
-    if output.suffix.lower() != ".xml":
+    if output.suffix.lower() not in SUFFIXES["openvino"]:
         raise UsageError(f"{output}: an OpenVINO IR is named .xml (its weights go beside it as .bin)")
     hint = hint_type_name(inference_precision) if inference_precision is not None else DEFAULT_HINTS[precision]
     card_dict = _card_dict(card, source)
