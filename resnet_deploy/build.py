@@ -90,6 +90,28 @@ class BuildReport:
     artifact: BuildResult
     output: Path
 
+    def summary(self) -> list[tuple[str, str]]:
+        """(what, value) rows saying what was built, from what, and how each step was checked."""
+        remainder = " (FP16 remainder)" if self.fp16_remainder else ""
+        rows = [("target", f"{self.target} ({self.target_reason})"), ("source", str(self.source)),
+                ("precision", self.precision + remainder)]
+        precision = self.precision_result
+        if precision is not None:
+            gate = f", gate {precision.gate:g}%" if precision.gate is not None else ", informational"
+            rows.append(("vs FP32", f"top-1 agreement {precision.agreement:.2f}%, max |Δ logit| "
+                                    f"{precision.max_abs_logit_diff:.4g} on {precision.check_images} "
+                                    f"{precision.check_data}{gate}"))
+            calib = precision.calibration
+            if calib is not None:
+                caches = ", ".join(f"{m}: {s['cache']['status']}" for m, s in calib.scores.items())
+                method = calib.method if calib.requested == calib.method else f"{calib.requested} → {calib.method}"
+                where = "random images" if calib.random else f"images from {calib.data}"
+                rows.append(("calibration", f"{method}, {calib.samples} {where}, seed {calib.seed}; cache {caches}"))
+            if self.precision_onnx is not None:
+                rows.append(("precision ONNX", str(self.precision_onnx)))
+        return [*rows, *self.artifact.summary, ("artifact", str(self.output)),
+                ("manifest", str(self.artifact.manifest_path))]
+
     def to_dict(self) -> dict[str, Any]:
         check = None
         if self.precision_result is not None:

@@ -138,25 +138,6 @@ def _print_summary(report: Any) -> None:
     table = Table(title=escape(f"build-engine → {report.output}"), title_justify="left", show_header=False)
     table.add_column("what")
     table.add_column("value")
-    remainder = " (FP16 remainder)" if report.fp16_remainder else ""
-    rows = [("target", f"{report.target} ({report.target_reason})"), ("source", str(report.source)),
-            ("precision", report.precision + remainder)]
-    precision = report.precision_result
-    if precision is not None:
-        gate = f", gate {precision.gate:g}%" if precision.gate is not None else ", informational"
-        rows.append(("vs FP32", f"top-1 agreement {precision.agreement:.2f}%, max |Δ logit| "
-                                f"{precision.max_abs_logit_diff:.4g} on {precision.check_images} "
-                                f"{precision.check_data}{gate}"))
-        calib = precision.calibration
-        if calib is not None:
-            caches = ", ".join(f"{m}: {s['cache']['status']}" for m, s in calib.scores.items())
-            method = calib.method if calib.requested == calib.method else f"{calib.requested} → {calib.method}"
-            where = "random images" if calib.random else f"images from {calib.data}"
-            rows.append(("calibration", f"{method}, {calib.samples} {where}, seed {calib.seed}; cache {caches}"))
-        if report.precision_onnx is not None:
-            rows.append(("precision ONNX", str(report.precision_onnx)))
-    rows += report.artifact.summary
-    rows += [("artifact", str(report.output)), ("manifest", str(report.artifact.manifest_path))]
-    for what, value in rows:
+    for what, value in report.summary():
         table.add_row(what, escape(value))
     stdout.print(table)
