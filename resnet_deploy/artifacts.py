@@ -1,4 +1,4 @@
-"""Artifacts by suffix: which backend opens a file, and where its model card lives.
+"""What a file is: its backend (by suffix), its model card, its precision and its manifest, read once.
 
 | suffix | backend | card |
 | --- | --- | --- |
@@ -8,40 +8,70 @@
 | .plan .engine | TensorRT | manifest `<name>.json` beside it, key "card" |
 
 A manifest is named after the whole artifact name (`model.fp16.plan` → `model.fp16.plan.json`), so
-an ONNX model and the engine built from it never share one.
+an ONNX model and the engine built from it never share one. Every target writes the same `Manifest`
+schema; the metadata keys the pipeline writes into ONNX models are defined here and nowhere else.
 """
 
 from __future__ import annotations
 
+import datetime as _dt
 import json
+from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from engines.base import Engine
-from resnet_deploy.card import ModelCard
 from resnet_deploy.errors import UsageError
 
-TORCH_SUFFIXES = (".safetensors", ".pt", ".pth", ".th")
-ONNX_SUFFIXES = (".onnx",)
-OPENVINO_SUFFIXES = (".xml",)
-TENSORRT_SUFFIXES = (".plan", ".engine")
-ONNX_CARD_KEY = "resnet_deploy.card"
+if TYPE_CHECKING:  # card.py imports the keys below; the card class is imported where it is used
+    from resnet_deploy.card import ModelCard
+
+# --- ONNX metadata_props keys (and the safetensors metadata key of the card) ----------------------------------
+CARD_KEY = "resnet_deploy.card"  # the model card, as JSON
+PRECISION_KEY = "resnet_deploy.precision"  # fp32 | fp16 | int8
+ARTIFACT_KEY = "resnet_deploy.artifact"  # set on runtime-specific artifacts (ONNX Runtime target)
+SOURCE_ONNX_SHA256_KEY = "resnet_deploy.source_onnx_sha256"  # the FP32 ONNX a precision model came from
+FP16_KEY = "resnet_deploy.fp16"  # how FP16 was made (converter, FP32 nodes kept)
+FP16_REMAINDER_KEY = "resnet_deploy.fp16_remainder"  # INT8 with the unquantized rest in FP16
+QUANTIZATION_KEY = "resnet_deploy.quantization"
+CALIBRATION_KEY = "resnet_deploy.calibration"
+VERIFICATION_KEY = "resnet_deploy.verification"  # the precision model's check against FP32
+ONNXRUNTIME_KEY = "resnet_deploy.onnxruntime"  # how the ONNX Runtime artifact was optimized
+
+# --- suffixes -----------------------------------------------------------------------------------------------------
+SUFFIXES: dict[str, tuple[str, ...]] = {
+    "torch": (".safetensors", ".pt", ".pth", ".th"),
+    "onnxruntime": (".onnx",),
+    "openvino": (".xml",),
+    "tensorrt": (".plan", ".engine"),
+}
+TORCH_SUFFIXES = SUFFIXES["torch"]
+ONNX_SUFFIXES = SUFFIXES["onnxruntime"]
+OPENVINO_SUFFIXES = SUFFIXES["openvino"]
+TENSORRT_SUFFIXES = SUFFIXES["tensorrt"]
+
+MANIFEST_SCHEMA_VERSION = 2  # 1: three target-specific layouts; 2: one Manifest (a superset of the three)
+# `format` names each target's layout; engines/tensorrt/manifest.py reads its own fields by it.
+MANIFEST_FORMATS = {"onnxruntime": "resnet-deploy/onnxruntime", "openvino": "resnet-deploy/openvino-ir",
+                    "tensorrt": "resnet-deploy/tensorrt-engine"}
+MANIFEST_FORMAT_VERSION = 1  # the newest per-target layout a reader of format 1 understands
 
 
 def backend_for(path: str | Path) -> str:
     suffix = Path(path).suffix.lower()
-    if suffix in TORCH_SUFFIXES:
-        return "torch"
-    if suffix in ONNX_SUFFIXES:
-        return "onnxruntime"
-    if suffix in OPENVINO_SUFFIXES:
-        return "openvino"
-    if suffix in TENSORRT_SUFFIXES:
-        return "tensorrt"
+    for backend, suffixes in SUFFIXES.items():
+        if suffix in suffixes:
+            return backend
     raise UsageError(
         f"{path}: unknown artifact type {suffix or '(no suffix)'}; expected .safetensors/.pt/.pth (PyTorch), "
         ".onnx (ONNX Runtime), .xml (OpenVINO IR) or .plan/.engine (TensorRT)"
     )
+
+
+def onnx_stem(path: Path) -> str:
+    """model.int8.onnx → model.int8 (the name without the .onnx suffix)."""
+    return path.name[: -len(".onnx")] if path.name.lower().endswith(".onnx") else path.stem
 
 
 def manifest_path(artifact: str | Path) -> Path:
@@ -69,28 +99,163 @@ def onnx_metadata(path: str | Path) -> dict[str, str]:
     return {prop.key: prop.value for prop in model.metadata_props}
 
 
+# --- the one manifest ---------------------------------------------------------------------------------------------
+
+
+def now_iso() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def manifest_versions(*extra: tuple[str, str | None]) -> dict[str, str | None]:
+    """resnet-deploy and the installed libraries (from `environment`), plus what only the build knows."""
+    from resnet_deploy import __version__
+    from resnet_deploy.environment import library_versions
+
+    return {"resnet_deploy": __version__, **library_versions(), **dict(extra)}
+
+
+@dataclass
+class Manifest:
+    """The sidecar `<artifact>.json` of every target: what was built, from what, how it was checked, with what.
+
+    `target` holds what only one target records (ONNX Runtime providers, OpenVINO inference precision,
+    TensorRT GPU and batch profile, ...); it is written at the top level, so readers of the schema-1
+    layouts (the TensorRT engine's `EngineManifest`) still find their fields.
+    """
+
+    backend: str  # onnxruntime | openvino | tensorrt
+    artifact: str  # the file name
+    sha256: str  # of the artifact file
+    precision: str  # fp32 | fp16 | bf16 | int8
+    source_onnx: dict[str, Any]  # {"path", "sha256", "precision"}: the ONNX model the target compiled
+    card: dict[str, Any] | None
+    artifact_check: dict[str, Any] | None = None  # how the artifact itself was checked
+    precision_check: dict[str, Any] | None = None  # the precision model's check against FP32 (from its metadata)
+    fp16_remainder: bool = False
+    built_at: str = field(default_factory=now_iso)
+    build_seconds: float | None = None
+    versions: dict[str, Any] = field(default_factory=manifest_versions)
+    notes: list[str] = field(default_factory=list)
+    target: dict[str, Any] = field(default_factory=dict)
+    schema_version: int = MANIFEST_SCHEMA_VERSION
+
+    COMMON = ("backend", "artifact", "sha256", "precision", "source_onnx", "card", "artifact_check",
+              "precision_check", "fp16_remainder", "built_at", "build_seconds", "versions", "notes",
+              "schema_version")
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        target = data.pop("target")
+        clash = set(target) & set(data)
+        if clash:
+            raise ValueError(f"target fields {sorted(clash)} shadow the common manifest fields")
+        return {"format": MANIFEST_FORMATS[self.backend], "format_version": MANIFEST_FORMAT_VERSION, **data,
+                **target}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+
+    def write(self, artifact: str | Path) -> Path:
+        from resnet_deploy.atomic import write_text
+
+        path = manifest_path(artifact)
+        write_text(path, self.to_json())
+        return path
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Manifest:
+        """Any manifest this tool wrote; schema-1 layouts map onto the common fields where they had them."""
+        backend = data.get("backend") or next((b for b, f in MANIFEST_FORMATS.items() if f == data.get("format")),
+                                              "unknown")
+        skip = {"format", "format_version", *cls.COMMON}
+        common = {k: data[k] for k in cls.COMMON if k in data and k != "backend"}
+        common.setdefault("artifact", "")
+        common.setdefault("sha256", data.get("plan_sha256") or data.get("xml_sha256") or "")
+        common.setdefault("precision", "fp32")
+        common.setdefault("source_onnx", {})
+        common.setdefault("card", None)
+        if "check" in data and "artifact_check" not in data:  # OpenVINO, schema 1
+            common["artifact_check"] = data["check"]
+            skip.add("check")
+        common.setdefault("schema_version", 1)
+        return cls(backend=backend, **common, target={k: v for k, v in data.items() if k not in skip})
+
+
+# --- one artifact -------------------------------------------------------------------------------------------------
+
+
+class Artifact:
+    """A file the pipeline made or reads; everything about it is read on first use and kept."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.backend = backend_for(self.path)  # an unknown suffix is refused here
+
+    def __repr__(self) -> str:
+        return f"Artifact({str(self.path)!r}, backend={self.backend!r})"
+
+    def require_file(self) -> Artifact:
+        if not self.path.is_file():
+            raise UsageError(f"{self.path}: no such file")
+        return self
+
+    @cached_property
+    def metadata(self) -> dict[str, str]:
+        """ONNX metadata_props (empty for other backends)."""
+        return onnx_metadata(self.path) if self.backend == "onnxruntime" else {}
+
+    @cached_property
+    def manifest_dict(self) -> dict[str, Any] | None:
+        return read_manifest(self.path)
+
+    @property
+    def manifest(self) -> Manifest | None:
+        data = self.manifest_dict
+        return Manifest.from_dict(data) if data else None
+
+    @cached_property
+    def card(self) -> ModelCard:
+        """The model card; an artifact without one is refused (nothing is guessed)."""
+        from resnet_deploy.card import ModelCard
+
+        self.require_file()
+        if self.backend == "torch":
+            from resnet_deploy.checkpoints import load_model
+
+            return load_model(self.path).card
+        if self.backend == "onnxruntime":
+            text = self.metadata.get(CARD_KEY)
+            if text:
+                return ModelCard.from_json(text)
+            raise UsageError(
+                f"{self.path}: the ONNX model carries no resnet-deploy model card in its metadata; "
+                "export it with `resnet-deploy export` (or import its weights with `import-weights`)"
+            )
+        manifest = self.manifest_dict
+        if manifest and isinstance(manifest.get("card"), dict):
+            return ModelCard.from_dict(manifest["card"])
+        raise UsageError(f"{self.path}: no manifest {manifest_path(self.path).name} with a model card beside it")
+
+    @cached_property
+    def precision(self) -> str:
+        """The precision the graph carries (PyTorch weights: fp32; engines: their manifest's)."""
+        if self.backend == "torch":
+            return "fp32"
+        if self.backend == "onnxruntime":
+            from engines.onnxruntime_engine import graph_precision
+
+            return graph_precision(self.path)
+        return str((self.manifest_dict or {}).get("precision") or "fp32")
+
+    def open_engine(self, **options: Any) -> Engine:
+        return open_engine(self.path, **options)
+
+
 def artifact_card(path: str | Path) -> ModelCard:
     """The model card of any artifact; an artifact without one is refused (nothing is guessed)."""
-    artifact = Path(path)
-    if not artifact.is_file():
-        raise UsageError(f"{artifact}: no such file")
-    backend = backend_for(artifact)
-    if backend == "torch":
-        from resnet_deploy.checkpoints import load_model
-
-        return load_model(artifact).card
-    if backend == "onnxruntime":
-        text = onnx_metadata(artifact).get(ONNX_CARD_KEY)
-        if text:
-            return ModelCard.from_json(text)
-        raise UsageError(
-            f"{artifact}: the ONNX model carries no resnet-deploy model card in its metadata; "
-            "export it with `resnet-deploy export` (or import its weights with `import-weights`)"
-        )
-    manifest = read_manifest(artifact)
-    if manifest and isinstance(manifest.get("card"), dict):
-        return ModelCard.from_dict(manifest["card"])
-    raise UsageError(f"{artifact}: no manifest {manifest_path(artifact).name} with a model card beside it")
+    if not Path(path).is_file():
+        raise UsageError(f"{path}: no such file")
+    return Artifact(path).card
 
 
 def open_engine(

@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from resnet_deploy.artifacts import PRECISION_KEY
 from resnet_deploy.atomic import atomic_path, sha256_file
 from resnet_deploy.card import CARD_METADATA_KEY, ModelCard
 from resnet_deploy.checkpoints import LoadedModel
@@ -40,7 +41,6 @@ DEFAULT_OPSET = 20  # torch 2.14's exporter default; ONNX Runtime 1.31 and Tenso
 MIN_OPSET = 18  # the torch exporter's own operator library targets opset 18
 DEFAULT_TOLERANCE = 1e-4  # FP32 vs FP32: only summation order differs
 VERIFY_BATCH = 4  # the "batch > 1" of a dynamic-batch verification
-PRECISION_KEY = "resnet_deploy.precision"
 
 
 @dataclass(frozen=True)

@@ -154,3 +154,10 @@ def test_json_document_follows_the_design_contract(resnet20) -> None:
     assert set(row) >= {"backend", "precision", "batch_size", "latency_ms", "throughput_ips"}
     assert set(row["latency_ms"]) >= {"mean", "std", "p50", "p90", "p95", "p99"}
     assert doc["skipped"][0]["reason"]
+
+
+def test_bench_cache_is_keyed_on_every_version_that_changes_its_files() -> None:
+    """Issue 17 point 3: a TensorRT upgrade must rebuild the cached plans, not only a GPU change."""
+    from resnet_deploy.bench.plan import _versions_key
+
+    assert {"resnet_deploy", "torch", "onnx", "onnxruntime", "tensorrt"} <= set(_versions_key())

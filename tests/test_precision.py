@@ -378,6 +378,50 @@ def test_uint8_rewrite_is_exact(digits, tmp_path) -> None:
     np.testing.assert_allclose(a, b, rtol=0, atol=1e-5)
 
 
+# --- the library build pipeline -------------------------------------------------------------------------------
+
+
+def test_build_reports_through_the_listener_and_writes_one_manifest(digits, tmp_path) -> None:
+    from resnet_deploy.artifacts import MANIFEST_SCHEMA_VERSION, Artifact
+    from resnet_deploy.build import BuildListener, BuildRequest, build
+
+    source = tmp_path / "digits.onnx"
+    shutil.copy(digits.onnx, source)
+    lines: list[tuple[str, str]] = []
+    phases: set[str] = set()
+    listener = BuildListener(info=lambda m: lines.append(("info", m)), warn=lambda m: lines.append(("warn", m)),
+                             progress=lambda phase, done, total: phases.add(phase))
+    report = build(BuildRequest(onnx=source, int8=True, calib_data=digits.root / "train", calib_samples=64,
+                                calib_method="minmax", target="onnxruntime"), listener)
+    assert report.output == tmp_path / "digits.int8.cpu.onnx" and report.output.is_file()
+    assert ("info", "target: onnxruntime (asked for)") in lines and any("calibrate" in p for p in phases)
+    assert report.precision_onnx is None and report.precision_result.agreement >= 95
+    assert [row[0] for row in report.artifact.summary] == ["artifact check"]
+    assert [row[0] for row in report.summary()] == ["target", "source", "precision", "vs FP32", "calibration",
+                                                     "artifact check", "artifact", "manifest"]
+    artifact = Artifact(report.output)
+    manifest = artifact.manifest
+    assert manifest is not None and manifest.backend == "onnxruntime"
+    assert manifest.schema_version == MANIFEST_SCHEMA_VERSION and manifest.precision == artifact.precision == "int8"
+    assert manifest.precision_check["agreement"] == report.precision_result.agreement
+    assert artifact.card.arch == "resnet20"
+
+
+def test_one_place_resolves_targets(digits) -> None:
+    from resnet_deploy.errors import BackendUnavailable, UsageError
+    from resnet_deploy.targets.base import resolve_target, target_usable
+
+    target, reason = resolve_target("auto")
+    assert reason.startswith("auto: ") and target_usable(target.name)[0]
+    assert resolve_target("onnxruntime")[1] == "asked for"
+    if not target_usable("tensorrt")[0]:
+        with pytest.raises(BackendUnavailable, match="TensorRT is not available"):
+            resolve_target("tensorrt")
+    assert not target_usable("tensorrt", "cpu")[0] and not target_usable("openvino", "cuda")[0]
+    with pytest.raises(UsageError, match="--target"):
+        resolve_target("tvm")
+
+
 # --- the CLI ---------------------------------------------------------------------------------------------------
 
 
@@ -402,6 +446,8 @@ def test_cli_int8_onnxruntime_json(cli, digits, tmp_path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         ["digits.onnx", artifact.name, artifact.name + ".json", artifact.name + ".calib-minmax.json"])
     assert "calibrate minmax" in result.stderr  # the progress bar
+    # The precision model was a temporary file: nothing in the document points into a deleted folder.
+    assert document["precision_onnx"] is None and document["precision_check"]["path"] is None
 
 
 def test_cli_usage_errors_write_nothing(cli, digits, tmp_path) -> None:

@@ -893,3 +893,39 @@ def test_smoke_without_tensorrt_exits_2_and_says_why(tmp_path: Path):
     assert "error: TensorRT is not available" in done.stderr and "Traceback" not in done.stderr
     saved = json.loads((tmp_path / "out" / "results.json").read_text())
     assert saved["preflight"]["status"] == "unavailable"
+
+
+def test_the_one_manifest_carries_every_field_the_engine_reads(tmp_path: Path):
+    """targets/tensorrt writes resnet_deploy's Manifest; engines/tensorrt reads its own fields back from it."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from engines.tensorrt.build import BuildOutput, TensorSpec
+    from resnet_deploy.artifacts import MANIFEST_SCHEMA_VERSION, Artifact, Manifest
+    from resnet_deploy.targets.tensorrt import TensorRTBuildOptions
+    from resnet_deploy.targets.tensorrt import _manifest as target_manifest
+
+    source = tmp_path / "m.fp16.onnx"
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])])
+    onnx.save(helper.make_model(graph), str(source))
+    built = BuildOutput(plan=b"plan bytes", engine_information="{}", input=TensorSpec("x", (-1, 3), "FLOAT"),
+                        output=TensorSpec("y", (-1, 3), "FLOAT"), batch_profile=(1, 4, 8), tensorrt_version="10.13.3.9",
+                        plan_version=(10, 13, 3, 9), build_seconds=1.25, timing_cache=None, timing_cache_status="off")
+    plan = tmp_path / "m.fp16.plan"
+    plan.write_bytes(built.plan)
+    written = target_manifest(built, source, plan, "fp16", TensorRTBuildOptions(max_batch=8, opt_batch=4),
+                              {"arch": "resnet20"}, {"fp16": 20}, {"passed": True}, "NVIDIA H200", "9.0", "575.1")
+    written.write(plan)
+    engine_side = read_manifest(plan)
+    assert (engine_side.tensorrt_version, engine_side.gpu_name, engine_side.compute_capability) == \
+        ("10.13.3.9", "NVIDIA H200", "9.0")
+    assert engine_side.precision == "fp16" and engine_side.batch_profile == {"min": 1, "opt": 4, "max": 8}
+    assert engine_side.layer_precisions == {"fp16": 20} and engine_side.card == {"arch": "resnet20"}
+    assert engine_side.versions["tensorrt"] == "10.13.3.9" and engine_side.versions["nvidia_driver"] == "575.1"
+    library_side = Artifact(plan).manifest
+    assert isinstance(library_side, Manifest) and library_side.backend == "tensorrt"
+    assert library_side.schema_version == MANIFEST_SCHEMA_VERSION and library_side.artifact_check == {"passed": True}
+    assert library_side.to_dict() == json.loads(manifest_path(plan).read_text())
+    assert Artifact(plan).precision == "fp16"

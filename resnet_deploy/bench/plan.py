@@ -26,7 +26,7 @@ from resnet_deploy.errors import UsageError
 BACKENDS = ("torch", "onnxruntime", "openvino", "tensorrt")
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 EXTRAS = {"openvino": "pip install 'resnet-deploy[openvino]'", "tensorrt": "pip install 'resnet-deploy[tensorrt]'"}
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: keyed on the TensorRT and resnet-deploy versions too
 RANDOM_CALIBRATION_SAMPLES = 32  # ranges from random images only matter for latency; few are enough
 
 Progress = Callable[[str], None]
@@ -64,39 +64,19 @@ def default_cache_dir() -> Path:
 
 def backend_installed(backend: str) -> bool:
     module = {"torch": "torch", "onnxruntime": "onnxruntime", "openvino": "openvino", "tensorrt": "tensorrt"}[backend]
-    return importlib.util.find_spec(module) is not None
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ValueError:  # sys.modules[module] is None: imports of it are blocked
+        return False
 
 
 def backend_usable(backend: str, device: str) -> tuple[bool, str]:
-    """Whether `backend` can run on `device` here; the reason names what to install or change."""
+    """Whether `backend` can run on `device` here (the targets decide); the reason names what to install or change."""
     if backend == "torch":
         return True, ""
-    if not backend_installed(backend):
-        extra = EXTRAS.get(backend, f"pip install {backend}")
-        return False, f"{backend} is not installed ({extra})"
-    if backend == "onnxruntime":
-        if device.startswith("cuda"):
-            import onnxruntime as ort
+    from resnet_deploy.targets.base import target_usable
 
-            if "CUDAExecutionProvider" not in ort.get_available_providers():
-                return False, "ONNX Runtime has no CUDA provider here (install onnxruntime-gpu matching your CUDA)"
-        return True, ""
-    if backend == "openvino":
-        if device.startswith("cuda"):
-            return False, "OpenVINO runs on CPUs (and Intel GPUs), not CUDA; bench it with --device cpu"
-        try:
-            from resnet_deploy.targets.openvino import openvino_usable
-        except ImportError:
-            return True, ""
-        return openvino_usable()
-    # tensorrt
-    if not device.startswith("cuda"):
-        return False, "TensorRT needs an NVIDIA GPU; bench it with --device cuda"
-    try:
-        from resnet_deploy.targets.tensorrt import tensorrt_usable
-    except ImportError:
-        return False, "the TensorRT build step (resnet_deploy.tensorrt_target) is missing from this install"
-    return tensorrt_usable()
+    return target_usable(backend, device)
 
 
 def precision_unsupported(backend: str, precision: str, device: str) -> str | None:
@@ -127,10 +107,13 @@ def check_requested_backends(backends: Sequence[str], explicit: bool) -> None:
 
 
 def _versions_key() -> dict[str, str | None]:
+    """Every version that changes what the cached files hold: the exporter, the precision tools, TensorRT."""
+    from resnet_deploy import __version__
     from resnet_deploy.environment import library_versions
 
     versions = library_versions()
-    return {name: versions.get(name) for name in ("torch", "onnx", "onnxruntime")}
+    return {"resnet_deploy": __version__, **{name: versions.get(name)
+                                             for name in ("torch", "onnx", "onnxruntime", "tensorrt")}}
 
 
 def _default_opset() -> int | None:
@@ -142,10 +125,11 @@ def _default_opset() -> int | None:
 
 
 class ArtifactCache:
-    """The ONNX models (and TensorRT plans) of one architecture with random weights, built once and reused.
+    """The ONNX models (and TensorRT plans) of one architecture with random weights, built once by
+    `resnet_deploy.build`'s stages and reused.
 
-    Folder: `<cache>/<arch>-opset<N>/`; `cache.json` records the library versions the files were built
-    with, and a change of version rebuilds them.
+    Folder: `<cache>/<arch>-opset<N>/`; `cache.json` records the versions the files were built with
+    (`_versions_key`), and a change of any of them rebuilds them.
     """
 
     def __init__(self, root: Path, loaded: Any, *, calib_data: Path | None, calib_samples: int | None,
@@ -168,8 +152,10 @@ class ArtifactCache:
         except (OSError, json.JSONDecodeError):
             return False
 
-    def _reuse(self, path: Path) -> bool:
-        return self._fresh and path.is_file()
+    def _reuse(self, path: Path, source: Path | None = None) -> bool:
+        if not (self._fresh and path.is_file()):
+            return False
+        return source is None or path.stat().st_mtime >= source.stat().st_mtime
 
     def _mark_fresh(self) -> None:
         if not self._fresh:
@@ -178,29 +164,40 @@ class ArtifactCache:
             write_text(self.folder / "cache.json", json.dumps(self._key, indent=2) + "\n")
             self._fresh = True
 
+    def _listener(self) -> Any:
+        from resnet_deploy.build import BuildListener
+
+        return BuildListener()  # the cache says what it builds itself; the build's own notes are for build-engine
+
     def fp32_onnx(self) -> Path:
         path = self.folder / "model.onnx"
         if "fp32" in self._built or self._reuse(path):
             return self._built.setdefault("fp32", path)
-        from resnet_deploy.export import export_onnx
+        from resnet_deploy.build import export_model
 
         self._progress(f"exporting {self.arch} to ONNX → {path}")
-        result = export_onnx(self.loaded, path)  # dynamic batch, verified against PyTorch
+        self._built["fp32"] = export_model(self.loaded, path, self._listener())
         self._mark_fresh()
-        self._built["fp32"] = Path(result.path)
         return self._built["fp32"]
 
-    def fp16_onnx(self) -> Path:
+    def _precision_onnx(self, key: str, path: Path, request: Any) -> Path:
         source = self.fp32_onnx()
-        path = self.folder / "model.fp16.onnx"
-        if "fp16" in self._built or (self._reuse(path) and path.stat().st_mtime >= source.stat().st_mtime):
-            return self._built.setdefault("fp16", path)
-        from resnet_deploy.precision import convert_fp16
+        if key in self._built or self._reuse(path, source):
+            return self._built.setdefault(key, path)
+        from resnet_deploy.build import make_precision
+        from resnet_deploy.precision import read_source
 
-        self._progress(f"converting {self.arch} to FP16 → {path}")
-        result = convert_fp16(source, path)
-        self._built["fp16"] = Path(result.path)
-        return self._built["fp16"]
+        result = make_precision(read_source(source), path, request, self._listener(), cache_base=path)
+        self._built[key] = Path(result.path)
+        return self._built[key]
+
+    def fp16_onnx(self) -> Path:
+        from resnet_deploy.build import BuildRequest
+
+        path = self.folder / "model.fp16.onnx"
+        if "fp16" not in self._built and not self._reuse(path, self.fp32_onnx()):
+            self._progress(f"converting {self.arch} to FP16 → {path}")
+        return self._precision_onnx("fp16", path, BuildRequest(fp16=True))
 
     def calibration_tag(self) -> str:
         if self.calib_data is None:
@@ -209,36 +206,35 @@ class ArtifactCache:
         return "calib-" + hashlib.sha256(text.encode()).hexdigest()[:10]
 
     def int8_onnx(self) -> Path:
-        source = self.fp32_onnx()
-        path = self.folder / f"model.int8.{self.calibration_tag()}.onnx"
-        if "int8" in self._built or (self._reuse(path) and path.stat().st_mtime >= source.stat().st_mtime):
-            return self._built.setdefault("int8", path)
-        from resnet_deploy.precision import quantize_int8
+        from resnet_deploy.build import BuildRequest
 
+        path = self.folder / f"model.int8.{self.calibration_tag()}.onnx"
         if self.calib_data is None:
-            self._progress(f"quantizing {self.arch} to INT8 (random calibration images) → {path}")
             # minmax: the fastest method, and the ranges of random images only matter for latency
-            result = quantize_int8(source, path, calib_data=None, samples=RANDOM_CALIBRATION_SAMPLES,
-                                   method="minmax", random_calibration=True)
+            request = BuildRequest(int8=True, random_calibration=True, calib_samples=RANDOM_CALIBRATION_SAMPLES,
+                                   calib_method="minmax")
+            what = "random calibration images"
         else:
-            self._progress(f"quantizing {self.arch} to INT8 (calibrating on {self.calib_data}) → {path}")
-            kwargs = {"samples": self.calib_samples} if self.calib_samples else {}
-            result = quantize_int8(source, path, calib_data=self.calib_data, **kwargs)
-        self._built["int8"] = Path(result.path)
-        return self._built["int8"]
+            request = BuildRequest(int8=True, calib_data=self.calib_data,
+                                   **({"calib_samples": self.calib_samples} if self.calib_samples else {}))
+            what = f"calibrating on {self.calib_data}"
+        if "int8" not in self._built and not self._reuse(path, self.fp32_onnx()):
+            self._progress(f"quantizing {self.arch} to INT8 ({what}) → {path}")
+        return self._precision_onnx("int8", path, request)
 
     def onnxruntime_int8_cpu(self) -> Path:
         """The INT8 model as `build-engine --target onnxruntime` ships it for the CPU: activations as uint8
         (exact, and what ONNX Runtime's x86 integer kernels take), optimized offline."""
         source = self.int8_onnx()
         path = source.with_name(source.stem + ".cpu.onnx")
-        if "int8-cpu" in self._built or (self._reuse(path) and path.stat().st_mtime >= source.stat().st_mtime):
+        if "int8-cpu" in self._built or self._reuse(path, source):
             return self._built.setdefault("int8-cpu", path)
-        from resnet_deploy.targets.onnxruntime import build_onnxruntime_artifact
+        from resnet_deploy.build import compile_artifact
 
         self._progress(f"optimizing the INT8 model for ONNX Runtime on the CPU → {path}")
-        self._built["int8-cpu"] = Path(build_onnxruntime_artifact(source, path, device="cpu").path)
-        return self._built["int8-cpu"]
+        built = compile_artifact("onnxruntime", source, path, precision="int8", card=self.loaded.card, device="cpu")
+        self._built["int8-cpu"] = built.path
+        return built.path
 
     def onnx_for(self, precision: str) -> Path:
         return {"fp32": self.fp32_onnx, "fp16": self.fp16_onnx, "int8": self.int8_onnx}[precision]()
@@ -246,16 +242,18 @@ class ArtifactCache:
     def tensorrt_plan(self, precision: str, batch: int) -> Path:
         """A strongly typed TensorRT plan compiled from the ONNX of `precision`, tuned for `batch` (profile 1..batch).
         The plan's manifest lets the engine refuse it on another GPU or TensorRT version; the file name keys both."""
-        from resnet_deploy.targets.tensorrt import TensorRTBuildOptions, build_tensorrt_engine
+        from resnet_deploy.build import compile_artifact
+        from resnet_deploy.targets.tensorrt import TensorRTBuildOptions
 
         source = self.onnx_for(precision)
         calib = f"{self.calibration_tag()}." if precision == "int8" else ""
-        path = self.folder / f"model.{precision}.{calib}{_gpu_tag()}.b{batch}.plan"
-        if self._reuse(path) and path.stat().st_mtime >= source.stat().st_mtime:
+        trt = _versions_key().get("tensorrt") or "none"
+        path = self.folder / f"model.{precision}.{calib}{_gpu_tag()}.trt{trt}.b{batch}.plan"
+        if self._reuse(path, source):
             return path
         self._progress(f"building the TensorRT {precision} engine (batch {batch}) for {self.arch} → {path}")
         options = TensorRTBuildOptions(min_batch=1, opt_batch=batch, max_batch=batch)
-        build_tensorrt_engine(source, path, precision=precision, options=options, card=self.loaded.card)
+        compile_artifact("tensorrt", source, path, precision=precision, card=self.loaded.card, tensorrt=options)
         return path
 
 
@@ -378,7 +376,7 @@ def plan_for_artifacts(
 ) -> BenchPlan:
     """Each artifact on the backend(s) that open it; a PyTorch FP32 baseline per architecture from its card
     (random weights) unless a PyTorch artifact of it is given or `--backends` leaves torch out."""
-    from resnet_deploy.artifacts import artifact_card, backend_for, open_engine
+    from resnet_deploy.artifacts import Artifact, open_engine
 
     cases: list[BenchCase] = []
     skipped: list[Skipped] = []
@@ -387,8 +385,9 @@ def plan_for_artifacts(
     torch_given: set[str] = set()
     wanted_backends = list(backends) if backends else None
     for path in paths:
-        native = backend_for(path)  # raises UsageError for an unknown suffix
-        card = artifact_card(path)  # raises UsageError for a missing file or card
+        artifact = Artifact(path)  # raises UsageError for an unknown suffix
+        native = artifact.backend
+        card = artifact.require_file().card  # raises UsageError for a missing file or card
         label = card.arch
         cards.setdefault(label, card)
         runners = [native]
@@ -399,7 +398,7 @@ def plan_for_artifacts(
             if not runners:
                 raise UsageError(f"{path}: none of --backends {','.join(wanted_backends)} can run a {path.suffix} "
                                  f"artifact (it runs on {native})")
-        graph = _graph_precision(path)
+        graph = artifact.precision
         for backend in runners:
             usable, reason = backend_usable(backend, device)
             for precision in _artifact_precisions(backend, graph, precisions):
@@ -433,21 +432,6 @@ def _artifact_precisions(backend: str, graph: str, precisions: Sequence[str] | N
     if backend == "openvino" and graph == "fp32":
         return [p for p in (precisions or ["fp32"]) if p in ("fp32", "bf16")] or ["fp32"]
     return [graph]
-
-
-def _graph_precision(path: Path) -> str:
-    """The precision an artifact's graph carries (PyTorch weights: fp32; engines: their manifest's)."""
-    suffix = path.suffix.lower()
-    if suffix == ".onnx":
-        from engines.onnxruntime_engine import graph_precision
-
-        return graph_precision(path)
-    if suffix in (".safetensors", ".pt", ".pth", ".th"):
-        return "fp32"
-    from resnet_deploy.artifacts import read_manifest
-
-    manifest = read_manifest(path) or {}
-    return str(manifest.get("precision") or "fp32")
 
 
 def _artifact_opener(open_engine: Callable[..., Engine], path: Path, backend: str, precision: str, hint: str | None,

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from resnet_deploy.commands._common import ArchOption, JsonOption, emit_json, info, stdout
+from resnet_deploy.commands._common import ArchOption, JsonOption, emit_json, info, stderr, stdout, warn
 from resnet_deploy.errors import CheckFailed, UsageError
 
 
@@ -27,8 +27,9 @@ def demo(
     json_output: JsonOption = False,
 ) -> None:
     """Train, export, make FP16/INT8 and engines, validate and bench: one report in --out/report.md."""
+    from resnet_deploy.build import BuildListener
     from resnet_deploy.demo.report import write_report
-    from resnet_deploy.demo.run import DemoOptions, run_demo
+    from resnet_deploy.demo.run import DemoHooks, DemoOptions, run_demo
     from resnet_deploy.models import get_entry
 
     name = arch or "resnet20"
@@ -41,7 +42,12 @@ def demo(
     options = DemoOptions(out=out, data=data, arch=name, train_iters=train_iters, batch_size=batch_size,
                           bench_batch_sizes=bench_batch_sizes, bench_duration=bench_duration,
                           calib_samples=calib_samples)
-    result = run_demo(options, announce=lambda text: info(f"\n{text}", markup=True))
+    from trainer.progress import RichReporter
+
+    # soft_wrap: the command lines stay whole, so they can be copied and pasted.
+    hooks = DemoHooks(announce=lambda text: stderr.print(f"\n{text}", soft_wrap=True),
+                      build=BuildListener(info=info, warn=warn), train_reporter=RichReporter(stderr))
+    result = run_demo(options, hooks)
     report = write_report(result, out / "report.md")
     validate = result.step("validate")
     summary = {"passed": result.passed, "report": str(report), "seconds": round(result.seconds, 1),

@@ -28,10 +28,11 @@ def inspect(
     json_output: JsonOption = False,
 ) -> None:
     """Show architecture, parameters, multiply-adds and metadata of a model or artifact."""
+    from resnet_deploy.artifacts import ONNX_SUFFIXES
     from resnet_deploy.card import ModelCard
     from resnet_deploy.summary import summarize
 
-    if artifact is not None and artifact.suffix.lower() == ".onnx":
+    if artifact is not None and artifact.suffix.lower() in ONNX_SUFFIXES:
         from resnet_deploy.onnx_summary import summarize_onnx
 
         onnx_summary = summarize_onnx(artifact)

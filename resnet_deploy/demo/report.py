@@ -145,7 +145,7 @@ def write_report(result: DemoResult, path: Path) -> Path:
     if env:
         lines += ["", *environment_lines(env)]
     lines += ["", "## 6. Reproduce by hand", "",
-              "Every step above ran exactly this command (each also accepts `--json`):", "", "```sh"]
+              "Each step above, as the command that does it by hand (each also accepts `--json`):", "", "```sh"]
     lines += [step.command for step in result.steps if not step.skipped_reason]
     lines += ["```", ""]
     write_text(path, "\n".join(lines))

@@ -1,17 +1,14 @@
 """The whole pipeline in one command: data → train → export → FP16/INT8 → engines → validate → bench.
 
-Each step runs the project's own CLI (`python -m resnet_deploy <command> ... --json`) in a child
-process, so the commands the report lists for reproduction are exactly the ones that ran, and
-every step's result is the JSON document that command prints. The steps' progress bars and
-warnings go straight to the terminal (stderr).
+Each step calls the library (the trainer, `export_onnx`, `build`, `validate`, the bench plan) in this
+process; each step also records the `resnet-deploy` command line that does the same thing by hand,
+which the report lists for reproduction, and the JSON document that command prints with `--json`.
+Progress and warnings go to the callbacks the command supplies (the library prints nothing).
 """
 
 from __future__ import annotations
 
-import json
 import shlex
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,7 +17,7 @@ from typing import Any
 
 from rich.markup import escape
 
-from resnet_deploy.errors import CheckFailed, UsageError
+from resnet_deploy.errors import CheckFailed, ResnetDeployError, UsageError
 
 
 @dataclass(frozen=True)
@@ -36,15 +33,19 @@ class DemoOptions:
     targets: tuple[str, ...] = ("onnxruntime", "openvino", "tensorrt")
 
 
+EXPORT_CHECK_IMAGES = 16  # real test images the export is verified on (as `export --data`)
+
+
 @dataclass
 class StepResult:
     name: str
     title: str
-    argv: list[str]
-    returncode: int
+    argv: list[str]  # the `resnet-deploy` command line that does this step by hand
+    returncode: int  # what that command would exit with: 0, 1 (a failed check) or 2 (bad input)
     seconds: float
-    output: dict[str, Any] | None
+    output: dict[str, Any] | None  # the JSON document that command prints with --json
     skipped_reason: str | None = None
+    error: str | None = None
 
     @property
     def command(self) -> str:
@@ -76,26 +77,31 @@ class DemoResult:
 Announce = Callable[[str], None]
 
 
-def _run_cli(name: str, title: str, argv: list[str], announce: Announce) -> StepResult:
-    """Run one `resnet-deploy` command with `--json`; its stderr (progress, warnings) passes through."""
-    announce(f"[bold]{escape(title)}[/bold]\n  $ resnet-deploy {escape(shlex.join(argv))}")
+@dataclass
+class DemoHooks:
+    """Where the demo reports: step titles (rich markup), the build's listener, the trainer's reporter."""
+
+    announce: Announce = lambda text: None
+    build: Any = None  # resnet_deploy.build.BuildListener
+    train_reporter: Any = None  # trainer.progress.Reporter
+
+
+def _run_step(name: str, title: str, argv: list[str], hooks: DemoHooks,
+              call: Callable[[], tuple[dict[str, Any], int]]) -> StepResult:
+    """Run one step in this process; a known failure becomes the exit code its command would have."""
+    hooks.announce(f"[bold]{escape(title)}[/bold]\n  $ resnet-deploy {escape(shlex.join(argv))}")
     started = time.perf_counter()
-    completed = subprocess.run(
-        [sys.executable, "-m", "resnet_deploy", *argv, "--json"], stdout=subprocess.PIPE, text=True, check=False
-    )
-    seconds = time.perf_counter() - started
-    output = None
-    if completed.stdout.strip():
-        try:
-            output = json.loads(completed.stdout)
-        except json.JSONDecodeError:
-            output = None
-    return StepResult(name, title, argv, completed.returncode, seconds, output)
+    try:
+        output, code = call()
+    except ResnetDeployError as exc:
+        return StepResult(name, title, argv, exc.exit_code, time.perf_counter() - started, None, error=str(exc))
+    return StepResult(name, title, argv, code, time.perf_counter() - started, output)
 
 
 def _require(step: StepResult) -> dict[str, Any]:
     if not step.ok or step.output is None:
-        raise CheckFailed(f"demo step '{step.title}' failed (exit {step.returncode}): {step.command}")
+        why = f": {step.error}" if step.error else ""
+        raise CheckFailed(f"demo step '{step.title}' failed (exit {step.returncode}){why}; by hand: {step.command}")
     return step.output
 
 
@@ -122,92 +128,160 @@ def prepare_data(options: DemoOptions) -> tuple[Path, dict[str, Any]]:
     }
 
 
-def target_usable(target: str) -> tuple[bool, str]:
-    if target == "onnxruntime":
-        return True, ""
-    if target == "openvino":
-        from resnet_deploy.targets.openvino import openvino_usable
+def run_demo(options: DemoOptions, hooks: DemoHooks) -> DemoResult:
+    from resnet_deploy.environment import capture_environment
 
-        return openvino_usable()
-    from resnet_deploy.targets.tensorrt import tensorrt_usable
-
-    return tensorrt_usable()
-
-
-def run_demo(options: DemoOptions, announce: Announce) -> DemoResult:
     started = time.perf_counter()
-    out = options.out
-    out.mkdir(parents=True, exist_ok=True)
+    options.out.mkdir(parents=True, exist_ok=True)
+    # Read the machine before any runtime starts (see commands/validate_cmd.py).
+    environment = capture_environment()
     data_dir, data_description = prepare_data(options)
     result = DemoResult(options, data_description)
-    train_dir = data_dir / "train"
-    artifacts_dir = out / "artifacts"
-    run_dir = out / "train"
-    stem = artifacts_dir / options.arch
+    stem = options.out / "artifacts" / options.arch
 
-    train = _run_cli("train", "Train", [
-        "train", "--arch", options.arch, "--data", str(data_dir), "--iters", str(options.train_iters),
-        "--batch-size", str(options.batch_size), "--out", str(run_dir), "--cache-dir", str(out / "cache"),
-        "--eval-every", str(max(1, options.train_iters // 10)),
-    ], announce)
-    result.steps.append(train)
-    _require(train)
-    card = run_dir / "best.safetensors"
-
-    export = _run_cli("export", "Export to ONNX (verified against PyTorch)", [
-        "export", "--checkpoint", str(card), "--data", str(data_dir), "--output", f"{stem}.onnx",
-    ], announce)
-    result.steps.append(export)
-    _require(export)
-    fp32 = Path(f"{stem}.onnx")
+    card = _train(options, data_dir, hooks, result)
+    fp32 = _export(card, data_dir, Path(f"{stem}.onnx"), hooks, result)
     result.artifacts += [card, fp32]
+    _build_steps(options, data_dir / "train", fp32, stem, hooks, result)
+    _validate(options, data_dir, data_description["test_split"], environment, hooks, result)
+    _bench(options, hooks, result)
+    result.seconds = time.perf_counter() - started
+    return result
 
-    precision_steps = [
-        ("fp16", "FP16 model (ONNX Runtime)", ["--fp16"], f"{stem}.fp16.onnx"),
-        ("int8", "Calibrated INT8 model (ONNX Runtime)", ["--int8"], f"{stem}.int8.onnx"),
-    ]
-    for name, title, flags, output in precision_steps:
-        step = _run_cli(name, title, [
-            "build-engine", "--onnx", str(fp32), *flags, "--calib-data", str(train_dir),
-            "--calib-samples", str(options.calib_samples), "--target", "onnxruntime", "--output", output,
-        ], announce)
-        result.steps.append(step)
-        _require(step)
-        result.artifacts.append(Path(output))
+
+# --- the steps ---------------------------------------------------------------------------------------------------
+
+
+def _train(options: DemoOptions, data_dir: Path, hooks: DemoHooks, result: DemoResult) -> Path:
+    run_dir, cache = options.out / "train", options.out / "cache"
+    eval_every = max(1, options.train_iters // 10)
+    argv = ["train", "--arch", options.arch, "--data", str(data_dir), "--iters", str(options.train_iters),
+            "--batch-size", str(options.batch_size), "--out", str(run_dir), "--cache-dir", str(cache),
+            "--eval-every", str(eval_every)]
+
+    def call() -> tuple[dict[str, Any], int]:
+        from trainer import TrainConfig, train  # the demo is CLI-level orchestration: it may drive the trainer
+
+        config = TrainConfig(arch=options.arch, data=data_dir, iters=options.train_iters,
+                             batch_size=options.batch_size, out=run_dir, cache_dir=cache, eval_every=eval_every)
+        return train(config, hooks.train_reporter).to_dict(), 0
+
+    step = _run_step("train", "Train", argv, hooks, call)
+    result.steps.append(step)
+    _require(step)
+    return run_dir / "best.safetensors"
+
+
+def _export(card: Path, data_dir: Path, output: Path, hooks: DemoHooks, result: DemoResult) -> Path:
+    argv = ["export", "--checkpoint", str(card), "--data", str(data_dir), "--output", str(output)]
+
+    def call() -> tuple[dict[str, Any], int]:
+        from resnet_deploy.build import real_images
+        from resnet_deploy.checkpoints import load_model
+        from resnet_deploy.export import export_onnx
+
+        loaded = load_model(card)
+        test = data_dir / result.data_description["test_split"]
+        images = real_images(test, loaded.card, EXPORT_CHECK_IMAGES, 0)
+        return export_onnx(loaded, output, real_images=images).to_dict(), 0
+
+    step = _run_step("export", "Export to ONNX (verified against PyTorch)", argv, hooks, call)
+    result.steps.append(step)
+    _require(step)
+    return output
+
+
+def _build_step(name: str, title: str, argv: list[str], request: Any, hooks: DemoHooks,
+                result: DemoResult) -> None:
+    from resnet_deploy.build import build
+
+    step = _run_step(name, title, argv, hooks, lambda: (build(request, hooks.build).to_dict(), 0))
+    result.steps.append(step)
+    _require(step)
+    result.artifacts.append(Path(request.output))
+
+
+def _build_steps(options: DemoOptions, train_dir: Path, fp32: Path, stem: Path, hooks: DemoHooks,
+                 result: DemoResult) -> None:
+    from resnet_deploy.artifacts import SUFFIXES
+    from resnet_deploy.build import BuildRequest
+    from resnet_deploy.targets.base import target_usable
+
+    common = ["--calib-data", str(train_dir), "--calib-samples", str(options.calib_samples)]
+    for name, title, flag, output in (("fp16", "FP16 model (ONNX Runtime)", "--fp16", f"{stem}.fp16.onnx"),
+                                      ("int8", "Calibrated INT8 model (ONNX Runtime)", "--int8",
+                                       f"{stem}.int8.onnx")):
+        argv = ["build-engine", "--onnx", str(fp32), flag, *common, "--target", "onnxruntime", "--output", output]
+        request = BuildRequest(onnx=fp32, fp16=name == "fp16", int8=name == "int8", calib_data=train_dir,
+                               calib_samples=options.calib_samples, target="onnxruntime", output=Path(output))
+        _build_step(name, title, argv, request, hooks, result)
 
     for target in options.targets:
         if target == "onnxruntime":
             continue
         usable, reason = target_usable(target)
-        suffix = ".xml" if target == "openvino" else ".plan"
-        for name, flags, output in ((f"{target}-fp32", [], f"{stem}.{target}{suffix}"),
-                                    (f"{target}-int8", ["--int8"], f"{stem}.{target}.int8{suffix}")):
-            argv = ["build-engine", "--onnx", str(fp32), *flags, "--calib-data", str(train_dir),
-                    "--calib-samples", str(options.calib_samples), "--target", target, "--output", output]
-            title = f"{target} engine ({'int8' if flags else 'fp32'})"
+        suffix = SUFFIXES[target][0]
+        for precision, flags in (("fp32", []), ("int8", ["--int8"])):
+            output = f"{stem}.{target}{'.int8' if flags else ''}{suffix}"
+            argv = ["build-engine", "--onnx", str(fp32), *flags, *common, "--target", target, "--output", output]
+            title = f"{target} engine ({precision})"
             if not usable:
-                result.steps.append(StepResult(name, title, argv, 0, 0.0, None, skipped_reason=reason))
-                announce(f"[yellow]skipped[/yellow] {escape(title)}: {escape(reason)}")
+                result.steps.append(StepResult(f"{target}-{precision}", title, argv, 0, 0.0, None,
+                                               skipped_reason=reason))
+                hooks.announce(f"[yellow]skipped[/yellow] {escape(title)}: {escape(reason)}")
                 continue
-            step = _run_cli(name, title, argv, announce)
-            result.steps.append(step)
-            _require(step)
-            result.artifacts.append(Path(output))
+            request = BuildRequest(onnx=fp32, int8=bool(flags), calib_data=train_dir,
+                                   calib_samples=options.calib_samples, target=target, output=Path(output))
+            _build_step(f"{target}-{precision}", title, argv, request, hooks, result)
 
-    validate = _run_cli("validate", "Validate every artifact on the test images", [
-        "validate", *map(str, result.artifacts), "--data", str(data_dir), "--split", data_description["test_split"],
-        "--report", str(out / "validate.md"),
-    ], announce)
-    result.steps.append(validate)
-    if validate.output is None:  # exit 1 with a table is a verdict; no JSON at all is a failure
-        _require(validate)
 
-    bench = _run_cli("bench", "Benchmark latency and throughput", [
-        "bench", *map(str, result.artifacts), "--batch-sizes", options.bench_batch_sizes,
-        "--duration", str(options.bench_duration), "--report", str(out / "bench.md"),
-        "--plot", str(out / "bench.png"),
-    ], announce)
-    result.steps.append(bench)
-    _require(bench)
-    result.seconds = time.perf_counter() - started
-    return result
+def _validate(options: DemoOptions, data_dir: Path, split: str, environment: dict[str, Any], hooks: DemoHooks,
+              result: DemoResult) -> None:
+    from resnet_deploy.validate.report import write_report
+    from resnet_deploy.validate.run import ValidateOptions, validate
+
+    report = options.out / "validate.md"
+    argv = ["validate", *map(str, result.artifacts), "--data", str(data_dir), "--split", split,
+            "--report", str(report)]
+
+    def call() -> tuple[dict[str, Any], int]:
+        # Decoding in this process: no worker processes forked after the runtimes have loaded.
+        outcome = validate(result.artifacts, data_dir, options=ValidateOptions(split=split, workers=0))
+        write_report(report, outcome, environment)
+        return outcome.to_dict(), 0 if outcome.passed else 1
+
+    step = _run_step("validate", "Validate every artifact on the test images", argv, hooks, call)
+    result.steps.append(step)
+    if step.output is None:  # exit 1 with a table is a verdict; no result at all is a failure
+        _require(step)
+
+
+def _bench(options: DemoOptions, hooks: DemoHooks, result: DemoResult) -> None:
+    report, plot = options.out / "bench.md", options.out / "bench.png"
+    argv = ["bench", *map(str, result.artifacts), "--batch-sizes", options.bench_batch_sizes,
+            "--duration", str(options.bench_duration), "--report", str(report), "--plot", str(plot)]
+
+    def call() -> tuple[dict[str, Any], int]:
+        import torch
+
+        from resnet_deploy.bench.plan import plan_for_artifacts, run_plan
+        from resnet_deploy.bench.report import write_markdown, write_plot
+        from resnet_deploy.bench.timing import TimingConfig
+        from resnet_deploy.environment import capture_environment
+
+        sizes = sorted({int(size) for size in options.bench_batch_sizes.split(",") if size.strip()})
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        plan = plan_for_artifacts(result.artifacts, backends=None, precisions=None, device=device, threads=None,
+                                  include_copies=True)
+        bench = run_plan(plan, batch_sizes=sizes, timing=TimingConfig(duration_s=options.bench_duration),
+                         include_copies=True, environment={})
+        bench.environment = capture_environment()  # after the run, as `bench` does
+        if not bench.results:
+            raise UsageError("nothing could be measured here; see the skipped rows for why")
+        write_plot(bench, plot)
+        write_markdown(bench, report, command="resnet-deploy " + shlex.join(argv), plot=plot)
+        return {"command": "resnet-deploy " + shlex.join(argv), **bench.to_dict()}, 0
+
+    step = _run_step("bench", "Benchmark latency and throughput", argv, hooks, call)
+    result.steps.append(step)
+    _require(step)

@@ -11,13 +11,12 @@ from typing import Any
 
 import numpy as np
 
+from resnet_deploy.artifacts import ARTIFACT_KEY, PRECISION_KEY  # noqa: F401 - re-exported to fp16/int8
 from resnet_deploy.atomic import sha256_file
 from resnet_deploy.card import CARD_METADATA_KEY, ModelCard
 from resnet_deploy.errors import CheckFailed, UsageError
 from resnet_deploy.onnx_check import LogitComparison
 
-PRECISION_KEY = "resnet_deploy.precision"
-ARTIFACT_KEY = "resnet_deploy.artifact"  # set on runtime-specific artifacts (ONNX Runtime target)
 FP16_MIN_AGREEMENT = 99.0  # default gates on real images, percent top-1 agreement with FP32
 INT8_MIN_AGREEMENT = 95.0
 FP16_MAX = 65504.0

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from resnet_deploy.artifacts import FP16_KEY, SOURCE_ONNX_SHA256_KEY, VERIFICATION_KEY
 from resnet_deploy.atomic import atomic_path, sha256_file
 from resnet_deploy.onnx_check import activation_maxima, compare_logits, run_logits
 from resnet_deploy.precision.common import (
@@ -65,8 +66,8 @@ def convert_fp16(
     props = dict(src.props)
     props.update({
         PRECISION_KEY: "fp16",
-        "resnet_deploy.source_onnx_sha256": src.sha256,
-        "resnet_deploy.fp16": json.dumps({"converter": f"onnxconverter-common {_version('onnxconverter-common')}",
+        SOURCE_ONNX_SHA256_KEY: src.sha256,
+        FP16_KEY: json.dumps({"converter": f"onnxconverter-common {_version('onnxconverter-common')}",
                                           "io": "float32", "fp32_nodes": blocked}),
     })
     with atomic_path(output) as tmp:
@@ -80,7 +81,7 @@ def convert_fp16(
         gate = _gate(min_agreement, FP16_MIN_AGREEMENT, src, data)
         _enforce(comparison, gate, "FP16", output, "Lower --min-agreement if this difference is acceptable.")
         # Record the check in the file itself, then write again (the check ran on these exact weights).
-        props["resnet_deploy.verification"] = json.dumps(_verification(comparison, data))
+        props[VERIFICATION_KEY] = json.dumps(_verification(comparison, data))
         set_metadata(model16, props)
         onnx.save(model16, str(tmp))
     if not comparison.finite:

@@ -8,6 +8,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+from resnet_deploy.artifacts import (
+    CALIBRATION_KEY,
+    FP16_REMAINDER_KEY,
+    QUANTIZATION_KEY,
+    SOURCE_ONNX_SHA256_KEY,
+    VERIFICATION_KEY,
+)
 from resnet_deploy.atomic import atomic_path, sha256_file
 from resnet_deploy.errors import UsageError
 from resnet_deploy.onnx_check import LogitComparison, compare_logits, run_logits
@@ -129,15 +136,15 @@ def quantize_int8(
         props = dict(src.props)
         props.update({
             PRECISION_KEY: "int8",
-            "resnet_deploy.fp16_remainder": "true" if fp16_remainder else "false",
-            "resnet_deploy.source_onnx_sha256": src.sha256,
-            "resnet_deploy.quantization": json.dumps({
+            FP16_REMAINDER_KEY: "true" if fp16_remainder else "false",
+            SOURCE_ONNX_SHA256_KEY: src.sha256,
+            QUANTIZATION_KEY: json.dumps({
                 "format": "QDQ", "weights": "int8, per-channel (output channel), symmetric",
                 "activations": "int8, per-tensor, symmetric (zero point 0)", "bias": "float",
                 "remainder": "fp16" if fp16_remainder else "fp32", "tool": f"onnxruntime {_version('onnxruntime')}",
             }),
-            "resnet_deploy.calibration": json.dumps(_calibration_prop(report)),
-            "resnet_deploy.verification": json.dumps(_verification(comparison, data)),
+            CALIBRATION_KEY: json.dumps(_calibration_prop(report)),
+            VERIFICATION_KEY: json.dumps(_verification(comparison, data)),
         })
         set_metadata(model, props)
         drop_unused_opsets(model)

@@ -23,7 +23,6 @@ precision model; then the JSON manifest `<artifact>.json` is written beside it.
 
 from __future__ import annotations
 
-import datetime as _dt
 import json
 import tempfile
 import time
@@ -33,13 +32,26 @@ from typing import Any
 
 import numpy as np
 
-from resnet_deploy.artifacts import manifest_path
-from resnet_deploy.atomic import atomic_path, sha256_file, write_text
-from resnet_deploy.card import CARD_METADATA_KEY, ModelCard
+from resnet_deploy.artifacts import (
+    ARTIFACT_KEY,
+    CALIBRATION_KEY,
+    CARD_KEY,
+    FP16_REMAINDER_KEY,
+    ONNXRUNTIME_KEY,
+    PRECISION_KEY,
+    QUANTIZATION_KEY,
+    SOURCE_ONNX_SHA256_KEY,
+    SUFFIXES,
+    VERIFICATION_KEY,
+    Manifest,
+    manifest_versions,
+)
+from resnet_deploy.atomic import atomic_path, sha256_file
+from resnet_deploy.card import ModelCard
 from resnet_deploy.errors import BackendUnavailable, CheckFailed, UsageError
-from resnet_deploy.precision import ARTIFACT_KEY, PRECISION_KEY, set_metadata
+from resnet_deploy.precision import set_metadata
+from resnet_deploy.targets.base import BuildResult, Target, TargetRequest
 
-MANIFEST_FORMAT = "resnet-deploy/onnxruntime"
 OPTIMIZATION_LEVEL = "basic"
 MIN_AGREEMENT = 99.0  # artifact vs precision model on real images: the same graph, only kernels differ
 DEVICES = {"cpu": ["CPUExecutionProvider"], "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"]}
@@ -59,9 +71,11 @@ class OnnxRuntimeBuildResult:
     sha256: str
     seconds: float
     notes: list[str] = field(default_factory=list)
+    manifest: Manifest | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
+        data.pop("manifest")
         data["path"], data["manifest_path"] = str(self.path), str(self.manifest_path)
         return data
 
@@ -89,7 +103,7 @@ def build_onnxruntime_artifact(
     if missing:
         raise BackendUnavailable(f"ONNX Runtime has no {', '.join(missing)} here (available: "
                                  f"{', '.join(ort.get_available_providers())}); install onnxruntime-gpu with CUDA")
-    if output.suffix.lower() != ".onnx":
+    if output.suffix.lower() not in SUFFIXES["onnxruntime"]:
         raise UsageError(f"{output}: an ONNX Runtime artifact is an .onnx file")
     if output.resolve() == source.resolve():
         raise UsageError(f"{output}: the artifact would overwrite its source; choose another --output")
@@ -97,12 +111,12 @@ def build_onnxruntime_artifact(
     props = {p.key: p.value for p in model.metadata_props}
     if ARTIFACT_KEY in props:
         raise UsageError(f"{source}: already an ONNX Runtime artifact ({props[ARTIFACT_KEY]})")
-    if CARD_METADATA_KEY not in props:
+    if CARD_KEY not in props:
         raise UsageError(f"{source}: the ONNX model carries no resnet-deploy model card in its metadata; "
                          "export it with `resnet-deploy export`")
-    card = ModelCard.from_json(props[CARD_METADATA_KEY])
+    card = ModelCard.from_json(props[CARD_KEY])
     precision = props.get(PRECISION_KEY) or graph_precision(source)
-    fp16_remainder = props.get("resnet_deploy.fp16_remainder") == "true"
+    fp16_remainder = props.get(FP16_REMAINDER_KEY) == "true"
     notes: list[str] = []
     rewritten = 0
     if precision == "int8" and device == "cpu":
@@ -111,7 +125,7 @@ def build_onnxruntime_artifact(
         notes.append("ONNX Runtime's CPU provider has no FP16 convolution kernels: it casts to FP32 and computes in "
                      "FP32 (the saved graph shows the Casts). FP16 pays off with --target tensorrt or openvino")
     props[ARTIFACT_KEY] = f"onnxruntime-{device}"
-    props["resnet_deploy.onnxruntime"] = json.dumps({
+    props[ONNXRUNTIME_KEY] = json.dumps({
         "optimization_level": OPTIMIZATION_LEVEL, "providers": providers, "s8_to_u8_pairs": rewritten,
         "onnxruntime": ort.__version__, "source_sha256": sha256_file(source),
     })
@@ -138,35 +152,22 @@ def build_onnxruntime_artifact(
                                   f"({check['agreement']:.2f}% top-1 agreement, max |Δ logit| "
                                   f"{check['max_abs_logit_diff']:.3g}); nothing was written")
 
-    manifest = {
-        "format": MANIFEST_FORMAT,
-        "format_version": 1,
-        "backend": "onnxruntime",
-        "artifact": output.name,
-        "sha256": sha256_file(output),
-        "precision": precision,
-        "fp16_remainder": fp16_remainder,
-        "device": device,
-        "providers": providers,
-        "optimization_level": OPTIMIZATION_LEVEL,
-        "s8_to_u8_pairs": rewritten,
-        "calibration": _json_prop(props, "resnet_deploy.calibration"),
-        "quantization": _json_prop(props, "resnet_deploy.quantization"),
-        "precision_check": _json_prop(props, "resnet_deploy.verification"),
-        "artifact_check": check,
-        "source_onnx": {"path": str(source), "sha256": sha256_file(source)},
-        "fp32_source_sha256": props.get("resnet_deploy.source_onnx_sha256") or sha256_file(source),
-        "card": card.to_dict(),
-        "built_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "versions": _versions(),
-        "notes": notes,
-    }
-    manifest_file = manifest_path(output)
-    write_text(manifest_file, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    seconds = time.perf_counter() - started
+    manifest = Manifest(
+        backend="onnxruntime", artifact=output.name, sha256=sha256_file(output), precision=precision,
+        source_onnx={"path": str(source), "sha256": sha256_file(source), "precision": precision},
+        card=card.to_dict(), artifact_check=check, precision_check=_json_prop(props, VERIFICATION_KEY),
+        fp16_remainder=fp16_remainder, build_seconds=round(seconds, 3), versions=manifest_versions(), notes=notes,
+        target={"device": device, "providers": providers, "optimization_level": OPTIMIZATION_LEVEL,
+                "s8_to_u8_pairs": rewritten, "calibration": _json_prop(props, CALIBRATION_KEY),
+                "quantization": _json_prop(props, QUANTIZATION_KEY),
+                "fp32_source_sha256": props.get(SOURCE_ONNX_SHA256_KEY) or sha256_file(source)},
+    )
+    manifest_file = manifest.write(output)
     return OnnxRuntimeBuildResult(
         path=output, manifest_path=manifest_file, precision=precision, fp16_remainder=fp16_remainder,
         device=device, providers=providers, optimization_level=OPTIMIZATION_LEVEL, s8_to_u8_pairs=rewritten,
-        check=check, sha256=manifest["sha256"], seconds=time.perf_counter() - started, notes=notes,
+        check=check, sha256=manifest.sha256, seconds=seconds, notes=notes, manifest=manifest,
     )
 
 
@@ -217,10 +218,10 @@ def _check(artifact: Path, source: Path, images: np.ndarray | None, card: ModelC
     fresh = session(artifact, level="all", providers=providers)
     props = fresh.get_modelmeta().custom_metadata_map
     comparison = compare_models(session(source, providers=providers), fresh, images)
-    passed = comparison.finite and CARD_METADATA_KEY in props
+    passed = comparison.finite and CARD_KEY in props
     if data == "images":
         passed = passed and comparison.agreement >= MIN_AGREEMENT
-    return {"reference": source.name, "data": data, "loads": True, "card_in_metadata": CARD_METADATA_KEY in props,
+    return {"reference": source.name, "data": data, "loads": True, "card_in_metadata": CARD_KEY in props,
             "passed": bool(passed), **comparison.to_dict()}
 
 
@@ -234,9 +235,31 @@ def _json_prop(props: dict[str, str], key: str) -> Any:
         return text
 
 
-def _versions() -> dict[str, str | None]:
-    from resnet_deploy import __version__
-    from resnet_deploy.environment import library_versions
+class OnnxRuntimeTarget(Target):
+    """The precision ONNX optimized offline for one ONNX Runtime execution provider (`.{device}.onnx`)."""
 
-    found = library_versions()
-    return {"resnet_deploy": __version__, **{k: found.get(k) for k in ("onnxruntime", "onnx", "torch")}}
+    name = "onnxruntime"
+
+    def default_suffix(self, device: str = "cpu") -> str:
+        return f".{device}.onnx"
+
+    def usable(self, device: str | None = None) -> tuple[bool, str]:
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            return False, "onnxruntime is not installed (pip install onnxruntime)"
+        if device is not None and device.startswith("cuda") and \
+                "CUDAExecutionProvider" not in ort.get_available_providers():
+            return False, ("ONNX Runtime has no CUDA provider here; install onnxruntime-gpu and CUDA, or use "
+                           "--device cpu")
+        return True, ""
+
+    def build(self, request: TargetRequest) -> BuildResult:
+        result = build_onnxruntime_artifact(request.model, request.output, device=request.device,
+                                            check_images=request.check_images)
+        check = result.check
+        row = (f"top-1 agreement {check['agreement']:.2f}% with the precision model, max |Δ logit| "
+               f"{check['max_abs_logit_diff']:.4g} ({check['data']})")
+        assert result.manifest is not None
+        return BuildResult(self.name, result.path, result.manifest_path, result.manifest,
+                           summary=[("artifact check", row)], warnings=list(result.notes), details=result.to_dict())

@@ -23,25 +23,22 @@ leaves a half-written IR under the final name.
 
 from __future__ import annotations
 
-import datetime as _dt
-import json
 import os
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from resnet_deploy.artifacts import manifest_path
-from resnet_deploy.atomic import sha256_file, write_text
+from resnet_deploy.artifacts import SUFFIXES, Manifest, manifest_versions, onnx_stem
+from resnet_deploy.atomic import sha256_file
 from resnet_deploy.card import ModelCard
 from resnet_deploy.errors import BackendUnavailable, CheckFailed, UsageError
+from resnet_deploy.targets.base import BuildResult, Target, TargetRequest, precision_check_of
 
-MANIFEST_FORMAT = "resnet-deploy/openvino-ir"
-MANIFEST_FORMAT_VERSION = 1
 INSTALL_HINT = "OpenVINO is not installed (pip install 'resnet-deploy[openvino]')"
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 DEFAULT_HINTS: dict[str, str | None] = {"fp32": "f32", "bf16": "bf16", "fp16": "f16", "int8": None}
@@ -88,7 +85,7 @@ def openvino_usable() -> tuple[bool, str]:
 def default_ir_path(onnx_path: str | Path, precision: str) -> Path:
     """model.onnx → model.xml (fp32) / model.bf16.xml; model.int8.onnx → model.int8.xml."""
     source = Path(onnx_path)
-    stem = source.name[: -len(".onnx")] if source.name.lower().endswith(".onnx") else source.stem
+    stem = onnx_stem(source)
     if precision != "fp32" and not stem.endswith(f".{precision}"):
         stem = f"{stem}.{precision}"
     return source.with_name(f"{stem}.xml")
@@ -113,7 +110,7 @@ def build_openvino_ir(
         raise UsageError(f"OpenVINO precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if not source.is_file():
         raise UsageError(f"{source}: no such file")
-    if output.suffix.lower() != ".xml":
+    if output.suffix.lower() not in SUFFIXES["openvino"]:
         raise UsageError(f"{output}: an OpenVINO IR is named .xml (its weights go beside it as .bin)")
     hint = hint_type_name(inference_precision) if inference_precision is not None else DEFAULT_HINTS[precision]
     card_dict = _card_dict(card, source)
@@ -149,33 +146,27 @@ def build_openvino_ir(
         shutil.rmtree(staging, ignore_errors=True)
 
     notes = _notes(precision, hint, runtime)
-    manifest = {
-        "format": MANIFEST_FORMAT,
-        "format_version": MANIFEST_FORMAT_VERSION,
-        "openvino_version": ov.get_version(),
-        "precision": precision,
-        "inference_precision_hint": hint,
-        "runtime_precision": runtime,
-        "compressed_to_fp16": compress,
-        "built_on": {"device": describe.get("ov_device"), "device_name": describe.get("device_name"),
-                     "inference_precision": describe.get("inference_precision")},
-        "check": {"images": CHECK_IMAGES, "max_abs_logit_diff": max_diff, "agreement": agreement,
-                  "reference": "source ONNX on ONNX Runtime (CPU), random images"},
-        "source_onnx": {"path": str(source), "sha256": sha256_file(source), "precision": source_precision},
-        "xml_sha256": sha256_file(output),
-        "bin_sha256": sha256_file(bin_path),
-        "card": card_dict,
-        "built_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "versions": _versions(),
-        "notes": notes,
-    }
-    manifest_file = manifest_path(output)
-    write_text(manifest_file, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    seconds = time.perf_counter() - started
+    xml_sha256 = sha256_file(output)
+    manifest = Manifest(
+        backend="openvino", artifact=output.name, sha256=xml_sha256, precision=precision,
+        source_onnx={"path": str(source), "sha256": sha256_file(source), "precision": source_precision},
+        card=card_dict, precision_check=precision_check_of(source), build_seconds=round(seconds, 3),
+        artifact_check={"images": CHECK_IMAGES, "max_abs_logit_diff": max_diff, "agreement": agreement,
+                        "reference": "source ONNX on ONNX Runtime (CPU), random images"},
+        versions=manifest_versions(), notes=notes,
+        target={"openvino_version": ov.get_version(), "inference_precision_hint": hint,
+                "runtime_precision": runtime, "compressed_to_fp16": compress,
+                "built_on": {"device": describe.get("ov_device"), "device_name": describe.get("device_name"),
+                             "inference_precision": describe.get("inference_precision")},
+                "xml_sha256": xml_sha256, "bin_sha256": sha256_file(bin_path)},
+    )
+    manifest_file = manifest.write(output)
     return OpenVINOBuildResult(
         path=output, bin_path=bin_path, manifest_path=manifest_file, precision=precision,
         inference_precision=hint, runtime_precision=runtime, compressed_to_fp16=compress,
-        source_sha256=manifest["source_onnx"]["sha256"], max_abs_logit_diff=max_diff, agreement=agreement,
-        seconds=time.perf_counter() - started, notes=notes, manifest=manifest,
+        source_sha256=manifest.source_onnx["sha256"], max_abs_logit_diff=max_diff, agreement=agreement,
+        seconds=seconds, notes=notes, manifest=manifest.to_dict(),
     )
 
 
@@ -225,15 +216,26 @@ def _notes(precision: str, hint: str | None, runtime: str) -> list[str]:
     return notes
 
 
-def _versions() -> dict[str, str | None]:
-    from resnet_deploy import __version__
-    from resnet_deploy.environment import library_versions
-
-    found = library_versions()
-    return {"resnet_deploy": __version__, **{k: found.get(k) for k in ("openvino", "onnx", "onnxruntime")}}
-
-
 def _first_line(exc: BaseException) -> str:
     from engines.openvino_engine import ov_message
 
     return ov_message(exc)
+
+
+class OpenVINOTarget(Target):
+    """OpenVINO IR (.xml + .bin) for the CPU, with the inference precision stored in the IR."""
+
+    name = "openvino"
+
+    def usable(self, device: str | None = None) -> tuple[bool, str]:
+        if device is not None and device.startswith("cuda"):
+            return False, "OpenVINO runs on CPUs (and Intel GPUs), not CUDA; use --device cpu"
+        return openvino_usable()
+
+    def build(self, request: TargetRequest) -> BuildResult:
+        result = build_openvino_ir(request.model, request.output, precision=request.precision, card=request.card)
+        row = (f"runs as {result.runtime_precision}; top-1 agreement {100 * result.agreement:.1f}% with the source "
+               f"ONNX on ONNX Runtime, max |Δ logit| {result.max_abs_logit_diff:.4g} (random inputs)")
+        details = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(result).items()}
+        return BuildResult(self.name, result.path, result.manifest_path, Manifest.from_dict(result.manifest),
+                           summary=[("artifact check", row)], warnings=list(result.notes), details=details)

@@ -17,17 +17,18 @@ Python API, strong typing, version/hardware compatibility) and `engines/tensorrt
 
 from __future__ import annotations
 
-import datetime as _dt
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from resnet_deploy.atomic import sha256_file, write_bytes, write_text
+from resnet_deploy.artifacts import SUFFIXES, Manifest, manifest_versions
+from resnet_deploy.atomic import sha256_file, write_bytes
 from resnet_deploy.errors import BackendUnavailable, CheckFailed, UsageError
+from resnet_deploy.targets.base import BuildResult, Target, TargetRequest, precision_check_of
 
 PRECISIONS = ("fp32", "fp16", "int8")
-PLAN_SUFFIXES = (".plan", ".engine")
+PLAN_SUFFIXES = SUFFIXES["tensorrt"]
 _SIZE_UNITS = {"": 1, "b": 1, "k": 1 << 10, "kb": 10**3, "kib": 1 << 10, "m": 1 << 20, "mb": 10**6,
                "mib": 1 << 20, "g": 1 << 30, "gb": 10**9, "gib": 1 << 30}
 
@@ -162,13 +163,10 @@ def build_tensorrt_engine(onnx_path: str | Path, output: str | Path, *, precisio
     warnings.extend(built.warnings[-10:])
 
     gpu_name, capability, driver = _current_gpu()
-    manifest = _manifest(built, onnx_path, precision, options, card_dict, summary.counts, verdict.to_dict(),
+    manifest = _manifest(built, onnx_path, output, precision, options, card_dict, summary.counts, verdict.to_dict(),
                          gpu_name, capability, driver)
-    from engines.tensorrt.manifest import manifest_path
-
     write_bytes(output, built.plan)
-    manifest_file = manifest_path(output)
-    write_text(manifest_file, manifest.to_json())
+    manifest_file = manifest.write(output)
     return TensorRTBuildResult(
         plan_path=output, manifest_path=manifest_file, precision=precision, layer_precisions=summary.counts,
         precision_check=verdict.to_dict(), batch_profile=built.batch_profile,
@@ -205,37 +203,59 @@ def _current_gpu() -> tuple[str, str, str | None]:
     return props.name, f"{props.major}.{props.minor}", driver
 
 
-def _manifest(built: Any, onnx_path: Path, precision: str, options: TensorRTBuildOptions,
+def _manifest(built: Any, onnx_path: Path, output: Path, precision: str, options: TensorRTBuildOptions,
               card: dict[str, Any] | None, counts: dict[str, int], check: dict[str, Any], gpu_name: str,
-              capability: str, driver: str | None) -> Any:
+              capability: str, driver: str | None) -> Manifest:
+    """The one Manifest; `target` carries the fields `engines.tensorrt.manifest.EngineManifest` reads back."""
     import hashlib
 
     import torch
 
-    from engines.tensorrt.manifest import EngineManifest
     from engines.tensorrt.support import format_version
-    from resnet_deploy import __version__
 
     low, opt, high = built.batch_profile
-    return EngineManifest(
-        tensorrt_version=built.tensorrt_version,
-        gpu_name=gpu_name,
-        compute_capability=capability,
-        precision=precision,
-        batch_profile={"min": low, "opt": opt, "max": high},
-        plan_version=format_version(built.plan_version) if built.plan_version else None,
-        cuda_version=torch.version.cuda,
-        layer_precisions=counts,
-        precision_check=check,
-        input=built.input.to_dict(),
-        output=built.output.to_dict(),
-        build_options={**options.to_dict(), "strongly_typed": True, "tf32": built.tf32,
-                       "timing_cache_status": built.timing_cache_status},
+    plan_sha256 = hashlib.sha256(built.plan).hexdigest()
+    return Manifest(
+        backend="tensorrt", artifact=output.name, sha256=plan_sha256, precision=precision,
         source_onnx={"path": str(onnx_path), "sha256": sha256_file(onnx_path), "precision": precision},
-        plan_sha256=hashlib.sha256(built.plan).hexdigest(),
-        card=card,
+        card=card, artifact_check=check, precision_check=precision_check_of(onnx_path),
         build_seconds=round(built.build_seconds, 3),
-        built_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        versions={"resnet_deploy": __version__, "tensorrt": built.tensorrt_version, "torch": torch.__version__,
-                  "nvidia_driver": driver},
+        versions=manifest_versions(("tensorrt", built.tensorrt_version), ("nvidia_driver", driver)),
+        target={
+            "tensorrt_version": built.tensorrt_version,
+            "gpu": {"name": gpu_name, "compute_capability": capability},
+            "batch_profile": {"min": low, "opt": opt, "max": high},
+            "plan_version": format_version(built.plan_version) if built.plan_version else None,
+            "cuda_version": torch.version.cuda,
+            "layer_precisions": counts,
+            "input": built.input.to_dict(),
+            "output": built.output.to_dict(),
+            "build_options": {**options.to_dict(), "strongly_typed": True, "tf32": built.tf32,
+                              "timing_cache_status": built.timing_cache_status},
+            "plan_sha256": plan_sha256,
+        },
     )
+
+
+class TensorRTTarget(Target):
+    """A strongly typed TensorRT plan (.plan), built on this machine's GPU."""
+
+    name = "tensorrt"
+
+    def usable(self, device: str | None = None) -> tuple[bool, str]:
+        if device is not None and not device.startswith("cuda"):
+            return False, "TensorRT needs an NVIDIA GPU; use --device cuda"
+        return tensorrt_usable()
+
+    def build(self, request: TargetRequest) -> BuildResult:
+        precision = "fp32" if request.precision == "bf16" else request.precision
+        result = build_tensorrt_engine(request.model, request.output, precision=precision,
+                                       options=request.tensorrt, card=request.card)
+        from resnet_deploy.artifacts import read_manifest
+
+        layers = ", ".join(f"{k} {v}" for k, v in sorted(result.layer_precisions.items()))
+        row = f"{layers} (TensorRT {result.tensorrt_version}, {result.gpu_name})"
+        return BuildResult(self.name, result.plan_path, result.manifest_path,
+                           Manifest.from_dict(read_manifest(result.plan_path) or {}),
+                           summary=[("engine layers", row)], warnings=list(result.warnings),
+                           details=result.to_dict())

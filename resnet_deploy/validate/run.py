@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -30,6 +30,9 @@ from resnet_deploy.validate.parity import (
     softmax,
     topk_indices,
 )
+
+if TYPE_CHECKING:
+    from resnet_deploy.artifacts import Artifact
 
 TOPK = 5
 SKIPPED_PATHS_KEPT = 100  # the JSON/report lists this many skipped files, then counts the rest
@@ -191,17 +194,19 @@ def _same_file(a: Path, b: Path) -> bool:
         return a == b
 
 
-def artifact_lineage(path: Path, card: Any) -> dict[str, Any]:
-    """Where an artifact came from: its hash, the card's lineage, its manifest and ONNX metadata."""
-    from resnet_deploy.artifacts import ONNX_CARD_KEY, backend_for, onnx_metadata, read_manifest
+def artifact_lineage(artifact: Artifact) -> dict[str, Any]:
+    """Where an artifact came from: its hash, the card's lineage, its manifest and ONNX metadata (read once)."""
+    from resnet_deploy.artifacts import CARD_KEY
     from resnet_deploy.atomic import sha256_file
 
-    lineage: dict[str, Any] = {"sha256": sha256_file(path), "arch": card.arch, "card_lineage": dict(card.lineage)}
-    manifest = read_manifest(path)
+    card = artifact.card
+    lineage: dict[str, Any] = {"sha256": sha256_file(artifact.path), "arch": card.arch,
+                               "card_lineage": dict(card.lineage)}
+    manifest = artifact.manifest_dict
     if manifest:
         lineage["manifest"] = {k: v for k, v in manifest.items() if k != "card"}
-    if backend_for(path) == "onnxruntime":
-        lineage["onnx_metadata"] = {k: v for k, v in onnx_metadata(path).items() if k != ONNX_CARD_KEY}
+    if artifact.backend == "onnxruntime":
+        lineage["onnx_metadata"] = {k: v for k, v in artifact.metadata.items() if k != CARD_KEY}
     return lineage
 
 
@@ -238,7 +243,7 @@ def validate(
 
     Raises UsageError for bad input (a missing file, classes that disagree with a card, a corrupt image
     without `skip_bad`); gate failures are recorded in the result, not raised."""
-    from resnet_deploy.artifacts import artifact_card, backend_for, open_engine
+    from resnet_deploy.artifacts import Artifact
     from resnet_deploy.data import (
         BadImageError,
         TenCrop,
@@ -260,8 +265,7 @@ def validate(
     if options.workers is not None and options.workers < 0:
         raise UsageError(f"--workers must be 0 or more, got {options.workers}")
     paths, ref_index = choose_reference([Path(a) for a in artifacts], Path(reference) if reference else None)
-    for path in paths:
-        backend_for(path)  # an unknown suffix is refused before anything is loaded
+    handles = [Artifact(path) for path in paths]  # an unknown suffix is refused before anything is loaded
 
     dataset = open_dataset(data, options.split)
     available = len(dataset)
@@ -269,7 +273,7 @@ def validate(
         # Spread over classes: a plain prefix of a class-sorted folder would hold one class only.
         dataset = dataset.subset(stratified_indices(dataset.labels, options.limit))
 
-    cards = [artifact_card(path) for path in paths]
+    cards = [handle.require_file().card for handle in handles]
     for path, card in zip(paths, cards, strict=True):
         check_classes(dataset, card.class_names, str(path))
 
@@ -284,10 +288,10 @@ def validate(
     labels = _display_labels(paths)
     runs: list[_Artifact] = []
     try:
-        for path, label, card in zip(paths, labels, cards, strict=True):
-            engine = open_engine(path, device=options.device)
-            runs.append(_Artifact(path, label, card, engine, views[card.preprocessing], AccuracyTally(k),
-                                  ParityTally(k), artifact_lineage(path, card)))
+        for handle, label, card in zip(handles, labels, cards, strict=True):
+            engine = handle.open_engine(device=options.device)
+            runs.append(_Artifact(handle.path, label, card, engine, views[card.preprocessing], AccuracyTally(k),
+                                  ParityTally(k), artifact_lineage(handle)))
         ensemble = AccuracyTally(k) if options.ensemble and len(runs) > 1 else None
         ensemble_parity = ParityTally(k) if ensemble else None
         workers = default_workers() if options.workers is None else options.workers

@@ -1,0 +1,346 @@
+"""The one build pipeline: export if needed → precision (FP16 / calibrated INT8, made and checked in ONNX) → target.
+
+`build(BuildRequest)` is what `resnet-deploy build-engine` runs; bench and the demo call it (or its
+stages, `export_source`, `make_precision` and `compile_artifact`, when they cache the intermediate
+models themselves). Every usage error that needs no work is raised before any work is done. The
+library never prints: progress, notes and warnings go to the `BuildListener` the caller supplies.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from resnet_deploy.artifacts import onnx_stem
+from resnet_deploy.errors import UsageError
+from resnet_deploy.targets.base import BuildResult, Target, TargetRequest, resolve_target
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from resnet_deploy.card import ModelCard
+    from resnet_deploy.precision import PrecisionResult
+
+TARGETS = ("auto", "onnxruntime", "tensorrt", "openvino")
+CALIB_METHODS = ("entropy", "minmax", "percentile", "auto")
+DEVICES = ("cpu", "cuda")
+CHECK_IMAGES = 128  # real images an FP16 model is checked on (from calib_data)
+ARTIFACT_CHECK_IMAGES = 64  # real images an ONNX Runtime artifact is checked on against its precision model
+TENSORRT_FLAGS = {"min_batch": "--min-batch", "opt_batch": "--opt-batch", "max_batch": "--max-batch",
+                  "workspace_bytes": "--workspace", "opt_level": "--opt-level", "timing_cache": "--timing-cache",
+                  "version_compatible": "--version-compatible", "hardware_compatibility": "--hardware-compatibility"}
+
+
+@dataclass
+class BuildListener:
+    """Where the pipeline reports: `info`/`warn` get one line each, `progress` gets (phase, done, total)."""
+
+    info: Callable[[str], None] = lambda message: None
+    warn: Callable[[str], None] = lambda message: None
+    progress: Callable[[str, int, int], None] | None = None
+
+
+@dataclass(frozen=True)
+class BuildRequest:
+    onnx: Path | None = None  # the FP32 ONNX to start from; None: export `arch`/`checkpoint` first
+    arch: str | None = None
+    checkpoint: Path | None = None
+    num_classes: int | None = None
+    opset: int | None = None
+    fp16: bool = False
+    int8: bool = False
+    bf16: bool = False
+    calib_data: Path | None = None
+    calib_samples: int = 512
+    calib_method: str = "percentile"
+    calib_seed: int = 0
+    random_calibration: bool = False
+    min_agreement: float | None = None
+    target: str = "auto"
+    device: str = "cpu"
+    output: Path | None = None
+    tensorrt: dict[str, Any] = field(default_factory=dict)  # the TensorRT options given (TENSORRT_FLAGS keys)
+
+    @property
+    def tag(self) -> str:
+        """The precision as it appears in file names."""
+        if self.int8:
+            return "int8-fp16" if self.fp16 else "int8"
+        return "fp16" if self.fp16 else "bf16" if self.bf16 else "fp32"
+
+    @property
+    def precision(self) -> str:
+        return "int8" if self.int8 else "fp16" if self.fp16 else "bf16" if self.bf16 else "fp32"
+
+
+@dataclass
+class BuildReport:
+    target: str
+    target_reason: str
+    source: Path
+    source_sha256: str
+    exported: bool
+    precision: str
+    fp16_remainder: bool
+    precision_onnx: Path | None  # kept beside the artifact (None: FP32, or ONNX Runtime, where it is temporary)
+    precision_result: PrecisionResult | None
+    artifact: BuildResult
+    output: Path
+
+    def summary(self) -> list[tuple[str, str]]:
+        """(what, value) rows saying what was built, from what, and how each step was checked."""
+        remainder = " (FP16 remainder)" if self.fp16_remainder else ""
+        rows = [("target", f"{self.target} ({self.target_reason})"), ("source", str(self.source)),
+                ("precision", self.precision + remainder)]
+        precision = self.precision_result
+        if precision is not None:
+            gate = f", gate {precision.gate:g}%" if precision.gate is not None else ", informational"
+            rows.append(("vs FP32", f"top-1 agreement {precision.agreement:.2f}%, max |Δ logit| "
+                                    f"{precision.max_abs_logit_diff:.4g} on {precision.check_images} "
+                                    f"{precision.check_data}{gate}"))
+            calib = precision.calibration
+            if calib is not None:
+                caches = ", ".join(f"{m}: {s['cache']['status']}" for m, s in calib.scores.items())
+                method = calib.method if calib.requested == calib.method else f"{calib.requested} → {calib.method}"
+                where = "random images" if calib.random else f"images from {calib.data}"
+                rows.append(("calibration", f"{method}, {calib.samples} {where}, seed {calib.seed}; cache {caches}"))
+            if self.precision_onnx is not None:
+                rows.append(("precision ONNX", str(self.precision_onnx)))
+        return [*rows, *self.artifact.summary, ("artifact", str(self.output)),
+                ("manifest", str(self.artifact.manifest_path))]
+
+    def to_dict(self) -> dict[str, Any]:
+        check = None
+        if self.precision_result is not None:
+            # Where the precision model is now: beside the artifact, or nowhere (it was a temporary file).
+            check = {**self.precision_result.to_dict(),
+                     "path": str(self.precision_onnx) if self.precision_onnx is not None else None}
+        return {
+            "target": self.target,
+            "target_reason": self.target_reason,
+            "source_onnx": {"path": str(self.source), "sha256": self.source_sha256, "exported": self.exported},
+            "precision": self.precision,
+            "fp16_remainder": self.fp16_remainder,
+            "precision_onnx": str(self.precision_onnx) if self.precision_onnx is not None else None,
+            "precision_check": check,
+            "artifact": self.artifact.to_dict(),
+            "output": str(self.output),
+        }
+
+
+def build(request: BuildRequest, listener: BuildListener | None = None) -> BuildReport:
+    """Build the artifact `request` asks for; raises UsageError/BackendUnavailable/CheckFailed (writing nothing)."""
+    say = listener or BuildListener()
+    check_request(request)
+    target, reason = resolve_target(request.target, request.device)
+    say.info(f"target: {target.name} ({reason})")
+    for message in check_for_target(request, target.name):
+        say.warn(message)
+    trt_options = tensorrt_options(request.tensorrt) if target.name == "tensorrt" else None
+
+    source, exported = export_source(request, say)
+    from resnet_deploy.precision import read_source
+
+    src = read_source(source)
+    output = request.output if request.output is not None else default_output(source, request.tag, target,
+                                                                                request.device)
+    check_output(output, target, source)
+    if request.calib_data is not None and not (request.int8 or request.fp16):
+        say.warn("--calib-data ignored: it calibrates --int8 (and checks --fp16)")
+
+    with tempfile.TemporaryDirectory(prefix="resnet-deploy-build-") as tmp:
+        # ONNX Runtime ships the precision model itself (optimized): it is a temporary file there.
+        keep = target.name != "onnxruntime"
+        folder = output.parent if keep else Path(tmp)
+        precision_path = folder / f"{onnx_stem(source)}.{request.tag}.onnx"
+        result = None
+        if request.int8 or request.fp16:
+            if precision_path.resolve() == source.resolve():
+                raise UsageError(f"{source}: the {request.tag} model would overwrite its FP32 source; rename the "
+                                 "source")
+            result = make_precision(src, precision_path, request, say, cache_base=precision_path if keep else output)
+        model = precision_path if result is not None else source
+        say.info(f"building the {target.name} artifact → {output}")
+        images = None
+        if target.name == "onnxruntime" and request.calib_data is not None:
+            images = real_images(request.calib_data, src.card, ARTIFACT_CHECK_IMAGES, 1)
+        built = compile_artifact(target, model, output, precision=request.precision, card=src.card,
+                                 device=request.device, check_images=images, tensorrt=trt_options)
+        for message in built.warnings:
+            say.warn(message)
+    return BuildReport(target.name, reason, source, src.sha256, exported, request.precision,
+                       bool(request.int8 and request.fp16), model if result is not None and keep else None,
+                       result, built, output)
+
+
+def compile_artifact(target: Target | str, model: Path, output: Path, *, precision: str, card: ModelCard,
+                     device: str = "cpu", check_images: np.ndarray | None = None,
+                     tensorrt: Any = None) -> BuildResult:
+    """The target step alone: compile an ONNX model that already carries `precision`."""
+    if isinstance(target, str):
+        from resnet_deploy.targets.base import get_target
+
+        target = get_target(target)
+    return target.build(TargetRequest(model=model, output=output, precision=precision, card=card, device=device,
+                                      check_images=check_images, tensorrt=tensorrt))
+
+
+# --- checks that need no work ---------------------------------------------------------------------------------
+
+
+def check_request(request: BuildRequest) -> None:
+    """Every usage error that needs no work done, before any work is done."""
+    export_flags = (request.arch, request.checkpoint, request.num_classes, request.opset)
+    if request.onnx is not None and any(flag is not None for flag in export_flags):
+        raise UsageError("give --onnx PATH or the export flags (--depth/--arch/--checkpoint/--num-classes/--opset), "
+                         "not both")
+    if request.onnx is None and request.arch is None and request.checkpoint is None:
+        raise UsageError("name a model: --onnx PATH (from `resnet-deploy export`), or --depth/--arch/--checkpoint "
+                         "to export one first")
+    if request.onnx is not None and not request.onnx.is_file():
+        raise UsageError(f"{request.onnx}: no such ONNX file")
+    if request.target not in TARGETS:
+        raise UsageError(f"--target must be one of {', '.join(TARGETS)}, got {request.target!r}")
+    if request.device not in DEVICES:
+        raise UsageError(f"--device must be cpu or cuda, got {request.device!r}")
+    if request.calib_method not in CALIB_METHODS:
+        raise UsageError(f"--calib-method must be one of {', '.join(CALIB_METHODS)}, got {request.calib_method!r}")
+    if request.calib_samples < 1:
+        raise UsageError(f"--calib-samples must be positive, got {request.calib_samples}")
+    if request.bf16 and (request.fp16 or request.int8):
+        raise UsageError("--bf16 is the OpenVINO inference precision of the FP32 model; it does not combine with "
+                         "--fp16 or --int8")
+    if request.int8 and request.calib_data is None and not request.random_calibration:
+        raise UsageError("--int8 needs calibration images: pass --calib-data DIR (any folder of images, e.g. a few "
+                         "hundred from the training set), or --random-calibration for latency work only")
+    if request.random_calibration and request.calib_data is not None:
+        raise UsageError("give --calib-data or --random-calibration, not both")
+    if request.random_calibration and not request.int8:
+        raise UsageError("--random-calibration calibrates --int8; add --int8")
+    if request.calib_data is not None and not request.calib_data.is_dir():
+        raise UsageError(f"{request.calib_data}: no such calibration folder")
+
+
+def check_for_target(request: BuildRequest, target: str) -> list[str]:
+    """The checks that depend on the target `auto` chose; returns warnings (TensorRT flags `auto` cannot use)."""
+    if request.bf16 and target != "openvino":
+        raise UsageError(f"--bf16 is an OpenVINO inference precision; the target is {target} (use --target openvino)")
+    if request.int8 and request.fp16 and target == "openvino":
+        raise UsageError("--int8 --fp16 makes an FP16 remainder for TensorRT; OpenVINO picks the precision of the "
+                         "layers it does not quantize itself (its inference precision): use --int8 alone")
+    given = [k for k, v in request.tensorrt.items() if v is not None and v is not False]
+    if not given or target == "tensorrt":
+        return []
+    flags = ", ".join(TENSORRT_FLAGS[k] for k in given)
+    if request.target != "auto":
+        raise UsageError(f"{flags}: TensorRT options, but the target is {target}")
+    return [f"{flags} ignored: TensorRT options, but the target is {target}"]
+
+
+def tensorrt_options(given: dict[str, Any]) -> Any:
+    from resnet_deploy.targets.tensorrt import TensorRTBuildOptions, parse_byte_size
+
+    given = {k: v for k, v in given.items() if v is not None and v is not False}
+    if "workspace_bytes" in given:
+        given = {**given, "workspace_bytes": parse_byte_size(given["workspace_bytes"])}
+    return TensorRTBuildOptions(**given).validated()
+
+
+# --- files ----------------------------------------------------------------------------------------------------
+
+
+def default_output(source: Path, tag: str, target: Target, device: str) -> Path:
+    """resnet50.onnx → resnet50.int8.cpu.onnx (ONNX Runtime), resnet50.int8.plan, resnet50.int8.xml."""
+    return source.with_name(f"{onnx_stem(source)}.{tag}{target.default_suffix(device)}")
+
+
+def check_output(path: Path, target: Target, source: Path) -> None:
+    if path.suffix.lower() not in target.suffixes:
+        raise UsageError(f"--output {path}: a {target.name} artifact is named {' or '.join(target.suffixes)}")
+    if path.resolve() == source.resolve():
+        raise UsageError(f"--output {path} is the source model; choose another name")
+    if path.is_dir():
+        raise UsageError(f"--output {path} is a folder; give a file name")
+
+
+# --- the stages -----------------------------------------------------------------------------------------------
+
+
+def export_source(request: BuildRequest, say: BuildListener) -> tuple[Path, bool]:
+    """The FP32 ONNX to start from: `request.onnx`, or a fresh export of the named model (card in its metadata)."""
+    if request.onnx is not None:
+        return request.onnx, False
+    from resnet_deploy.checkpoints import load_model, random_model
+    from resnet_deploy.export import default_output_path
+
+    if request.checkpoint is None:
+        assert request.arch is not None
+        loaded = random_model(request.arch, num_classes=request.num_classes)
+        say.warn(f"no --checkpoint: exporting {request.arch} with RANDOM weights (fine for latency work, useless "
+                 "for accuracy)")
+    else:
+        loaded = load_model(request.checkpoint, arch=request.arch, num_classes=request.num_classes)
+    folder = request.output.parent if request.output is not None else Path(".")
+    return export_model(loaded, folder / default_output_path(loaded.card.arch).name, say, opset=request.opset), True
+
+
+def export_model(loaded: Any, path: Path, say: BuildListener, *, opset: int | None = None) -> Path:
+    """The FP32 ONNX of a loaded model (dynamic batch, verified against PyTorch), card in its metadata."""
+    from resnet_deploy.export import export_onnx
+
+    say.info(f"exporting {loaded.card.arch} → {path}")
+    return Path(export_onnx(loaded, path, opset=opset).path)
+
+
+def make_precision(src: Any, path: Path, request: BuildRequest, say: BuildListener, *,
+                   cache_base: Path | None = None) -> PrecisionResult:
+    """The FP16 or calibrated INT8 ONNX of the FP32 source `src` (from `precision.read_source`), at `path`."""
+    from resnet_deploy.precision import convert_fp16, quantize_int8
+
+    if request.int8:
+        what = "random images" if request.random_calibration else str(request.calib_data)
+        say.info(f"INT8: calibrating {src.path.name} on {what} ({request.calib_method}, {request.calib_samples} "
+                 f"images, seed {request.calib_seed})")
+        result = quantize_int8(src.path, path, calib_data=request.calib_data, samples=request.calib_samples,
+                               method=request.calib_method, fp16_remainder=request.fp16, seed=request.calib_seed,
+                               random_calibration=request.random_calibration, cache_base=cache_base,
+                               min_agreement=request.min_agreement, progress=say.progress)
+    else:
+        images = None
+        if request.calib_data is not None:
+            images = real_images(request.calib_data, src.card, CHECK_IMAGES, request.calib_seed)
+        else:
+            say.warn("FP16 is checked on random inputs only (no gate); pass --calib-data DIR to check it on real "
+                     "images")
+        say.info(f"FP16: converting {src.path.name}")
+        result = convert_fp16(src.path, path, check_images=images, min_agreement=request.min_agreement,
+                              seed=request.calib_seed)
+    if result.calibration is not None and len(result.calibration.scores) > 1:
+        for method, score in result.calibration.scores.items():
+            say.info(f"  {method}: top-1 agreement {score['agreement']:.2f}%, max |Δ logit| "
+                     f"{score['max_abs_logit_diff']:.4g}")
+        say.info(f"  kept {result.calibration.method}")
+    for message in result.warnings:
+        say.warn(message)
+    return result
+
+
+def real_images(folder: Path, card: ModelCard, count: int, seed: int) -> np.ndarray:
+    """`count` images from `folder` (evenly across class subfolders) through the card's eval transform."""
+    import numpy as np
+
+    from resnet_deploy.data import BadImageError, eval_transform, open_image_folder_unlabelled, stratified_indices
+    from resnet_deploy.precision.calibration import calibration_folder
+
+    dataset = open_image_folder_unlabelled(calibration_folder(folder))
+    transform = eval_transform(card.preprocessing)
+    arrays = []
+    for index in stratified_indices(dataset.labels, count, seed):
+        try:
+            arrays.append(transform(dataset.load(index)).numpy())
+        except BadImageError as exc:
+            raise UsageError(f"{exc.path}: cannot read this image; fix or remove it") from None
+    return np.stack(arrays).astype(np.float32)
