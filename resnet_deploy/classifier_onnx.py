@@ -34,7 +34,6 @@ from resnet_deploy.atomic import atomic_path, sha256_file
 from resnet_deploy.card import CARD_METADATA_KEY, ModelCard, Preprocessing, stamp_lineage
 from resnet_deploy.errors import CheckFailed, UsageError
 
-PRECISION_KEY = "resnet_deploy.precision"
 MIN_OPSET = 19  # FP16 Q/DQ scales need opset 19 (precision/common.py)
 TARGET_OPSET = 20  # what `resnet-deploy export` writes; raised to when below MIN_OPSET
 MAX_CLEAN_ROUNDS = 4  # onnxslim + ORT passes until nothing changes (two suffice for torch's exporters)
