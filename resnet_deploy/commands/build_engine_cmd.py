@@ -443,9 +443,9 @@ def _print_summary(document: dict[str, Any], precision: Any) -> None:
     if isinstance(check, dict) and "agreement" in check:  # ONNX Runtime
         table.add_row("artifact check", f"top-1 agreement {check['agreement']:.2f}% with the precision model, "
                                         f"max |Δ logit| {check['max_abs_logit_diff']:.4g} ({check['data']})")
-    elif "runtime_precision" in artifact:  # OpenVINO (agreement as a fraction)
+    elif "runtime_precision" in artifact:  # OpenVINO
         table.add_row("artifact check", f"runs as {artifact['runtime_precision']}; top-1 agreement "
-                                        f"{100 * artifact['agreement']:.1f}% with the source ONNX on ONNX Runtime, "
+                                        f"{artifact['agreement']:.1f}% with the source ONNX on ONNX Runtime, "
                                         f"max |Δ logit| {artifact['max_abs_logit_diff']:.4g} (random inputs)")
     elif "layer_precisions" in artifact:  # TensorRT
         layers = ", ".join(f"{k} {v}" for k, v in sorted(artifact["layer_precisions"].items()))

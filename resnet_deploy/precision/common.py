@@ -13,8 +13,8 @@ import numpy as np
 
 from resnet_deploy.atomic import sha256_file
 from resnet_deploy.card import CARD_METADATA_KEY, ModelCard
+from resnet_deploy.compare import LogitComparison
 from resnet_deploy.errors import CheckFailed, UsageError
-from resnet_deploy.onnx_check import LogitComparison
 
 PRECISION_KEY = "resnet_deploy.precision"
 ARTIFACT_KEY = "resnet_deploy.artifact"  # set on runtime-specific artifacts (ONNX Runtime target)

@@ -10,7 +10,8 @@ from typing import Any
 import numpy as np
 
 from resnet_deploy.atomic import atomic_path, sha256_file
-from resnet_deploy.onnx_check import activation_maxima, compare_logits, run_logits
+from resnet_deploy.compare import compare_logits
+from resnet_deploy.onnx_check import activation_maxima, run_logits
 from resnet_deploy.precision.common import (
     FP16_CONVERTER_CLIP,
     FP16_MIN_AGREEMENT,
