@@ -161,24 +161,9 @@ ENGINE_FACTORIES: list[EngineFactory] = [
 ]
 
 
-def calibrate_batchnorm(module: torch.nn.Module, *, shape: tuple[int, ...], batches: int = 4, seed: int = 0) -> None:
-    """Give BatchNorm real running statistics (train-mode passes), so logits look like a trained model's."""
-    torch.manual_seed(seed)
-    norms = [m for m in module.modules() if isinstance(m, torch.nn.BatchNorm2d)]
-    for norm in norms:
-        norm.reset_running_stats()
-        norm.momentum = None  # cumulative average over the calibration batches
-    module.train()
-    with torch.no_grad():
-        for _ in range(batches):
-            module(torch.randn(16, *shape))
-    for norm in norms:
-        norm.momentum = 0.1
-    module.eval()
-
-
 @pytest.fixture(scope="module")
-def contract_model(tmp_path_factory: pytest.TempPathFactory) -> ContractModel:
+def contract_model(tmp_path_factory: pytest.TempPathFactory,
+                   calibrate_batchnorm: Callable[..., None]) -> ContractModel:
     from resnet_deploy.card import save_card
     from resnet_deploy.checkpoints import load_model, random_model
     from resnet_deploy.export import export_onnx
