@@ -77,7 +77,13 @@ class LogitComparison:
         return self.non_finite_candidate == 0
 
     def to_dict(self) -> dict[str, Any]:
-        return {**dataclasses.asdict(self), "non_finite": self.non_finite, "finite": self.finite}
+        """Every measure; the gate fields (tolerance, relative, allowed, passed) only when a tolerance was given,
+        so a caller that spreads this into its own result keeps its own `passed`."""
+        data = {**dataclasses.asdict(self), "non_finite": self.non_finite, "finite": self.finite}
+        if self.tolerance is None:
+            for key in ("tolerance", "relative", "allowed", "passed"):
+                del data[key]
+        return data
 
 
 @dataclass

@@ -54,3 +54,5 @@ def test_streaming_tally_equals_one_shot() -> None:
     assert streamed.mean_abs_logit_diff == pytest.approx(whole.mean_abs_logit_diff)
     assert streamed.cosine_similarity == pytest.approx(whole.cosine_similarity)
     assert 0 < whole.agreement < 100 and whole.to_dict()["finite"] is True
+    # Without a tolerance there is no verdict to report: a caller's own "passed" is never overwritten.
+    assert "passed" not in compare_logits(reference, candidate).to_dict() and whole.to_dict()["passed"] is False
