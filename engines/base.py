@@ -62,6 +62,7 @@ class PreparedRun:
     timed_call: Callable[[], float]
     copies: str  # "included": host arrays in and out; "excluded": inputs and outputs pre-bound
     timer: str = "host"  # "host" (wall clock around a synchronized call) or "cuda-events"
+    keep: tuple[Any, ...] = ()  # buffers the bound run reads without owning them: alive as long as the run
 
     def __call__(self) -> float:
         return self.timed_call()

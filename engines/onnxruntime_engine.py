@@ -104,11 +104,12 @@ class OnnxRuntimeEngine(Engine):
         device, index = ("cuda", int(self.device.split(":")[1]) if ":" in self.device else 0) \
             if self.device.startswith("cuda") else ("cpu", 0)
         session, binding = self._session, self._session.io_binding()
-        value = self._ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(batch), device, index)
+        staged = np.ascontiguousarray(batch)
+        value = self._ort.OrtValue.ortvalue_from_numpy(staged, device, index)
         binding.bind_ortvalue_input(self._input.name, value)
         binding.bind_output(self._output.name, device, index)
         return PreparedRun(host_timed(lambda: session.run_with_iobinding(binding), self.synchronize),
-                           copies="excluded")
+                           copies="excluded", keep=(staged, value))  # on the CPU the input shares staged's memory
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "onnxruntime": self._ort.__version__, "providers": self.providers,

@@ -301,7 +301,7 @@ class OpenVINOEngine(Engine):
             except Exception as exc:
                 raise EngineError(f"{self.path}: OpenVINO inference failed ({ov_message(exc)})") from None
 
-        return PreparedRun(host_timed(run, self.synchronize), copies="excluded")
+        return PreparedRun(host_timed(run, self.synchronize), copies="excluded", keep=(staged,))  # shared memory
 
     def describe(self) -> dict[str, Any]:
         compiled = self._compiled.get("as_built")

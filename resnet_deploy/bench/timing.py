@@ -148,7 +148,7 @@ def random_batch(shape: Sequence[int], rng: np.random.Generator | None = None) -
 
 def host_runner(engine: Engine, batch: np.ndarray, *, copies: str) -> Runner:
     """The engine's own `infer` (host numpy in, host numpy out) and `synchronize`, timed on the host clock."""
-    return Runner(engine.prepare_run(batch).timed_call, copies=copies, timer="host")
+    return Runner(engine.prepare_run(batch), copies=copies, timer="host")
 
 
 def make_runner(engine: Engine, batch: np.ndarray, *, include_copies: bool = True) -> Runner:
@@ -159,7 +159,8 @@ def make_runner(engine: Engine, batch: np.ndarray, *, include_copies: bool = Tru
     """
     on_gpu = engine.device.startswith("cuda")
     prepared = engine.prepare_run(batch, copy_free=on_gpu and not include_copies)
-    return Runner(prepared.timed_call, copies=prepared.copies if on_gpu else "none (cpu)", timer=prepared.timer)
+    # The PreparedRun itself is the timed call: it holds the buffers its bound run reads.
+    return Runner(prepared, copies=prepared.copies if on_gpu else "none (cpu)", timer=prepared.timer)
 
 
 def measure(runner: Runner, config: TimingConfig) -> list[float]:
