@@ -35,6 +35,7 @@ from resnet_deploy.artifacts import PRECISION_KEY
 from resnet_deploy.atomic import atomic_path, sha256_file
 from resnet_deploy.card import CARD_METADATA_KEY, ModelCard
 from resnet_deploy.checkpoints import LoadedModel
+from resnet_deploy.compare import LogitComparison, compare_logits
 from resnet_deploy.errors import CheckFailed, UsageError
 
 DEFAULT_OPSET = 20  # torch 2.14's exporter default; ONNX Runtime 1.31 and TensorRT 10 parse it
@@ -76,22 +77,28 @@ class ExportSpec:
 
 @dataclass
 class Comparison:
-    """ORT vs PyTorch on one set of inputs at one batch size."""
+    """ORT vs PyTorch on one set of inputs at one batch size (the numbers are `compare.LogitComparison`'s)."""
 
     inputs: str  # "random" or "images"
     batch_size: int
-    samples: int
-    max_abs_diff: float
-    mean_abs_diff: float
-    logit_scale: float  # max |reference logit|
-    allowed: float  # the bound max_abs_diff was held to
-    agreement: float  # top-1 agreement, percent
-    disagreements: int  # top-1 flips that are not numerical ties
-    non_finite: int  # inf/NaN logits in either output (never a pass)
-    passed: bool
+    logits: LogitComparison
+
+    samples = property(lambda self: self.logits.images)
+    max_abs_diff = property(lambda self: self.logits.max_abs_logit_diff)
+    mean_abs_diff = property(lambda self: self.logits.mean_abs_logit_diff)
+    logit_scale = property(lambda self: self.logits.logit_scale)  # max |reference logit|
+    allowed = property(lambda self: self.logits.allowed)  # the bound max_abs_diff was held to
+    agreement = property(lambda self: self.logits.agreement)  # top-1 agreement, percent
+    disagreements = property(lambda self: self.logits.disagreements)  # top-1 flips that are not numerical ties
+    non_finite = property(lambda self: self.logits.non_finite)  # inf/NaN logits in either output (never a pass)
+    passed = property(lambda self: bool(self.logits.passed))
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return {"inputs": self.inputs, "batch_size": self.batch_size, "samples": self.samples,
+                "max_abs_diff": self.max_abs_diff, "mean_abs_diff": self.mean_abs_diff,
+                "logit_scale": self.logit_scale, "allowed": self.allowed, "agreement": self.agreement,
+                "disagreements": self.disagreements, "non_finite": self.non_finite, "passed": self.passed,
+                "comparison": self.logits.to_dict()}
 
 
 @dataclass
@@ -123,9 +130,7 @@ class Verification:
     @property
     def needed_tolerance(self) -> float:
         """The smallest tolerance that would have passed (Polygraphy reports this, not only pass/fail)."""
-        if self.mode == "absolute":
-            return self.max_abs_diff
-        return max((c.max_abs_diff / max(1.0, c.logit_scale) for c in self.comparisons), default=0.0)
+        return max((c.logits.needed_tolerance for c in self.comparisons), default=0.0)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -377,8 +382,8 @@ def verify_onnx(
             for size in spec.verify_batch_sizes:
                 batch = rng.standard_normal((size, *shape), dtype=np.float32)
                 verification.comparisons.append(
-                    compare_logits(torch_engine.infer(batch), ort_engine.infer(batch), "random", size,
-                                   spec.tolerance, relative))
+                    _compare(torch_engine.infer(batch), ort_engine.infer(batch), "random", size,
+                             spec.tolerance, relative))
             if real_images is not None and len(real_images):
                 size = spec.batch or len(real_images)
                 reference_logits, onnx_logits = [], []
@@ -386,42 +391,15 @@ def verify_onnx(
                     reference_logits.append(torch_engine.infer(chunk))
                     onnx_logits.append(ort_engine.infer(chunk))
                 n = len(real_images)
-                verification.comparisons.append(compare_logits(
+                verification.comparisons.append(_compare(
                     np.concatenate(reference_logits)[:n], np.concatenate(onnx_logits)[:n], "images", size,
                     spec.tolerance, relative))
     return verification
 
 
-def compare_logits(
-    reference: np.ndarray, candidate: np.ndarray, inputs: str, batch_size: int, tolerance: float, relative: bool
-) -> Comparison:
-    non_finite = int(np.sum(~np.isfinite(reference)) + np.sum(~np.isfinite(candidate)))
-    if non_finite:
-        # inf/NaN logits cannot be compared (a random resnet1202 overflows float32): always a failure.
-        reference, candidate = np.nan_to_num(reference), np.nan_to_num(candidate)
-    diff = np.abs(reference.astype(np.float64) - candidate.astype(np.float64))
-    scale = float(np.abs(reference).max())
-    allowed = tolerance * max(1.0, scale) if relative else tolerance
-    ref_top = reference.argmax(axis=1)
-    flips = ref_top != candidate.argmax(axis=1)
-    # A flip between logits closer than the allowed error is a tie, not a disagreement.
-    ordered = np.sort(reference, axis=1)
-    margins = ordered[:, -1] - ordered[:, -2] if reference.shape[1] > 1 else np.full(len(reference), np.inf)
-    disagreements = int(np.sum(flips & (margins > 2 * allowed)))
-    max_diff = float(diff.max())
-    return Comparison(
-        inputs=inputs,
-        batch_size=batch_size,
-        samples=len(reference),
-        max_abs_diff=max_diff,
-        mean_abs_diff=float(diff.mean()),
-        logit_scale=scale,
-        allowed=allowed,
-        agreement=100.0 * float(np.mean(~flips)),
-        disagreements=disagreements,
-        non_finite=non_finite,
-        passed=bool(max_diff <= allowed and disagreements == 0 and not non_finite),
-    )
+def _compare(reference: np.ndarray, candidate: np.ndarray, inputs: str, batch_size: int, tolerance: float,
+             relative: bool) -> Comparison:
+    return Comparison(inputs, batch_size, compare_logits(reference, candidate, tolerance=tolerance, relative=relative))
 
 
 def _chunks(images: np.ndarray, size: int, *, pad: bool) -> list[np.ndarray]:

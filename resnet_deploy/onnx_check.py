@@ -1,4 +1,4 @@
-"""Run ONNX models side by side on ONNX Runtime (CPU) and say how far apart their logits are.
+"""ONNX Runtime sessions for the library (the one place they are created), and ONNX models run side by side.
 
 Used at build time: an FP16 or INT8 model against its FP32 source, and an ONNX Runtime artifact
 against the precision model it was optimized from. Also measures the largest magnitude each
@@ -7,33 +7,27 @@ intermediate tensor reaches, so an FP16 conversion can keep in FP32 what would o
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from resnet_deploy.compare import LogitComparison, compare_logits
 from resnet_deploy.errors import UsageError
 
 
-@dataclass
-class LogitComparison:
-    images: int
-    agreement: float  # top-1 agreement, percent
-    max_abs_logit_diff: float
-    mean_abs_logit_diff: float
-    finite: bool  # the candidate produced no inf/NaN
+def session(path: str | Path, *, level: str = "all", providers: list[str] | None = None,
+            optimized_path: str | Path | None = None, shown_as: str | Path | None = None) -> Any:
+    """An ONNX Runtime session with its log kept to errors; a model it cannot load is a UsageError.
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"images": self.images, "agreement": self.agreement, "max_abs_logit_diff": self.max_abs_logit_diff,
-                "mean_abs_logit_diff": self.mean_abs_logit_diff, "finite": self.finite}
-
-
-def session(path: str | Path, *, level: str = "all", providers: list[str] | None = None) -> Any:
-    """An ONNX Runtime session with its log kept to errors; a model it cannot load is a UsageError."""
+    `optimized_path`: ORT also writes the graph it optimized there (ONNX format), as the ORT target saves it.
+    `shown_as`: the name the error gives the model (a staged copy is better named by its source).
+    """
     import onnxruntime as ort
 
     options = ort.SessionOptions()
+    if optimized_path is not None:
+        options.optimized_model_filepath = str(optimized_path)
     options.graph_optimization_level = {
         "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
         "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
@@ -44,7 +38,7 @@ def session(path: str | Path, *, level: str = "all", providers: list[str] | None
         return ort.InferenceSession(str(path), sess_options=options, providers=providers or ["CPUExecutionProvider"])
     except Exception as exc:  # ORT raises its own exception types
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise UsageError(f"{path}: ONNX Runtime cannot load this model ({first})") from None
+        raise UsageError(f"{shown_as or path}: ONNX Runtime cannot load this model ({first})") from None
 
 
 def input_spec(sess: Any) -> tuple[str, int | None]:
@@ -64,19 +58,9 @@ def run_logits(sess: Any, images: np.ndarray, *, batch: int | None = None) -> np
     return np.concatenate(outputs)[: len(images)].astype(np.float32, copy=False)
 
 
-def compare_logits(reference: np.ndarray, candidate: np.ndarray) -> LogitComparison:
-    finite = bool(np.isfinite(candidate).all())
-    diff = np.abs(reference.astype(np.float64) - candidate.astype(np.float64))
-    diff = np.where(np.isfinite(diff), diff, np.inf)
-    agree = reference.argmax(axis=1) == candidate.argmax(axis=1)
-    return LogitComparison(images=len(reference), agreement=100.0 * float(agree.mean()) if len(agree) else 100.0,
-                           max_abs_logit_diff=float(diff.max()) if diff.size else 0.0,
-                           mean_abs_logit_diff=float(diff.mean()) if diff.size else 0.0, finite=finite)
-
-
 def compare_models(reference: str | Path | Any, candidate: str | Path | Any, images: np.ndarray,
                    *, batch: int | None = None) -> LogitComparison:
-    """Top-1 agreement and logit differences of `candidate` against `reference` (paths or sessions)."""
+    """`compare.compare_logits` of `candidate` against `reference` (paths or sessions) on the same images."""
     ref = reference if hasattr(reference, "run") else session(reference)
     cand = candidate if hasattr(candidate, "run") else session(candidate)
     return compare_logits(run_logits(ref, images, batch=batch), run_logits(cand, images, batch=batch))

@@ -11,20 +11,32 @@ import os
 import sys
 
 import typer
+from typer.exceptions import TyperException
 
 from engines.base import EngineError
 from resnet_deploy.errors import ResnetDeployError
 
-# Typer raises click's usage errors (recent Typer vendors click as `typer._click`); find the class
-# through a public name so both layouts work.
-_CLICK_USAGE_ERROR: type[Exception] = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
+#: old option names that still parse, and the name they stand for (hidden from --help)
+HIDDEN_ALIASES = {"--out": "--output"}
+
+
+def rewrite_hidden_aliases(argv: list[str]) -> list[str]:
+    """`--out X` / `--out=X` → `--output ...` (options only: nothing after `--` is touched)."""
+    rewritten: list[str] = []
+    for index, token in enumerate(argv):
+        if token == "--":
+            return rewritten + argv[index:]
+        name, sep, value = token.partition("=")
+        rewritten.append(HIDDEN_ALIASES[name] + sep + value if name in HIDDEN_ALIASES else token)
+    return rewritten
 
 
 def run_command(command: typer.core.TyperCommand | typer.core.TyperGroup, argv: list[str] | None, prog: str) -> None:
     """Run `command` with `argv` and exit with its status."""
+    args = rewrite_hidden_aliases(sys.argv[1:] if argv is None else list(argv))
     try:
-        result = command.main(args=argv, prog_name=prog, standalone_mode=False)
-    except _CLICK_USAGE_ERROR as exc:
+        result = command.main(args=args, prog_name=prog, standalone_mode=False)
+    except TyperException as exc:  # Typer's parsing errors (it vendors click; this is its public base class)
         ctx = getattr(exc, "ctx", None)
         where = ctx.command_path if ctx is not None else prog
         print(f"error: {exc.format_message()} (see: {where} --help)", file=sys.stderr)

@@ -1,12 +1,22 @@
-"""Shared fixtures. Tests make their own small data; nothing is downloaded."""
+"""Shared fixtures. Tests make their own small data; nothing is downloaded.
+
+Session fixtures built once for the whole run: `digits_folder` (scikit-learn's handwritten digits as
+train/test ImageFolder PNGs), `trained_digits` (a resnet20 card trained on digits for a few seconds,
+its FP32 ONNX export and a held-out test folder), and `calibrate_batchnorm` (gives a random model
+BatchNorm statistics, so its logits look like a trained model's). Test modules never import each other.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
@@ -38,3 +48,129 @@ def cifar10_dir() -> Path:
     if not (CIFAR10_DIR / "test").is_dir():
         pytest.skip(f"CIFAR-10 JPEGs not found at {CIFAR10_DIR}")
     return CIFAR10_DIR
+
+
+DIGITS_SIZE = 16  # image size of `digits_folder` (the trainer tests train at this size)
+DIGIT_CLASSES = [str(i) for i in range(10)]
+TEST_PER_CLASS = 24  # `trained_digits`: 240 held-out test images
+TRAIN_STEPS = 120
+
+
+def make_digits_folder(root: Path, size: int = DIGITS_SIZE) -> Path:
+    """train/ and test/ ImageFolder splits of the 1,797 8x8 digits, upscaled to `size` RGB PNGs."""
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    order = np.random.default_rng(0).permutation(len(digits.target))
+    for rank, index in enumerate(order):
+        split = "test" if rank < len(order) // 5 else "train"
+        gray = (digits.images[index] / 16.0 * 255).astype(np.uint8)
+        rgb = np.stack([gray, 255 - gray, gray // 2 + 64], axis=-1)
+        folder = root / split / f"digit_{digits.target[index]}"
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rgb).resize((size, size), Image.BILINEAR).save(folder / f"{index}.png")
+    return root
+
+
+@pytest.fixture(scope="session")
+def digits_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`make_digits_folder` at `DIGITS_SIZE`, built once (read-only for the tests)."""
+    return make_digits_folder(tmp_path_factory.mktemp("digits"))
+
+
+@pytest.fixture(scope="session")
+def digits_size() -> int:
+    return DIGITS_SIZE
+
+
+def _calibrate_batchnorm(module: Any, *, shape: tuple[int, ...], batches: int = 4, seed: int = 0) -> None:
+    """Give BatchNorm real running statistics (train-mode passes), so logits look like a trained model's."""
+    import torch
+
+    torch.manual_seed(seed)
+    norms = [m for m in module.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None  # cumulative average over the calibration batches
+    module.train()
+    with torch.no_grad():
+        for _ in range(batches):
+            module(torch.randn(16, *shape))
+    for norm in norms:
+        norm.momentum = 0.1
+    module.eval()
+
+
+@pytest.fixture(scope="session")
+def calibrate_batchnorm() -> Callable[..., None]:
+    return _calibrate_batchnorm
+
+
+def _digit_images() -> tuple[list, np.ndarray]:
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    pixels = np.clip(digits.images / 16.0 * 255.0, 0, 255).astype(np.uint8)
+    images = [Image.fromarray(p).resize((32, 32), Image.BILINEAR).convert("RGB") for p in pixels]
+    return images, digits.target.astype(np.int64)
+
+
+def _train_digits(images: list, labels: np.ndarray, train_idx: list[int], card: Any) -> Any:
+    """About a hundred SGD steps of a real resnet20 on exactly what validate will feed it."""
+    import torch
+
+    from resnet_deploy.data import eval_transform
+
+    transform = eval_transform(card.preprocessing)
+    x = torch.stack([transform(images[i]) for i in train_idx])
+    y = torch.from_numpy(labels[train_idx])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # two shared cores: one intra-op thread avoids OpenMP spin contention
+    try:
+        torch.manual_seed(0)
+        model = card.build_model().train()
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
+        generator = torch.Generator().manual_seed(0)
+        for _ in range(TRAIN_STEPS):
+            batch = torch.randint(0, len(y), (32,), generator=generator)
+            loss = torch.nn.functional.cross_entropy(model(x[batch]), y[batch])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    finally:
+        torch.set_num_threads(threads)
+    return model.eval()
+
+
+@pytest.fixture(scope="session")
+def trained_digits(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """A trained resnet20 card (16x16 input), its ONNX export, and a held-out test ImageFolder (PNG files).
+
+    Keys: root, data, card (path), onnx (path), model (the module), model_card. Treat them as read-only.
+    """
+    from resnet_deploy.card import ModelCard, save_card
+    from resnet_deploy.checkpoints import load_model
+    from resnet_deploy.export import export_onnx
+
+    root = tmp_path_factory.mktemp("trained-digits")
+    images, labels = _digit_images()
+    test_idx: list[int] = []
+    for c in range(10):
+        test_idx += [int(i) for i in np.flatnonzero(labels == c)[-TEST_PER_CLASS:]]
+    train_idx = sorted(set(range(len(labels))) - set(test_idx))
+    for i in test_idx:
+        folder = root / "data" / "test" / DIGIT_CLASSES[labels[i]]
+        folder.mkdir(parents=True, exist_ok=True)
+        images[i].save(folder / f"{i:04d}.png")
+
+    card = ModelCard.default_for("resnet20", class_names=DIGIT_CLASSES)
+    card = dataclasses.replace(card, dataset="digits", preprocessing=dataclasses.replace(
+        card.preprocessing, input_size=DIGITS_SIZE, resize_size=None))
+    model = _train_digits(images, labels, train_idx, card)
+    card_path = save_card(root / "digits_resnet20.safetensors", model, card)
+    onnx_path = root / "digits_resnet20.onnx"
+    export_onnx(load_model(card_path), onnx_path)
+    return {"root": root, "data": root / "data", "card": card_path, "onnx": onnx_path, "model": model,
+            "model_card": card}

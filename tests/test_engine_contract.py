@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,8 +21,8 @@ import numpy as np
 import pytest
 import torch
 
-from engines.base import Engine, EngineError, EngineInputError, TensorInfo
-from resnet_deploy.export import compare_logits
+from engines.base import Engine, EngineError, EngineInputError, PreparedRun, TensorInfo
+from resnet_deploy.compare import compare_logits
 
 ARCH = "resnet20"
 INPUT_SHAPE = (3, 32, 32)
@@ -116,7 +117,25 @@ def _openvino_ir(model: ContractModel) -> Engine:
     return open_engine(xml)  # no precision given: the IR's stored f32 hint applies
 
 
-# Other backends append their factories here (TensorRT, OpenVINO, ...).
+def _tensorrt_unavailable() -> str | None:
+    from resnet_deploy.targets.tensorrt import tensorrt_usable
+
+    usable, reason = tensorrt_usable()
+    return None if usable else f"TensorRT not usable here: {reason}"
+
+
+def _tensorrt(model: ContractModel) -> Engine:
+    from resnet_deploy.artifacts import open_engine
+    from resnet_deploy.targets.tensorrt import TensorRTBuildOptions, build_tensorrt_engine
+
+    plan = model.workdir / f"{ARCH}.fp32.plan"
+    if not plan.is_file():  # the batch profile covers the suite's batches (1 and 7)
+        build_tensorrt_engine(model.onnx_path, plan, precision="fp32",
+                              options=TensorRTBuildOptions(min_batch=1, opt_batch=4, max_batch=8))
+    return open_engine(plan)
+
+
+# Other backends append their factories here.
 ENGINE_FACTORIES: list[EngineFactory] = [
     EngineFactory("torch-fp32", _torch("fp32"), tolerance=1e-5),
     EngineFactory("torch-fp32-channels-last", _torch("fp32", channels_last=True), tolerance=1e-4),
@@ -136,27 +155,15 @@ ENGINE_FACTORIES: list[EngineFactory] = [
     EngineFactory("openvino-onnx-fp32-throughput", _openvino_onnx("fp32", "THROUGHPUT"), tolerance=1e-4,
                   unavailable=_openvino_unavailable),
     EngineFactory("openvino-ir-fp32", _openvino_ir, tolerance=1e-4, unavailable=_openvino_unavailable),
+    # TensorRT builds FP32 with TF32 convolutions allowed, like the CUDA rows above.
+    EngineFactory("tensorrt-fp32", _tensorrt, tolerance=1e-2, unavailable=_tensorrt_unavailable,
+                  marks=(pytest.mark.gpu,), deterministic=False),
 ]
 
 
-def calibrate_batchnorm(module: torch.nn.Module, *, shape: tuple[int, ...], batches: int = 4, seed: int = 0) -> None:
-    """Give BatchNorm real running statistics (train-mode passes), so logits look like a trained model's."""
-    torch.manual_seed(seed)
-    norms = [m for m in module.modules() if isinstance(m, torch.nn.BatchNorm2d)]
-    for norm in norms:
-        norm.reset_running_stats()
-        norm.momentum = None  # cumulative average over the calibration batches
-    module.train()
-    with torch.no_grad():
-        for _ in range(batches):
-            module(torch.randn(16, *shape))
-    for norm in norms:
-        norm.momentum = 0.1
-    module.eval()
-
-
 @pytest.fixture(scope="module")
-def contract_model(tmp_path_factory: pytest.TempPathFactory) -> ContractModel:
+def contract_model(tmp_path_factory: pytest.TempPathFactory,
+                   calibrate_batchnorm: Callable[..., None]) -> ContractModel:
     from resnet_deploy.card import save_card
     from resnet_deploy.checkpoints import load_model, random_model
     from resnet_deploy.export import export_onnx
@@ -228,8 +235,8 @@ def test_shapes_dtypes_and_agreement(
     assert logits.shape == (batch_size, NUM_CLASSES)
     assert logits.dtype == np.float32
     assert np.isfinite(logits).all()
-    result = compare_logits(reference[batch_size], logits, "random", batch_size, factory.tolerance, relative=True)
-    assert result.passed, f"{factory.id}: max |diff| {result.max_abs_diff:.3g} > {result.allowed:.3g} " \
+    result = compare_logits(reference[batch_size], logits, tolerance=factory.tolerance, relative=True)
+    assert result.passed, f"{factory.id}: max |diff| {result.max_abs_logit_diff:.3g} > {result.allowed:.3g} " \
                           f"or {result.disagreements} top-1 disagreements"
 
 
@@ -285,10 +292,31 @@ def test_rejects_bad_input_cleanly(engine: Engine, bad: Any) -> None:
     assert "\n" not in str(caught.value) and str(caught.value)
 
 
+@pytest.mark.parametrize("copy_free", [False, True], ids=["with-copies", "copy-free"])
+def test_prepared_run_is_what_bench_times(engine: Engine, inputs: dict[int, np.ndarray], copy_free: bool) -> None:
+    """bench's view of an engine: one batch bound once, then synchronized calls that return milliseconds."""
+    prepared = engine.prepare_run(inputs[7], copy_free=copy_free)
+    assert isinstance(prepared, PreparedRun)
+    assert prepared.copies in ({"included", "excluded"} if copy_free else {"included"})
+    assert prepared.timer in {"host", "cuda-events"}
+    for _ in range(2):
+        latency = prepared()
+        assert isinstance(latency, float) and math.isfinite(latency) and latency >= 0.0
+    # Binding a batch leaves the engine usable as before.
+    assert engine.infer(inputs[1]).shape == (1, NUM_CLASSES)
+
+
+def test_prepare_run_rejects_bad_input(engine: Engine) -> None:
+    with pytest.raises(EngineInputError):
+        engine.prepare_run(np.zeros((2, 3, 31, 32), np.float32), copy_free=True)
+
+
 def test_close_and_context_manager(factory: EngineFactory, contract_model: ContractModel,
                                    inputs: dict[int, np.ndarray]) -> None:
     with factory.make(contract_model) as opened:
         assert opened.infer(inputs[1]).shape == (1, NUM_CLASSES)
     with pytest.raises(EngineError, match="closed"):
         opened.infer(inputs[1])
+    with pytest.raises(EngineError, match="closed"):
+        opened.prepare_run(inputs[1])
     opened.close()  # closing twice is harmless

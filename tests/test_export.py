@@ -8,13 +8,13 @@ import dataclasses
 import io
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
 import torch
-from test_engine_contract import calibrate_batchnorm
 
 from engines.base import EngineInputError
 from engines.onnxruntime_engine import OnnxRuntimeEngine
@@ -115,7 +115,7 @@ def test_every_registry_model_exports_verified_without_batchnorm(arch: str, tmp_
 # --- the torchvision done-means test ----------------------------------------------------------------
 
 
-def trained_like_torchvision_resnet50() -> torch.nn.Module:
+def trained_like_torchvision_resnet50(calibrate_batchnorm: Callable[..., None]) -> torch.nn.Module:
     """torchvision's resnet50 with weights that behave numerically like trained ones.
 
     Plain He init with identity BatchNorm statistics is unlike any trained net: the residual stream
@@ -136,8 +136,10 @@ def trained_like_torchvision_resnet50() -> torch.nn.Module:
     return model.eval()
 
 
-def test_torchvision_resnet50_state_dict_matches_torchvision_in_onnxruntime(tmp_path: Path) -> None:
-    reference = trained_like_torchvision_resnet50()
+def test_torchvision_resnet50_state_dict_matches_torchvision_in_onnxruntime(
+    tmp_path: Path, calibrate_batchnorm: Callable[..., None]
+) -> None:
+    reference = trained_like_torchvision_resnet50(calibrate_batchnorm)
     checkpoint = tmp_path / "tv.pth"
     torch.save(reference.state_dict(), checkpoint)
     output = tmp_path / "resnet50.onnx"
@@ -344,7 +346,9 @@ def digit_folder(root: Path, classes: int, per_class: int = 2) -> Path:
     return root
 
 
-def test_foreign_checkpoint_static_batch_opset_and_real_images(tmp_path: Path) -> None:
+def test_foreign_checkpoint_static_batch_opset_and_real_images(
+    tmp_path: Path, calibrate_batchnorm: Callable[..., None]
+) -> None:
     """--rename and an inferred class count, --batch N, --opset, --data: the table shows each comparison."""
     model = random_model("resnet20", num_classes=7).model
     calibrate_batchnorm(model, shape=(3, 32, 32), batches=1)

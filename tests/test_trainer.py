@@ -21,23 +21,6 @@ from trainer.plots import plot_responses
 SIZE = 16
 
 
-def make_digits_folder(root: Path, size: int = SIZE) -> Path:
-    """train/ and test/ ImageFolder splits of the 1,797 8x8 digits, upscaled to `size` RGB PNGs."""
-    from PIL import Image
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    order = np.random.default_rng(0).permutation(len(digits.target))
-    for rank, index in enumerate(order):
-        split = "test" if rank < len(order) // 5 else "train"
-        gray = (digits.images[index] / 16.0 * 255).astype(np.uint8)
-        rgb = np.stack([gray, 255 - gray, gray // 2 + 64], axis=-1)
-        folder = root / split / f"digit_{digits.target[index]}"
-        folder.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(rgb).resize((size, size), Image.BILINEAR).save(folder / f"{index}.png")
-    return root
-
-
 def make_pattern_folder(root: Path, size: int = SIZE, train: int = 600, test: int = 200) -> Path:
     """Ten classes of noisy images, each with a patch of its own colour in its own cell of a 4x3 grid
     (numpy + PIL only, for machines without scikit-learn)."""
@@ -59,8 +42,9 @@ def make_pattern_folder(root: Path, size: int = SIZE, train: int = 600, test: in
 
 
 @pytest.fixture(scope="module")
-def digits(tmp_path_factory) -> Path:
-    return make_digits_folder(tmp_path_factory.mktemp("digits"))
+def digits(digits_folder: Path, digits_size: int) -> Path:
+    assert digits_size == SIZE
+    return digits_folder
 
 
 @pytest.fixture

@@ -14,10 +14,8 @@ from resnet_deploy.checkpoints import load_model
 from trainer.distributed import weights_digest
 
 
-def test_two_process_gloo_run_keeps_ranks_identical_and_writes_once(tmp_path):
-    from test_trainer import SIZE, make_digits_folder
-
-    data = make_digits_folder(tmp_path / "digits")
+def test_two_process_gloo_run_keeps_ranks_identical_and_writes_once(tmp_path, digits_folder, digits_size):
+    data, SIZE = digits_folder, digits_size  # noqa: N806 (the name the command below was written with)
     out = tmp_path / "run"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "RESNET_DEPLOY_CACHE": str(tmp_path / "cache")}
     command = [

@@ -1,5 +1,6 @@
 """`validate` on real (small) data: handwritten digits as a labelled ImageFolder, a resnet20 trained
-on them for a few seconds, its FP32 ONNX export, and deliberately broken artifacts.
+on them for a few seconds, its FP32 ONNX export (conftest's `trained_digits`), and deliberately broken
+artifacts.
 
 The digits (scikit-learn's 8x8 set) are upscaled to 32x32 RGB PNGs; the card asks for 16x16 input
 (resize 16, no crop), which keeps training to about a hundred SGD steps of a real resnet20.
@@ -18,10 +19,7 @@ import pytest
 from resnet_deploy.card import ModelCard, Preprocessing, save_card
 from resnet_deploy.validate.run import ValidateOptions, validate
 
-CLASSES = [str(i) for i in range(10)]
-TEST_PER_CLASS = 24  # 240 test images
-INPUT_SIZE = 16
-TRAIN_STEPS = 120
+TEST_PER_CLASS = 24  # conftest.trained_digits: 240 test images
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -41,58 +39,10 @@ def cli1(cli):
     return lambda *args: cli(*args, env={"OMP_NUM_THREADS": "1"})
 
 
-def _digit_images() -> tuple[list, np.ndarray]:
-    from PIL import Image
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    pixels = np.clip(digits.images / 16.0 * 255.0, 0, 255).astype(np.uint8)
-    images = [Image.fromarray(p).resize((32, 32), Image.BILINEAR).convert("RGB") for p in pixels]
-    return images, digits.target.astype(np.int64)
-
-
 @pytest.fixture(scope="module")
-def digits(tmp_path_factory) -> dict:
-    """A trained resnet20 card, its ONNX export, and a held-out test ImageFolder (PNG files)."""
-    import torch
-
-    from resnet_deploy.checkpoints import load_model
-    from resnet_deploy.data import eval_transform
-    from resnet_deploy.export import export_onnx
-
-    root = tmp_path_factory.mktemp("digits")
-    images, labels = _digit_images()
-    test_idx: list[int] = []
-    for c in range(10):
-        test_idx += [int(i) for i in np.flatnonzero(labels == c)[-TEST_PER_CLASS:]]
-    train_idx = sorted(set(range(len(labels))) - set(test_idx))
-    for i in test_idx:
-        folder = root / "data" / "test" / CLASSES[labels[i]]
-        folder.mkdir(parents=True, exist_ok=True)
-        images[i].save(folder / f"{i:04d}.png")
-
-    card = ModelCard.default_for("resnet20", class_names=CLASSES)
-    card = dataclasses.replace(card, dataset="digits", preprocessing=dataclasses.replace(
-        card.preprocessing, input_size=INPUT_SIZE, resize_size=None))
-    transform = eval_transform(card.preprocessing)  # train on exactly what validate will feed
-    x = torch.stack([transform(images[i]) for i in train_idx])
-    y = torch.from_numpy(labels[train_idx])
-    torch.manual_seed(0)
-    model = card.build_model().train()
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
-    generator = torch.Generator().manual_seed(0)
-    for _ in range(TRAIN_STEPS):
-        batch = torch.randint(0, len(y), (32,), generator=generator)
-        loss = torch.nn.functional.cross_entropy(model(x[batch]), y[batch])
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    model.eval()
-    card_path = save_card(root / "digits_resnet20.safetensors", model, card)
-    onnx_path = root / "digits_resnet20.onnx"
-    export_onnx(load_model(card_path), onnx_path)
-    return {"root": root, "data": root / "data", "card": card_path, "onnx": onnx_path, "model": model,
-            "model_card": card}
+def digits(trained_digits: dict) -> dict:
+    """conftest's trained resnet20 card, its ONNX export and the held-out test ImageFolder."""
+    return trained_digits
 
 
 def _opts(**kwargs) -> ValidateOptions:

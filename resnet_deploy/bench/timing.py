@@ -6,7 +6,7 @@ std, p50/p90/p95/p99, min, max) and the throughput in images/s are reported toge
 coefficient of variation, which flags a noisy machine or unlocked clocks. The input is random data of
 the model's real shape, drawn fresh for each run (never zeros: some runtimes short-cut zeros).
 On a GPU the host<->device copies are part of each call unless the caller asks for a device-resident
-runner (`include_copies=False`).
+runner (`include_copies=False`). Engines are timed only through their contract (`Engine.prepare_run`).
 """
 
 from __future__ import annotations
@@ -147,81 +147,20 @@ def random_batch(shape: Sequence[int], rng: np.random.Generator | None = None) -
 
 
 def host_runner(engine: Engine, batch: np.ndarray, *, copies: str) -> Runner:
-    """The engine's own `infer` (host numpy in, host numpy out), timed on the host clock."""
-    infer, sync, clock = engine.infer, engine.synchronize, time.perf_counter_ns
-
-    def timed_call() -> float:
-        start = clock()
-        infer(batch)
-        sync()
-        return (clock() - start) / 1e6
-
-    return Runner(timed_call, copies=copies, timer="host")
-
-
-def torch_device_runner(engine: Any, batch: np.ndarray) -> Runner:
-    """PyTorch on CUDA with the input pre-staged on the device, timed with CUDA events (copies excluded)."""
-    import torch
-
-    module = engine.module
-    memory_format = torch.channels_last if engine.channels_last else torch.contiguous_format
-    staged = torch.from_numpy(batch).to(engine.device).to(dtype=next(module.parameters()).dtype,
-                                                            memory_format=memory_format)
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-
-    def timed_call() -> float:
-        with torch.inference_mode():
-            start.record()
-            module(staged)
-            end.record()
-        end.synchronize()
-        return float(start.elapsed_time(end))
-
-    return Runner(timed_call, copies="excluded", timer="cuda-events")
-
-
-def ort_device_runner(engine: Any, batch: np.ndarray) -> Runner:
-    """ONNX Runtime's CUDA provider with input and output bound on the device (copies excluded)."""
-    import onnxruntime as ort
-
-    session = engine.session
-    device_id = int(engine.device.split(":")[1]) if ":" in engine.device else 0
-    binding = session.io_binding()
-    binding.bind_ortvalue_input(engine.input.name, ort.OrtValue.ortvalue_from_numpy(batch, "cuda", device_id))
-    binding.bind_output(engine.output.name, "cuda", device_id)
-    clock = time.perf_counter_ns
-
-    def timed_call() -> float:
-        start = clock()
-        session.run_with_iobinding(binding)  # synchronizes its stream before returning
-        return (clock() - start) / 1e6
-
-    return Runner(timed_call, copies="excluded", timer="host")
+    """The engine's own `infer` (host numpy in, host numpy out) and `synchronize`, timed on the host clock."""
+    return Runner(engine.prepare_run(batch), copies=copies, timer="host")
 
 
 def make_runner(engine: Engine, batch: np.ndarray, *, include_copies: bool = True) -> Runner:
-    """The runner for this engine: copies are only a question on a GPU."""
-    if not engine.device.startswith("cuda"):
-        return host_runner(engine, batch, copies="none (cpu)")
-    if include_copies:
-        return host_runner(engine, batch, copies="included")
-    if engine.name == "torch":
-        return torch_device_runner(engine, batch)
-    if engine.name == "onnxruntime":
-        return ort_device_runner(engine, batch)
-    timed = getattr(engine, "timed_call", None)  # TensorRT: stages the batch on the device once
-    if callable(timed):
-        call, sync, clock = timed(batch), engine.synchronize, time.perf_counter_ns
-        copies = "included" if getattr(engine, "include_copies", True) else "excluded"
+    """The runner for this engine, through the engine contract only (`Engine.prepare_run`).
 
-        def timed_call() -> float:
-            start = clock()
-            call()
-            sync()
-            return (clock() - start) / 1e6
-
-        return Runner(timed_call, copies=copies, timer="host")
-    return host_runner(engine, batch, copies="included")
+    Copies are only a question on a GPU: there, `include_copies=False` asks the engine for its copy-free
+    path (inputs and outputs pre-bound on the device), and the engine says whether it had one.
+    """
+    on_gpu = engine.device.startswith("cuda")
+    prepared = engine.prepare_run(batch, copy_free=on_gpu and not include_copies)
+    # The PreparedRun itself is the timed call: it holds the buffers its bound run reads.
+    return Runner(prepared, copies=prepared.copies if on_gpu else "none (cpu)", timer=prepared.timer)
 
 
 def measure(runner: Runner, config: TimingConfig) -> list[float]:

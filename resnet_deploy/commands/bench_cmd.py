@@ -9,16 +9,8 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from resnet_deploy.commands._common import (
-    ArchOption,
-    DepthOption,
-    JsonOption,
-    emit_json,
-    info,
-    resolve_arch,
-    stderr,
-    warn,
-)
+from resnet_deploy.commands._options import ArchOption, DepthOption, DeviceOption, JsonOption, resolve_arch
+from resnet_deploy.commands._output import emit_json, info, plain, progress_bar, stdout, warn
 from resnet_deploy.errors import UsageError
 
 if TYPE_CHECKING:  # heavy modules stay out of `--help`
@@ -44,8 +36,7 @@ def bench(
                              "an artifact runs the precision it carries].")] = None,
     batch_sizes: Annotated[str, typer.Option("--batch-sizes", help="Comma-separated batch sizes.")]
         = DEFAULT_BATCH_SIZES,
-    device: Annotated[str | None, typer.Option(
-        "--device", help="cpu or cuda[:N] [default: cuda when PyTorch sees a GPU, else cpu].")] = None,
+    device: DeviceOption = "auto",
     warmup: Annotated[int, typer.Option("--warmup", help="Warm-up calls per batch size, not timed.")] = 5,
     iters: Annotated[int | None, typer.Option("--iters", help="Timed calls per batch size.")] = None,
     duration: Annotated[float | None, typer.Option(
@@ -148,7 +139,7 @@ def bench(
         write_plot(report_doc, plot)
         _say(f"plot written to {plot}")
     elif plot is not None:
-        warn(_escape(f"nothing was measured, so no plot was written to {plot}"))
+        warn(f"nothing was measured, so no plot was written to {plot}")
     if report is not None:
         from resnet_deploy.bench.report import write_markdown
 
@@ -162,7 +153,6 @@ def bench(
         _print_tables(report_doc, wide=wide)
         if scenario_results:
             from resnet_deploy.bench.report import scenario_table
-            from resnet_deploy.commands._common import stdout
 
             stdout.print(scenario_table(scenario_results))
     if not report_doc.results:
@@ -197,19 +187,16 @@ def _run_scenarios(plan: BenchPlan, scenarios: list[str], *, duration: float | N
 
 
 def _run(plan: BenchPlan, sizes: list[int], timing: TimingConfig, include_copies: bool) -> BenchReport:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
     from resnet_deploy.bench.plan import run_plan, total_steps
     from resnet_deploy.environment import capture_environment
 
     total = total_steps(plan, sizes)
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=stderr, transient=True) as progress:
+    with progress_bar() as progress:
         task = progress.add_task("bench", total=total)
         report = run_plan(
             plan, batch_sizes=sizes, timing=timing, include_copies=include_copies,
             environment={},
-            progress=lambda message: progress.update(task, description=_escape(message)),
+            progress=lambda message: progress.update(task, description=plain(message)),
             on_step=lambda: progress.advance(task))
     report.environment = capture_environment()  # after the run: the load average it saw, the threads it set
     return report
@@ -217,27 +204,19 @@ def _run(plan: BenchPlan, sizes: list[int], timing: TimingConfig, include_copies
 
 def _print_tables(report: BenchReport, *, wide: bool = False) -> None:
     from rich.console import Console
-    from rich.markup import escape
 
     from resnet_deploy.bench.report import results_tables
-    from resnet_deploy.commands._common import stdout
 
     # Piped or redirected: do not squeeze the table into rich's default 80 columns.
     out = stdout if stdout.is_terminal else Console(highlight=False, width=140)
     for table in results_tables(report, wide=wide):
         out.print(table)
     for note in report.notes:
-        out.print(escape(f"note: {note}"))
-
-
-def _escape(text: str) -> str:
-    from rich.markup import escape
-
-    return escape(text)
+        out.print(plain(f"note: {note}"))
 
 
 def _say(message: str) -> None:
-    info(_escape(message))
+    info(message)  # info() shows it as literal text
 
 
 def _parse_choices(text: str | None, allowed: tuple[str, ...], option: str) -> list[str] | None:
@@ -275,17 +254,12 @@ def _timing(config_type: type[TimingConfig], *, warmup: int, iters: int | None, 
     return config_type(warmup=warmup, duration_s=duration if duration is not None else 3.0)
 
 
-def _resolve_device(device: str | None) -> str:
-    import torch
+def _resolve_device(device: str) -> str:
+    """`device` is parsed already (`_options.parse_device`: cpu, cuda or cuda:N); a CUDA one must exist here."""
+    if device.startswith("cuda"):
+        import torch
 
-    if device is None:
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    name = device.strip().lower()
-    if name == "cpu":
-        return name
-    if name == "cuda" or (name.startswith("cuda:") and name[5:].isdigit()):
         if not torch.cuda.is_available():
             raise UsageError(f"--device {device}: CUDA is not available here (no NVIDIA GPU or driver); "
                              "use --device cpu")
-        return name
-    raise UsageError(f"--device {device}: expected cpu, cuda or cuda:N")
+    return device

@@ -11,20 +11,17 @@ from typing import Annotated, Any
 
 import typer
 
-from resnet_deploy.commands._common import (
+from resnet_deploy.commands._options import (
     ArchOption,
     CheckpointOption,
     DepthOption,
+    DeviceOption,
     JsonOption,
     NumClassesOption,
     OutputOption,
-    emit_json,
-    info,
     resolve_arch,
-    stderr,
-    stdout,
-    warn,
 )
+from resnet_deploy.commands._output import emit_json, info, stderr, stdout, warn
 
 
 def build_engine(
@@ -60,8 +57,7 @@ def build_engine(
     target: Annotated[str, typer.Option(
         "--target", help="auto (TensorRT if usable, else OpenVINO if installed, else ONNX Runtime), onnxruntime, "
                          "tensorrt or openvino.")] = "auto",
-    device: Annotated[str, typer.Option(
-        "--device", help="ONNX Runtime target: optimize for the cpu or cuda provider.")] = "cpu",
+    device: DeviceOption = "cpu",
     output: OutputOption = None,
     min_batch: Annotated[int | None, typer.Option(
         "--min-batch", help="TensorRT: smallest batch of the optimization profile [default: 1].",

@@ -7,12 +7,13 @@ from typing import Annotated
 
 import typer
 
-from resnet_deploy.commands._common import ArchOption, JsonOption, emit_json, info, stderr, stdout, warn
+from resnet_deploy.commands._options import ArchOption, JsonOption
+from resnet_deploy.commands._output import emit_json, info, stderr, stdout, warn
 from resnet_deploy.errors import CheckFailed, UsageError
 
 
 def demo(
-    out: Annotated[Path, typer.Option("--out", help="Folder for data, runs, artifacts and report.md.")]
+    out: Annotated[Path, typer.Option("--output", "-o", help="Folder for data, runs, artifacts and report.md.")]
         = Path("demo-out"),
     data: Annotated[Path | None, typer.Option(
         "--data", help="Your ImageFolder tree with train/ and test/ (or val/) [default: the embedded "
@@ -26,7 +27,7 @@ def demo(
     calib_samples: Annotated[int, typer.Option("--calib-samples", help="INT8 calibration images.")] = 256,
     json_output: JsonOption = False,
 ) -> None:
-    """Train, export, make FP16/INT8 and engines, validate and bench: one report in --out/report.md."""
+    """Train, export, make FP16/INT8 and engines, validate and bench: one report in --output/report.md."""
     from resnet_deploy.build import BuildListener
     from resnet_deploy.demo.report import write_report
     from resnet_deploy.demo.run import DemoHooks, DemoOptions, run_demo

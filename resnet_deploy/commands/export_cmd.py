@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from resnet_deploy.commands._common import (
+from resnet_deploy.commands._options import (
     ArchOption,
     CheckpointOption,
     DepthOption,
@@ -16,12 +16,9 @@ from resnet_deploy.commands._common import (
     NumClassesOption,
     OutputOption,
     RenameOption,
-    emit_json,
-    info,
     resolve_arch,
-    stdout,
-    warn,
 )
+from resnet_deploy.commands._output import emit_json, info, stdout, warn
 from resnet_deploy.errors import UsageError
 
 REAL_IMAGE_COUNT = 16  # a few real images on top of the random inputs

@@ -7,7 +7,8 @@ from typing import Annotated
 
 import typer
 
-from resnet_deploy.commands._common import JsonOption, emit_json, info
+from resnet_deploy.commands._options import JsonOption
+from resnet_deploy.commands._output import emit_json, info
 from resnet_deploy.commands.import_weights_cmd import class_names_from_folder, parse_floats3
 from resnet_deploy.errors import UsageError
 

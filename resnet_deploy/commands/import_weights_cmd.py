@@ -7,16 +7,15 @@ from typing import Annotated
 
 import typer
 
-from resnet_deploy.commands._common import (
+from resnet_deploy.commands._options import (
     ArchOption,
     DepthOption,
     JsonOption,
     NumClassesOption,
     RenameOption,
-    emit_json,
-    info,
     resolve_arch,
 )
+from resnet_deploy.commands._output import emit_json, info
 from resnet_deploy.errors import UsageError
 
 

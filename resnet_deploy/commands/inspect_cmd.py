@@ -8,15 +8,8 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from resnet_deploy.commands._common import (
-    ArchOption,
-    DepthOption,
-    JsonOption,
-    NumClassesOption,
-    emit_json,
-    resolve_arch,
-    stdout,
-)
+from resnet_deploy.commands._options import ArchOption, DepthOption, JsonOption, NumClassesOption, resolve_arch
+from resnet_deploy.commands._output import emit_json, stdout
 from resnet_deploy.errors import UsageError
 
 

@@ -10,7 +10,8 @@ from typing import Annotated, Any
 
 import typer
 
-from resnet_deploy.commands._common import ArchOption, DepthOption, JsonOption, emit_json, resolve_arch, stderr, stdout
+from resnet_deploy.commands._options import ArchOption, DepthOption, DeviceOption, JsonOption, resolve_arch
+from resnet_deploy.commands._output import emit_json, stderr, stdout
 
 PANEL_SCHEDULE = "Recipe and schedule"
 PANEL_SPEED = "Speed and devices"
@@ -59,8 +60,7 @@ def train(  # noqa: PLR0913 - a training command has many knobs
         rich_help_panel=PANEL_SPEED)] = None,
     compile_model: Annotated[bool, typer.Option(
         "--compile", help="torch.compile the model (CUDA).", rich_help_panel=PANEL_SPEED)] = False,
-    device: Annotated[str, typer.Option(
-        "--device", help="auto, cpu or cuda.", rich_help_panel=PANEL_SPEED)] = "auto",
+    device: DeviceOption = "auto",
     workers: Annotated[int | None, typer.Option(
         "--workers", help="Data loader processes (default: min(8, CPUs)); decode threads for the tensor loader.",
         rich_help_panel=PANEL_SPEED)] = None,
@@ -81,9 +81,9 @@ def train(  # noqa: PLR0913 - a training command has many knobs
     seed: Annotated[int, typer.Option("--seed", help="Seeds weights, data order and augmentation.",
                                       rich_help_panel=PANEL_RUN)] = 0,
     out: Annotated[Path | None, typer.Option(
-        "--out", help="Run folder (default: runs/ARCH).", rich_help_panel=PANEL_RUN)] = None,
+        "--output", "-o", help="Run folder (default: runs/ARCH).", rich_help_panel=PANEL_RUN)] = None,
     resume: Annotated[bool, typer.Option(
-        "--resume", help="Continue the run in --out from its last.pt, exactly.", rich_help_panel=PANEL_RUN)] = False,
+        "--resume", help="Continue the run in --output from its last.pt, exactly.", rich_help_panel=PANEL_RUN)] = False,
     resume_from: Annotated[Path | None, typer.Option(
         "--resume-from", help="Continue from this last.pt (implies --resume).", rich_help_panel=PANEL_RUN)] = None,
     eval_every: Annotated[int | None, typer.Option(

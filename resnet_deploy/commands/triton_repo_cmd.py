@@ -8,7 +8,8 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from resnet_deploy.commands._common import JsonOption, emit_json, stdout, warn
+from resnet_deploy.commands._options import JsonOption
+from resnet_deploy.commands._output import emit_json, stdout, warn
 
 
 def triton_repo(

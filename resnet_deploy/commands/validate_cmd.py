@@ -7,11 +7,10 @@ from typing import Annotated, Any
 
 import typer
 
-from resnet_deploy.commands import _common
-from resnet_deploy.commands._common import JsonOption
+from resnet_deploy.commands import _output
+from resnet_deploy.commands._options import DeviceOption, JsonOption
 from resnet_deploy.errors import CheckFailed, UsageError
 
-DEVICES = ("cpu", "cuda")
 RESULTS_WIDTH = 240  # columns for the table when stdout is not a terminal
 
 
@@ -40,7 +39,7 @@ def validate(
         int | None,
         typer.Option("--workers", help="Decoding processes (default: cores − 1, at most 4; 0 decodes in-process)."),
     ] = None,
-    device: Annotated[str, typer.Option("--device", help="cpu or cuda (TensorRT engines always run on cuda).")] = "cpu",
+    device: DeviceOption = "cpu",
     ten_crop: Annotated[
         bool, typer.Option("--ten-crop", help="10-crop testing: 4 corners + centre and their flips, softmax averaged.")
     ] = False,
@@ -73,15 +72,12 @@ def validate(
 
     Exit code 1 when any artifact fails its gate (the full table is still printed), 2 for bad input.
     """
-    from rich.markup import escape
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
 
     from resnet_deploy.validate.report import failure_lines, results_table, write_report
     from resnet_deploy.validate.run import ValidateOptions
     from resnet_deploy.validate.run import validate as run_validation
 
-    if device not in DEVICES and not device.startswith("cuda:"):
-        raise UsageError(f"--device must be one of {', '.join(DEVICES)} (or cuda:N), got {device!r}")
     for name, value in (("--max-top1-drop", max_top1_drop), ("--min-agreement", min_agreement)):
         if value is not None and not 0 <= value <= 100:
             raise UsageError(f"{name} is in percentage points, 0 to 100; got {value}")
@@ -95,7 +91,7 @@ def validate(
 
     columns = (TextColumn("validating"), BarColumn(), MofNCompleteColumn(), TextColumn("images"),
                TimeRemainingColumn())
-    with Progress(*columns, console=_common.stderr, transient=True) as bar:
+    with _output.progress_bar(*columns) as bar:
         task = bar.add_task("validate", total=None)
 
         def advance(done: int, total: int) -> None:
@@ -104,17 +100,17 @@ def validate(
         result = run_validation(artifacts, data, reference=reference, options=options, progress=advance)
 
     if result.dataset.skipped:
-        _common.warn(f"skipped {result.dataset.skipped} unreadable image(s) (--skip-bad)")
+        _output.warn(f"skipped {result.dataset.skipped} unreadable image(s) (--skip-bad)")
     if report is not None:
         write_report(report, result, environment or {})
-        _common.info(f"report written to {report}")
+        _output.info(f"report written to {report}")
     if json_output:
-        _common.emit_json(result.to_dict())
+        _output.emit_json(result.to_dict())
     else:
         console = _results_console()
         console.print(results_table(result, wide=wide))
         for line in failure_lines(result):
-            console.print(f"[red]FAIL[/red] {escape(line)}", soft_wrap=True)
+            console.print(f"[red]FAIL[/red] {_output.plain(line)}", soft_wrap=True)
     if not result.passed:
         names = ", ".join(Path(r.artifact).name for r in result.failed)
         raise CheckFailed(f"{len(result.failed)} of {len(result.results)} artifact(s) failed validation: {names}")
@@ -125,8 +121,8 @@ def _results_console() -> Any:
     columns into 80, so it gets room for the whole table."""
     from rich.console import Console
 
-    if _common.stdout.is_terminal:
-        return _common.stdout
+    if _output.stdout.is_terminal:
+        return _output.stdout
     return Console(width=RESULTS_WIDTH, highlight=False, soft_wrap=False)
 
 

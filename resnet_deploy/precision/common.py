@@ -14,8 +14,8 @@ import numpy as np
 from resnet_deploy.artifacts import ARTIFACT_KEY, PRECISION_KEY  # noqa: F401 - re-exported to fp16/int8
 from resnet_deploy.atomic import sha256_file
 from resnet_deploy.card import CARD_METADATA_KEY, ModelCard
+from resnet_deploy.compare import LogitComparison
 from resnet_deploy.errors import CheckFailed, UsageError
-from resnet_deploy.onnx_check import LogitComparison
 
 FP16_MIN_AGREEMENT = 99.0  # default gates on real images, percent top-1 agreement with FP32
 INT8_MIN_AGREEMENT = 95.0

@@ -16,8 +16,9 @@ from resnet_deploy.artifacts import (
     VERIFICATION_KEY,
 )
 from resnet_deploy.atomic import atomic_path, sha256_file
+from resnet_deploy.compare import LogitComparison, compare_logits
 from resnet_deploy.errors import UsageError
-from resnet_deploy.onnx_check import LogitComparison, compare_logits, run_logits
+from resnet_deploy.onnx_check import run_logits
 from resnet_deploy.precision.calibration import (
     DEFAULT_CHECK_SAMPLES,
     DEFAULT_METHOD,

@@ -56,7 +56,7 @@ class OpenVINOBuildResult:
     compressed_to_fp16: bool
     source_sha256: str
     max_abs_logit_diff: float  # IR on OpenVINO vs source ONNX on ONNX Runtime, random images
-    agreement: float  # top-1 agreement on the same images (0-1)
+    agreement: float  # top-1 agreement on the same images, percent
     seconds: float
     notes: list[str] = field(default_factory=list)  # things the user should know (printed as warnings)
     manifest: dict[str, Any] = field(default_factory=dict)
@@ -187,22 +187,24 @@ def _card_dict(card: ModelCard | dict[str, Any] | None, source: Path) -> dict[st
 
 
 def _check_against_source(xml: Path, source: Path, engine_cls: Any) -> tuple[str, dict, float, float]:
-    """Compile the staged IR as a user would (its stored hint) and compare it with the source on ONNX Runtime."""
-    import onnxruntime as ort
+    """Compile the staged IR as a user would (its stored hint) and compare it with the source on ONNX Runtime.
 
-    session = ort.InferenceSession(str(source), providers=["CPUExecutionProvider"])
-    port = session.get_inputs()[0]
+    Returns (runtime precision, engine description, max |Δ logit|, top-1 agreement in percent)."""
+    from resnet_deploy.compare import compare_logits
+    from resnet_deploy.onnx_check import session
+
+    sess = session(source, providers=["CPUExecutionProvider"])
+    port = sess.get_inputs()[0]
     step = port.shape[0] if isinstance(port.shape[0], int) and port.shape[0] > 0 else CHECK_IMAGES
     dims = [d if isinstance(d, int) and d > 0 else 1 for d in port.shape[1:]]
     images = np.random.default_rng(0).standard_normal((max(step, CHECK_IMAGES), *dims), dtype=np.float32)
     batches = [images[i : i + step] for i in range(0, len(images) - step + 1, step)]
-    reference = np.concatenate([session.run(None, {port.name: b})[0] for b in batches]).astype(np.float32)
+    reference = np.concatenate([sess.run(None, {port.name: b})[0] for b in batches]).astype(np.float32)
     with engine_cls(xml) as engine:
         runtime, describe = engine.precision, engine.describe()
         logits = np.concatenate([engine.infer(b) for b in batches])
-    max_diff = float(np.abs(logits - reference).max())
-    agreement = float((logits.argmax(1) == reference.argmax(1)).mean())
-    return runtime, describe, max_diff, agreement
+    comparison = compare_logits(reference, logits)
+    return runtime, describe, comparison.max_abs_logit_diff, comparison.agreement
 
 
 def _notes(precision: str, hint: str | None, runtime: str) -> list[str]:
@@ -234,7 +236,7 @@ class OpenVINOTarget(Target):
 
     def build(self, request: TargetRequest) -> BuildResult:
         result = build_openvino_ir(request.model, request.output, precision=request.precision, card=request.card)
-        row = (f"runs as {result.runtime_precision}; top-1 agreement {100 * result.agreement:.1f}% with the source "
+        row = (f"runs as {result.runtime_precision}; top-1 agreement {result.agreement:.1f}% with the source "
                f"ONNX on ONNX Runtime, max |Δ logit| {result.max_abs_logit_diff:.4g} (random inputs)")
         details = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(result).items()}
         return BuildResult(self.name, result.path, result.manifest_path, Manifest.from_dict(result.manifest),

@@ -1,5 +1,7 @@
 """Accuracy and parity arithmetic for `validate`: streaming tallies over batches, and the gates.
 
+The logit definitions (agreement, overlap, |Δ|, cosine) live in `resnet_deploy.compare`.
+
 Everything here is numpy on arrays already in memory; `validate.py` feeds it one batch at a time
 so no run ever holds the logits of a whole data set. Percentages are 0–100.
 """
@@ -11,6 +13,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from resnet_deploy.compare import LogitTally, finite_rows, softmax, topk_indices
+
+__all__ = ["DEFAULT_GATES", "AccuracyTally", "Gate", "ParityTally", "finite_rows", "gate_failures", "gate_for",
+           "softmax", "topk_indices"]
+
 # Default gates by precision: (largest allowed top-1 drop in points, smallest top-1 agreement in %).
 # bf16 keeps fewer mantissa bits than fp16 but the same exponent range; for a classifier the
 # prediction flips it causes are of the same order, so it shares fp16's gate.
@@ -21,23 +28,6 @@ DEFAULT_GATES: dict[str, tuple[float, float]] = {
     "int8": (1.0, 98.0),
 }
 _EPS = 1e-9  # counts become percentages through division; compare with a hair of slack
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """Row-wise softmax in float64, stable for large logits."""
-    shifted = logits.astype(np.float64) - np.max(logits, axis=-1, keepdims=True)
-    exp = np.exp(shifted)
-    return exp / np.sum(exp, axis=-1, keepdims=True)
-
-
-def topk_indices(scores: np.ndarray, k: int) -> np.ndarray:
-    """The k best classes per row, best first; a stable sort keeps ties in class order."""
-    return np.argsort(-scores, axis=1, kind="stable")[:, :k]
-
-
-def finite_rows(array: np.ndarray) -> np.ndarray:
-    """A boolean per leading row: True where every value in the row is finite."""
-    return np.isfinite(array.reshape(array.shape[0], -1)).all(axis=1)
 
 
 @dataclass
@@ -71,68 +61,13 @@ class AccuracyTally:
         return self.images / self.seconds if self.seconds > 0 else None
 
 
-@dataclass
-class ParityTally:
-    """How far one artifact strays from the reference on the same inputs.
+class ParityTally(LogitTally):
+    """How far one artifact strays from the reference on the same inputs, streamed over batches.
 
-    Predictions are compared per image (top-1 agreement, top-k overlap); raw outputs per output row
-    (with ten-crop, each crop is a row), only where both rows are finite.
+    The tally and its definitions are `compare.LogitTally`'s (the one comparator); predictions are
+    compared per image (top-1 agreement, top-k overlap), raw outputs per output row (with ten-crop,
+    each crop is a row), only where both rows are finite.
     """
-
-    k: int
-    images: int = 0
-    agree: int = 0
-    overlap: float = 0.0  # sum over images of |topk ∩ reference topk| / k
-    rows: int = 0
-    elements: int = 0
-    max_abs: float = 0.0
-    abs_sum: float = 0.0
-    cosine_sum: float = 0.0
-    cosine_min: float = 1.0
-
-    def update_predictions(self, reference_topk: np.ndarray, topk: np.ndarray) -> None:
-        self.images += len(topk)
-        self.agree += int(np.count_nonzero(topk[:, 0] == reference_topk[:, 0]))
-        shared = (topk[:, :, None] == reference_topk[:, None, :]).any(axis=2).sum(axis=1)
-        self.overlap += float(shared.sum()) / self.k
-
-    def update_outputs(self, reference: np.ndarray, outputs: np.ndarray) -> None:
-        keep = finite_rows(reference) & finite_rows(outputs)
-        if not keep.any():
-            return
-        a = reference[keep].astype(np.float64)
-        b = outputs[keep].astype(np.float64)
-        diff = np.abs(a - b)
-        self.rows += len(a)
-        self.elements += diff.size
-        self.max_abs = max(self.max_abs, float(diff.max()))
-        self.abs_sum += float(diff.sum())
-        norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
-        # Two all-zero rows are identical; one zero row against a non-zero one shares no direction.
-        cosine = np.where(norms > 0, np.sum(a * b, axis=1) / np.where(norms > 0, norms, 1.0),
-                          np.where(np.abs(a).sum(axis=1) + np.abs(b).sum(axis=1) == 0, 1.0, 0.0))
-        self.cosine_sum += float(cosine.sum())
-        self.cosine_min = min(self.cosine_min, float(cosine.min()))
-
-    @property
-    def agreement(self) -> float:
-        return 100.0 * self.agree / self.images if self.images else math.nan
-
-    @property
-    def topk_overlap(self) -> float:
-        return 100.0 * self.overlap / self.images if self.images else math.nan
-
-    @property
-    def mean_abs(self) -> float | None:
-        return self.abs_sum / self.elements if self.elements else None
-
-    @property
-    def max_abs_diff(self) -> float | None:
-        return self.max_abs if self.elements else None
-
-    @property
-    def cosine(self) -> float | None:
-        return self.cosine_sum / self.rows if self.rows else None
 
 
 @dataclass(frozen=True)

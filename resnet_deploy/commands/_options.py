@@ -1,23 +1,41 @@
-"""Shared option aliases and output helpers for the commands (the `hf` CLI's pattern).
+"""The shared command-line options (the `hf` CLI's pattern: `Annotated` aliases defined once).
 
-Results go to stdout; logs, warnings and progress go to stderr, so `--json` output stays parseable.
+One `--device` grammar for every command: `auto`, `cpu`, `cuda` or `cuda:N`, parsed by `parse_device`.
+One default rule: `auto` means CUDA when PyTorch sees a GPU, else the CPU; it is resolved while the
+options are parsed, so command bodies only ever see `cpu`, `cuda` or `cuda:N`.
+`--output/-o` names what a command writes (train and demo also take their old `--out`, as a hidden
+alias rewritten in `runner.run_command`).
 """
 
 from __future__ import annotations
 
-import json
-import sys
+import re
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
-from rich.console import Console
-from rich.markup import escape
 
 from resnet_deploy.errors import UsageError
 
-stderr = Console(stderr=True, highlight=False)
-stdout = Console(highlight=False)
+DEVICE_GRAMMAR = "auto, cpu, cuda or cuda:N"
+DEVICE_HELP = f"{DEVICE_GRAMMAR} (auto: cuda when PyTorch sees a GPU, else cpu)."
+
+
+def parse_device(value: str | None) -> str:
+    """`auto|cpu|cuda|cuda:N` (any case) → `cpu`, `cuda` or `cuda:N`; `auto` (or None) by the one default rule."""
+    name = "auto" if value is None else value.strip().lower()
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", name):
+        raise UsageError(f"--device must be {DEVICE_GRAMMAR}, got {value!r}")
+    if name != "auto":
+        return name
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _device_callback(value: str | None) -> str:
+    return parse_device(value)
+
 
 DepthOption = Annotated[
     int | None,
@@ -36,6 +54,9 @@ RenameOption = Annotated[
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout and nothing else there.")]
 OutputOption = Annotated[Path | None, typer.Option("--output", "-o", help="Where to write the result.")]
+DeviceOption = Annotated[str, typer.Option("--device", help=DEVICE_HELP, callback=_device_callback)]
+QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="Only errors on stderr (no progress, no notes).")]
+VerboseOption = Annotated[bool, typer.Option("--verbose", "-v", help="More detail on stderr.")]
 
 
 def resolve_arch(depth: int | None, arch: str | None, *, required: bool = True) -> str | None:
@@ -54,32 +75,3 @@ def resolve_arch(depth: int | None, arch: str | None, *, required: bool = True) 
     if required:
         raise UsageError("name a model: --depth N or --arch NAME")
     return None
-
-
-def emit_json(document: Any) -> None:
-    """Write exactly one JSON document to stdout."""
-    sys.stdout.write(json.dumps(document, indent=2, default=_json_default) + "\n")
-    sys.stdout.flush()
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, Path):
-        return str(value)
-    if hasattr(value, "item"):  # numpy / torch scalars
-        return value.item()
-    if hasattr(value, "tolist"):
-        return value.tolist()
-    raise TypeError(f"not JSON serializable: {type(value).__name__}")
-
-
-def warn(message: str) -> None:
-    # Messages carry text like `pip install 'resnet-deploy[openvino]'`: never let rich read it as markup.
-    stderr.print(f"[yellow]warning:[/yellow] {escape(message)}")
-
-
-def info(message: str, *, markup: bool = False) -> None:
-    stderr.print(message if markup else escape(message))
-
-
-def not_implemented(command: str) -> None:
-    raise UsageError(f"`resnet-deploy {command}` is not implemented yet")
