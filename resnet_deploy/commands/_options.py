@@ -75,3 +75,41 @@ def resolve_arch(depth: int | None, arch: str | None, *, required: bool = True) 
     if required:
         raise UsageError("name a model: --depth N or --arch NAME")
     return None
+
+
+# --- values of the preprocessing and class flags (import-weights, import-onnx) ------------------------------
+
+
+def parse_floats3(text: str | None, flag: str) -> tuple[float, float, float] | None:
+    if text is None:
+        return None
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise UsageError(f"{flag} expects three comma-separated numbers, got {text!r}") from None
+    if len(values) != 3:
+        raise UsageError(f"{flag} expects three comma-separated numbers (r,g,b), got {text!r}")
+    return values  # type: ignore[return-value]
+
+
+def class_names_from_folder(folder: Path) -> list[str]:
+    """ImageFolder order: the sorted names of the class subfolders (a split folder is looked into)."""
+    if not folder.is_dir():
+        raise UsageError(f"--classes-from {folder}: not a folder")
+    for split in ("train", "val", "test"):
+        if (folder / split).is_dir():
+            folder = folder / split
+            break
+    names = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not names:
+        raise UsageError(f"--classes-from {folder}: no class subfolders")
+    return names
+
+
+def parse_class_names(classes: str | None, classes_from: Path | None) -> list[str] | None:
+    """`--classes a,b,c` or `--classes-from DIR` (not both) → class names, or None when neither is given."""
+    if classes and classes_from:
+        raise UsageError("give --classes or --classes-from, not both")
+    if classes_from:
+        return class_names_from_folder(classes_from)
+    return [c.strip() for c in classes.split(",")] if classes else None

@@ -7,9 +7,8 @@ from typing import Annotated
 
 import typer
 
-from resnet_deploy.commands._options import JsonOption
+from resnet_deploy.commands._options import JsonOption, parse_class_names, parse_floats3
 from resnet_deploy.commands._output import emit_json, info
-from resnet_deploy.commands.import_weights_cmd import class_names_from_folder, parse_floats3
 from resnet_deploy.errors import UsageError
 
 
@@ -43,11 +42,7 @@ def import_onnx(
 
     if output.suffix.lower() != ".onnx":
         raise UsageError(f"--output {output}: expected an .onnx file")
-    if classes and classes_from:
-        raise UsageError("give --classes or --classes-from, not both")
-    class_names = [c.strip() for c in classes.split(",")] if classes else None
-    if classes_from:
-        class_names = class_names_from_folder(classes_from)
+    class_names = parse_class_names(classes, classes_from)
     result = run_import(source, output, mean=parse_floats3(mean, "--mean"), std=parse_floats3(std, "--std"),
                         input_size=input_size, resize_size=resize_size, interpolation=interpolation,
                         class_names=class_names, name=name, dataset=dataset)

@@ -13,36 +13,12 @@ from resnet_deploy.commands._options import (
     JsonOption,
     NumClassesOption,
     RenameOption,
+    parse_class_names,
+    parse_floats3,
     resolve_arch,
 )
 from resnet_deploy.commands._output import emit_json, info
 from resnet_deploy.errors import UsageError
-
-
-def parse_floats3(text: str | None, flag: str) -> tuple[float, float, float] | None:
-    if text is None:
-        return None
-    try:
-        values = tuple(float(v) for v in text.split(","))
-    except ValueError:
-        raise UsageError(f"{flag} expects three comma-separated numbers, got {text!r}") from None
-    if len(values) != 3:
-        raise UsageError(f"{flag} expects three comma-separated numbers (r,g,b), got {text!r}")
-    return values  # type: ignore[return-value]
-
-
-def class_names_from_folder(folder: Path) -> list[str]:
-    """ImageFolder order: the sorted names of the class subfolders (a split folder is looked into)."""
-    if not folder.is_dir():
-        raise UsageError(f"--classes-from {folder}: not a folder")
-    for split in ("train", "val", "test"):
-        if (folder / split).is_dir():
-            folder = folder / split
-            break
-    names = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if not names:
-        raise UsageError(f"--classes-from {folder}: no class subfolders")
-    return names
 
 
 def import_weights(
@@ -78,11 +54,7 @@ def import_weights(
 
     if output.suffix.lower() != ".safetensors":
         raise UsageError(f"--output {output}: a model card is a .safetensors file")
-    if classes and classes_from:
-        raise UsageError("give --classes or --classes-from, not both")
-    class_names = [c.strip() for c in classes.split(",")] if classes else None
-    if classes_from:
-        class_names = class_names_from_folder(classes_from)
+    class_names = parse_class_names(classes, classes_from)
     name = resolve_arch(depth, arch)
     loaded = load_model(source, arch=name, num_classes=num_classes, class_names=class_names,
                         renames=parse_renames(rename or []), use_ema=use_ema)
