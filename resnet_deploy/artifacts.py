@@ -22,7 +22,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from engines.base import Engine
+from resnet_deploy.artifact_checks import check_artifact_files, check_onnx_input
 from resnet_deploy.errors import UsageError
+from resnet_deploy.paths import require_input_file
 
 if TYPE_CHECKING:  # card.py imports the keys below; the card class is imported where it is used
     from resnet_deploy.card import ModelCard
@@ -195,8 +197,7 @@ class Artifact:
         return f"Artifact({str(self.path)!r}, backend={self.backend!r})"
 
     def require_file(self) -> Artifact:
-        if not self.path.is_file():
-            raise UsageError(f"{self.path}: no such file")
+        require_input_file(self.path)  # a FIFO or a device is refused before anything reads it
         return self
 
     @cached_property
@@ -226,7 +227,7 @@ class Artifact:
         if self.backend == "onnxruntime":
             text = self.metadata.get(CARD_KEY)
             if text:
-                return ModelCard.from_json(text)
+                return check_onnx_input(self.path, ModelCard.from_json(text))
             raise UsageError(
                 f"{self.path}: the ONNX model carries no resnet-deploy model card in its metadata; "
                 "export it with `resnet-deploy export` (or import its weights with `import-weights`)"
@@ -253,8 +254,7 @@ class Artifact:
 
 def artifact_card(path: str | Path) -> ModelCard:
     """The model card of any artifact; an artifact without one is refused (nothing is guessed)."""
-    if not Path(path).is_file():
-        raise UsageError(f"{path}: no such file")
+    require_input_file(path)
     return Artifact(path).card
 
 
@@ -272,9 +272,8 @@ def open_engine(
 ) -> Engine:
     """Open an artifact with the backend its suffix names. `precision` applies to PyTorch (fp32/fp16/bf16)
     and OpenVINO (its inference precision); other backends run the precision their graph carries."""
-    artifact = Path(path)
-    if not artifact.is_file():
-        raise UsageError(f"{artifact}: no such file")
+    artifact = require_input_file(path)
+    check_artifact_files(artifact)  # a replaced or missing file is refused, naming it
     backend = backend_for(artifact)
     if backend == "torch":
         from engines.torch_engine import TorchEngine

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as _dt
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +26,11 @@ from resnet_deploy.errors import UsageError
 from resnet_deploy.models import FamilyDefaults, get_entry
 
 CARD_FORMAT_VERSION = 1
+# What a card may promise: sizes a ResNet can take (the CIFAR nets need 8 px for their three stages; beyond
+# 4096 px one image is already ~200 MB of float32) and the resize modes the eval transform knows.
+MIN_IMAGE_SIZE = 8
+MAX_IMAGE_SIZE = 4096
+INTERPOLATIONS = ("bilinear", "bicubic", "nearest", "nearest-exact")
 
 
 @dataclass(frozen=True)
@@ -60,6 +66,20 @@ class Preprocessing:
             "interpolation": self.interpolation,
         }
 
+    def problems(self) -> list[str]:
+        """What is wrong with this contract (empty when it can be used)."""
+        found = []
+        for name, size in (("input_size", self.input_size), ("resize_size", self.resize_size)):
+            if size is not None and not (isinstance(size, int) and MIN_IMAGE_SIZE <= size <= MAX_IMAGE_SIZE):
+                found.append(f"{name} {size!r} is outside {MIN_IMAGE_SIZE}..{MAX_IMAGE_SIZE} pixels")
+        if len(self.mean) != 3 or not all(math.isfinite(v) for v in self.mean):
+            found.append(f"mean {list(self.mean)} is not three finite numbers (r, g, b)")
+        if len(self.std) != 3 or not all(math.isfinite(v) and v > 0 for v in self.std):
+            found.append(f"std {list(self.std)} is not three positive numbers (r, g, b)")
+        if self.interpolation not in INTERPOLATIONS:
+            found.append(f"interpolation {self.interpolation!r} is not one of {', '.join(INTERPOLATIONS)}")
+        return found
+
     def describe(self) -> str:
         resize = f"resize {self.resize_size}, " if self.resize_size else ""
         mean = ", ".join(f"{v:.4f}" for v in self.mean)
@@ -92,6 +112,19 @@ class ModelCard:
         return cls(arch=arch, num_classes=n, class_names=list(names),
                    preprocessing=Preprocessing.for_family(family), arch_options=dict(options))
 
+    def check(self) -> ModelCard:
+        """This card, if every later step can trust it; else a UsageError listing what is wrong. Called when
+        a card is written and when it is read: a card with a negative std validated with silently wrong
+        accuracy, one with input size 100000 tried to allocate 100 GB."""
+        problems = self.preprocessing.problems()
+        if not isinstance(self.num_classes, int) or self.num_classes < 1:
+            problems.append(f"num_classes {self.num_classes!r} is not a positive integer")
+        elif len(self.class_names) != self.num_classes:
+            problems.append(f"{len(self.class_names)} class names for {self.num_classes} classes")
+        if problems:
+            raise UsageError(f"invalid model card ({self.arch}): {'; '.join(problems)}")
+        return self
+
     def build_model(self) -> torch.nn.Module:
         from resnet_deploy.models import create_model
 
@@ -116,12 +149,12 @@ class ModelCard:
                 metrics=dict(data.get("metrics") or {}),
                 recipe=dict(data.get("recipe") or {}),
                 lineage=dict(data.get("lineage") or {}),
-            )
-        except (KeyError, TypeError, ValueError) as exc:
+            ).check()
+        except (KeyError, TypeError, ValueError, OverflowError) as exc:
             raise UsageError(f"malformed model card metadata ({exc})") from None
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), sort_keys=True)
+        return json.dumps(self.check().to_dict(), sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> ModelCard:

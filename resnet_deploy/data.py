@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import pickle
 import random
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,8 +67,14 @@ class ImageDataset:
             return Image.fromarray(self.arrays[int(sample)], mode="RGB")
         path = str(sample)
         try:
-            with Image.open(path) as image:
-                return image.convert("RGB")
+            with warnings.catch_warnings():
+                # PIL only warns above MAX_IMAGE_PIXELS (and raises above twice that): either way it is an
+                # image too large to be a real sample, so a bad image, not a raw warning on the terminal.
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                with Image.open(path) as image:
+                    return image.convert("RGB")
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            raise BadImageError(path, f"too large, a possible decompression bomb: {exc}") from None
         except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
             raise BadImageError(path, str(exc) or type(exc).__name__) from None
 
@@ -262,7 +269,11 @@ def eval_transform(pre: Preprocessing) -> Callable[[Image.Image], Any]:
 
 
 def check_classes(dataset: ImageDataset, class_names: Sequence[str], artifact: str) -> None:
-    """Refuse a data set whose classes disagree with the artifact's card (count, then names)."""
+    """Refuse a data set whose classes disagree with the artifact's card (count, then names), or with one
+    class only: every prediction would be right, and top-1 100 % would mean nothing."""
+    if dataset.num_classes < 2:
+        raise UsageError(f"{dataset.root}: {dataset.num_classes} class ({', '.join(dataset.class_names)}); "
+                         "accuracy needs at least two classes (one subfolder per class)")
     if dataset.num_classes != len(class_names):
         raise UsageError(
             f"{artifact}: the model has {len(class_names)} classes but {dataset.root} has "

@@ -7,8 +7,11 @@ the trainer importing the CLI.
 
 from __future__ import annotations
 
+import errno
 import os
+import signal
 import sys
+import threading
 
 import typer
 from typer.exceptions import TyperException
@@ -18,6 +21,8 @@ from resnet_deploy.errors import ResnetDeployError
 
 #: old option names that still parse, and the name they stand for (hidden from --help)
 HIDDEN_ALIASES = {"--out": "--output"}
+# The machine's state, not a bug, even when the OSError names no file: no space, no permission, read-only, quota.
+_MACHINE_ERRNOS = frozenset({errno.ENOSPC, errno.EACCES, errno.EPERM, errno.EROFS, errno.EDQUOT, errno.EFBIG})
 
 
 def rewrite_hidden_aliases(argv: list[str]) -> list[str]:
@@ -32,8 +37,23 @@ def rewrite_hidden_aliases(argv: list[str]) -> list[str]:
 
 
 def run_command(command: typer.core.TyperCommand | typer.core.TyperGroup, argv: list[str] | None, prog: str) -> None:
-    """Run `command` with `argv` and exit with its status."""
+    """Run `command` with `argv` and exit with its status.
+
+    SIGTERM is handled like SIGINT: both raise KeyboardInterrupt, so the atomic writers and temporary
+    folders clean up on the way out, and both end in `error: interrupted`, exit 130. Typer turns
+    KeyboardInterrupt into a returned 130 before the branches below could see it, so the handler notes
+    the signal. An OSError naming a file (disk full, permission, read-only) is the user's to fix: one
+    line naming the path and the reason, exit 2."""
     args = rewrite_hidden_aliases(sys.argv[1:] if argv is None else list(argv))
+    received: list[int] = []
+
+    def interrupt(signum: int, frame: object) -> None:
+        received.append(signum)
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is threading.main_thread():
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, interrupt)
     try:
         result = command.main(args=args, prog_name=prog, standalone_mode=False)
     except TyperException as exc:  # Typer's parsing errors (it vendors click; this is its public base class)
@@ -42,18 +62,24 @@ def run_command(command: typer.core.TyperCommand | typer.core.TyperGroup, argv: 
         print(f"error: {exc.format_message()} (see: {where} --help)", file=sys.stderr)
         sys.exit(2)
     except (KeyboardInterrupt, typer.Abort):
-        print("error: interrupted", file=sys.stderr)
-        sys.exit(130)
+        result = 130
     except (ResnetDeployError, EngineError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)
     except Exception as exc:  # a bug: say so in one line unless asked for the traceback
         if os.environ.get("RESNET_DEPLOY_DEBUG"):
             raise
+        if isinstance(exc, OSError) and (exc.filename is not None or exc.errno in _MACHINE_ERRNOS):
+            where = f"{exc.filename}: " if exc.filename is not None else ""
+            print(f"error: {where}{exc.strerror or exc} (errno {exc.errno})", file=sys.stderr)
+            sys.exit(2)
         print(
             f"error: unexpected {type(exc).__name__}: {exc} "
             "(a bug; rerun with RESNET_DEPLOY_DEBUG=1 for the traceback)",
             file=sys.stderr,
         )
         sys.exit(1)
+    if received or result == 130:  # 130: Typer's answer to KeyboardInterrupt
+        print("error: interrupted", file=sys.stderr)
+        sys.exit(130)
     sys.exit(result if isinstance(result, int) else 0)

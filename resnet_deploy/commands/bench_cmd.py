@@ -12,6 +12,7 @@ import typer
 from resnet_deploy.commands._options import ArchOption, DepthOption, DeviceOption, JsonOption, resolve_arch
 from resnet_deploy.commands._output import emit_json, info, plain, progress_bar, stdout, warn
 from resnet_deploy.errors import UsageError
+from resnet_deploy.paths import check_io
 
 if TYPE_CHECKING:  # heavy modules stay out of `--help`
     from resnet_deploy.bench.plan import BenchPlan
@@ -87,6 +88,7 @@ def bench(
         raise UsageError(f"--threads must be at least 1, got {threads}")
     if plot is not None and plot.suffix.lower() != ".png":
         raise UsageError(f"--plot {plot}: the plot is a PNG; give a path ending in .png")
+    check_io(inputs=artifacts, outputs=[("--report", report), ("--plot", plot)])
     if artifacts:
         for path in artifacts:
             if not path.is_file():

@@ -22,6 +22,7 @@ from resnet_deploy.commands._options import (
     resolve_arch,
 )
 from resnet_deploy.commands._output import emit_json, info, stderr, stdout, warn
+from resnet_deploy.paths import check_io
 
 
 def build_engine(
@@ -84,6 +85,7 @@ def build_engine(
     """Build a deployable artifact: FP16 or calibrated INT8 made and checked in ONNX, then compiled for the target."""
     from resnet_deploy.build import BuildListener, BuildRequest, build
 
+    check_io(inputs=[onnx, checkpoint], outputs=[("--output", output), ("--timing-cache", timing_cache)])
     request = BuildRequest(
         onnx=onnx, arch=resolve_arch(depth, arch, required=False), checkpoint=checkpoint, num_classes=num_classes,
         opset=opset, fp16=fp16, int8=int8, bf16=bf16, calib_data=calib_data, calib_samples=calib_samples,

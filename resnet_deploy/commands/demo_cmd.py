@@ -10,6 +10,7 @@ import typer
 from resnet_deploy.commands._options import ArchOption, JsonOption
 from resnet_deploy.commands._output import emit_json, info, stderr, stdout, warn
 from resnet_deploy.errors import CheckFailed, UsageError
+from resnet_deploy.paths import check_io
 
 
 def demo(
@@ -33,6 +34,7 @@ def demo(
     from resnet_deploy.demo.run import DemoHooks, DemoOptions, run_demo
     from resnet_deploy.models import get_entry
 
+    check_io(outputs=[("--out", out / "report.md")])
     name = arch or "resnet20"
     try:
         get_entry(name)

@@ -20,6 +20,7 @@ from resnet_deploy.commands._options import (
 )
 from resnet_deploy.commands._output import emit_json, info, stdout, warn
 from resnet_deploy.errors import UsageError
+from resnet_deploy.paths import check_io, require_writable_folder
 
 REAL_IMAGE_COUNT = 16  # a few real images on top of the random inputs
 
@@ -54,6 +55,7 @@ def export(
     from resnet_deploy.checkpoints import load_model, parse_renames, random_model
     from resnet_deploy.export import default_output_path, export_onnx
 
+    check_io(inputs=[checkpoint], outputs=[("--output", output)])
     batch_size = parse_batch(batch)
     renames = parse_renames(rename or [])
     if renames and checkpoint is None:
@@ -66,6 +68,7 @@ def export(
     else:
         loaded = load_model(checkpoint, arch=name, num_classes=num_classes, renames=renames)
     target = output or default_output_path(loaded.card.arch)
+    require_writable_folder(target)
     if no_verify:
         if data is not None:
             raise UsageError("--data gives images to verify on; it cannot go with --no-verify")

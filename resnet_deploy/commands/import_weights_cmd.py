@@ -19,6 +19,7 @@ from resnet_deploy.commands._options import (
 )
 from resnet_deploy.commands._output import emit_json, info
 from resnet_deploy.errors import UsageError
+from resnet_deploy.paths import check_io
 
 
 def import_weights(
@@ -52,6 +53,7 @@ def import_weights(
     from resnet_deploy.card import save_card
     from resnet_deploy.checkpoints import load_model, parse_renames
 
+    check_io(inputs=[source], outputs=[("--output", output)])
     if output.suffix.lower() != ".safetensors":
         raise UsageError(f"--output {output}: a model card is a .safetensors file")
     class_names = parse_class_names(classes, classes_from)

@@ -11,6 +11,7 @@ from rich.table import Table
 from resnet_deploy.commands._options import ArchOption, DepthOption, JsonOption, NumClassesOption, resolve_arch
 from resnet_deploy.commands._output import emit_json, stdout
 from resnet_deploy.errors import UsageError
+from resnet_deploy.paths import check_io
 
 
 def inspect(
@@ -25,8 +26,12 @@ def inspect(
     from resnet_deploy.card import ModelCard
     from resnet_deploy.summary import summarize
 
+    check_io(inputs=[artifact])
     if artifact is not None and artifact.suffix.lower() in ONNX_SUFFIXES:
+        from resnet_deploy.artifact_checks import check_onnx_external_data
         from resnet_deploy.onnx_summary import summarize_onnx
+
+        check_onnx_external_data(artifact)  # exit 2 naming the missing file, as validate/bench/build-engine do
 
         onnx_summary = summarize_onnx(artifact)
         if json_output:

@@ -11,11 +11,13 @@ from typing import Any
 
 import numpy as np
 
+from resnet_deploy.artifact_checks import check_onnx_external_data, check_onnx_input
 from resnet_deploy.artifacts import ARTIFACT_KEY, PRECISION_KEY  # noqa: F401 - re-exported to fp16/int8
 from resnet_deploy.atomic import sha256_file
 from resnet_deploy.card import CARD_METADATA_KEY, ModelCard
 from resnet_deploy.compare import LogitComparison
 from resnet_deploy.errors import CheckFailed, UsageError
+from resnet_deploy.paths import require_input_file
 
 FP16_MIN_AGREEMENT = 99.0  # default gates on real images, percent top-1 agreement with FP32
 INT8_MIN_AGREEMENT = 95.0
@@ -97,9 +99,8 @@ def read_source(path: str | Path) -> _Source:
 
     from engines.onnxruntime_engine import graph_precision
 
-    source = Path(path)
-    if not source.is_file():
-        raise UsageError(f"{source}: no such ONNX file")
+    source = require_input_file(path)
+    check_onnx_external_data(source)  # a missing weights file: named, exit 2, as in validate and inspect
     try:
         model = onnx.load(str(source))
     except Exception as exc:  # onnx raises DecodeError / ValueError for non-ONNX bytes
@@ -114,7 +115,7 @@ def read_source(path: str | Path) -> _Source:
     if CARD_METADATA_KEY not in props:
         raise UsageError(f"{source}: the ONNX model carries no resnet-deploy model card in its metadata; "
                          "export it with `resnet-deploy export`")
-    card = ModelCard.from_json(props[CARD_METADATA_KEY])
+    card = check_onnx_input(source, ModelCard.from_json(props[CARD_METADATA_KEY]), model)
     random_weights = props.get("random_weights") == "true" or bool(card.lineage.get("random_weights"))
     dims = model.graph.input[0].type.tensor_type.shape.dim
     shape = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in dims]

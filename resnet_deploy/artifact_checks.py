@@ -1,0 +1,100 @@
+"""Checks on an artifact's files before a runtime sees them, so a broken artifact fails with a named file
+and exit 2 (UsageError) whatever command opened it, never a runtime's own message.
+
+- every file the manifest hashed (OpenVINO `.xml` and `.bin`, an ONNX Runtime artifact) still has that
+  hash: a replaced file would otherwise run under the old card (TensorRT plans check `plan_sha256` when
+  they are deserialized);
+- an OpenVINO `.xml` has its `.bin`; an ONNX model has its external-data files;
+- an ONNX model's input takes the image size its card promises.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, TypeVar
+
+from resnet_deploy.errors import UsageError
+
+CardT = TypeVar("CardT")
+
+# manifest key → the file it hashes, relative to the artifact
+HASHED_FILES = {"sha256": "", "xml_sha256": "", "bin_sha256": ".bin"}
+
+
+def check_artifact_files(path: str | Path) -> None:
+    """Refuse an artifact whose companion files are missing or differ from what its manifest recorded."""
+    from resnet_deploy.atomic import sha256_file
+
+    artifact = Path(path)
+    suffix = artifact.suffix.lower()
+    if suffix == ".xml" and not artifact.with_suffix(".bin").is_file():
+        raise UsageError(f"{artifact.with_suffix('.bin')}: missing; the OpenVINO model {artifact.name} keeps its "
+                         "weights there (copy the .xml and .bin together, or rebuild with build-engine)")
+    if suffix == ".onnx":
+        check_onnx_external_data(artifact)
+    manifest = _manifest(artifact)
+    if manifest is None:
+        return
+    for key, companion_suffix in HASHED_FILES.items():
+        expected = manifest.get(key)
+        if not isinstance(expected, str):
+            continue
+        file = artifact.with_suffix(companion_suffix) if companion_suffix else artifact
+        if sha256_file(file) != expected:
+            raise UsageError(f"{file}: changed since its manifest {artifact.name}.json was written (sha256 "
+                             "differs); it is not the file that was built and checked: rebuild it with "
+                             "`resnet-deploy build-engine`")
+
+
+def _manifest(artifact: Path) -> dict[str, Any] | None:
+    path = artifact.with_name(artifact.name + ".json")
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"{path}: unreadable manifest ({exc})") from None
+    return data if isinstance(data, dict) else None
+
+
+def _load_onnx_header(path: Path) -> Any:
+    import onnx
+
+    try:
+        return onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # onnx raises DecodeError / ValueError for non-ONNX bytes
+        raise UsageError(f"{path}: not a readable ONNX model ({exc})") from None
+
+
+def check_onnx_external_data(path: str | Path, model: Any = None) -> None:
+    """Every external-data file an ONNX model names is there (else one error naming it, exit 2)."""
+    from onnx import TensorProto
+
+    path = Path(path)
+    model = model if model is not None else _load_onnx_header(path)
+    for tensor in model.graph.initializer:
+        if tensor.data_location != TensorProto.EXTERNAL:
+            continue
+        location = next((entry.value for entry in tensor.external_data if entry.key == "location"), None)
+        file = path.parent / (location or "")
+        if not location or not file.is_file():
+            raise UsageError(f"{file}: missing; the ONNX model {path.name} keeps its weights (tensor "
+                             f"{tensor.name}) in this external-data file: copy it beside the model")
+
+
+def check_onnx_input(path: str | Path, card: CardT, model: Any = None) -> CardT:
+    """`card`, once the ONNX graph's input is (batch, 3, S, S) for the card's input size S."""
+    path = Path(path)
+    model = model if model is not None else _load_onnx_header(path)
+    if not model.graph.input:
+        raise UsageError(f"{path}: the ONNX graph has no input")
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    shape = [d.dim_value if d.HasField("dim_value") else None for d in dims]
+    size = card.preprocessing.input_size
+    wanted = [3, size, size]
+    if len(shape) != 4 or any(got is not None and got != want for got, want in zip(shape[1:], wanted, strict=False)):
+        shown = "x".join("?" if d is None else str(d) for d in shape)
+        raise UsageError(f"{path}: the ONNX graph's input is [{shown}] but its model card says 3x{size}x{size} "
+                         "images; the card and the graph disagree (re-export the model)")
+    return card
