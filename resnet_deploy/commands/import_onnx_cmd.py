@@ -10,6 +10,7 @@ import typer
 from resnet_deploy.commands._options import JsonOption, parse_class_names, parse_floats3
 from resnet_deploy.commands._output import emit_json, info
 from resnet_deploy.errors import UsageError
+from resnet_deploy.paths import check_io
 
 
 def import_onnx(
@@ -40,6 +41,7 @@ def import_onnx(
     verify it against the original, and write a copy with a model card; the input is never modified."""
     from resnet_deploy.classifier_onnx import import_onnx as run_import
 
+    check_io(inputs=[source], outputs=[("--output", output)])
     if output.suffix.lower() != ".onnx":
         raise UsageError(f"--output {output}: expected an .onnx file")
     class_names = parse_class_names(classes, classes_from)

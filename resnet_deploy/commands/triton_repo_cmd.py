@@ -10,6 +10,7 @@ from rich.table import Table
 
 from resnet_deploy.commands._options import JsonOption
 from resnet_deploy.commands._output import emit_json, stdout, warn
+from resnet_deploy.paths import check_io
 
 
 def triton_repo(
@@ -38,6 +39,7 @@ def triton_repo(
     from resnet_deploy.serving.model_io import read_artifact_io
     from resnet_deploy.serving.triton import RepositoryOptions, write_repository
 
+    check_io(inputs=artifacts)
     options = RepositoryOptions(name=name, version=version, instances=instances, max_batch=max_batch,
                                 max_queue_delay_us=max_queue_delay_us, gpu=gpu, ensemble=ensemble, force=force)
     report = write_repository([read_artifact_io(path) for path in artifacts], output, options)
