@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from resnet_deploy.artifacts import onnx_stem
 from resnet_deploy.errors import UsageError
+from resnet_deploy.paths import require_writable_folder
 from resnet_deploy.targets.base import BuildResult, Target, TargetRequest, resolve_target
 
 if TYPE_CHECKING:
@@ -264,6 +265,7 @@ def check_output(path: Path, target: Target, source: Path) -> None:
         raise UsageError(f"--output {path} is the source model; choose another name")
     if path.is_dir():
         raise UsageError(f"--output {path} is a folder; give a file name")
+    require_writable_folder(path)  # the default output too, before the work starts
 
 
 # --- the stages -----------------------------------------------------------------------------------------------
