@@ -60,6 +60,7 @@ class BuildRequest:
     calib_seed: int = 0
     random_calibration: bool = False
     min_agreement: float | None = None
+    max_fallback_layers: int = 8  # INT8 mixed precision: layers that may stay out of INT8 (0: strict)
     target: str = "auto"
     device: str = "cpu"
     output: Path | None = None
@@ -98,10 +99,14 @@ class BuildReport:
                 ("precision", self.precision + remainder)]
         precision = self.precision_result
         if precision is not None:
-            gate = f", gate {precision.gate:g}%" if precision.gate is not None else ", informational"
             rows.append(("vs FP32", f"top-1 agreement {precision.agreement:.2f}%, max |Δ logit| "
                                     f"{precision.max_abs_logit_diff:.4g} on {precision.check_images} "
-                                    f"{precision.check_data}{gate}"))
+                                    f"{precision.check_data}"))
+            rows.append(("gate", precision.gate_text()))
+            if precision.mixed is not None:
+                kept = ", ".join(item["block"] for item in precision.mixed.kept_out)
+                rows.append(("mixed precision", f"full INT8 {precision.mixed.full_int8_agreement:.2f}%; kept out of "
+                                                f"INT8 ({precision.mixed.remainder}): {kept}"))
             calib = precision.calibration
             if calib is not None:
                 caches = ", ".join(f"{m}: {s['cache']['status']}" for m, s in calib.scores.items())
@@ -309,7 +314,8 @@ def make_precision(src: Any, path: Path, request: BuildRequest, say: BuildListen
         result = quantize_int8(src.path, path, calib_data=request.calib_data, samples=request.calib_samples,
                                method=request.calib_method, fp16_remainder=request.fp16, seed=request.calib_seed,
                                random_calibration=request.random_calibration, cache_base=cache_base,
-                               min_agreement=request.min_agreement, progress=say.progress)
+                               min_agreement=request.min_agreement,
+                               max_fallback_layers=request.max_fallback_layers, progress=say.progress)
     else:
         images = None
         if request.calib_data is not None:

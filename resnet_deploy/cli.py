@@ -16,6 +16,7 @@ from resnet_deploy.commands import (
     import_onnx_cmd,
     import_weights_cmd,
     inspect_cmd,
+    sensitivity_cmd,
     train_cmd,
     triton_repo_cmd,
     validate_cmd,
@@ -57,6 +58,7 @@ app.command("import-weights")(import_weights_cmd.import_weights)
 app.command("import-onnx")(import_onnx_cmd.import_onnx)
 app.command("demo")(demo_cmd.demo)
 app.command("triton-repo")(triton_repo_cmd.triton_repo)
+app.command("sensitivity")(sensitivity_cmd.sensitivity)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -164,14 +164,14 @@ def test_fp16_keeps_in_fp32_what_would_overflow(digits, tmp_path) -> None:
 
 
 def test_int8_within_one_point_of_fp32(digits, tmp_path) -> None:
-    from resnet_deploy.precision import quantize_int8
+    from resnet_deploy.precision import INT8_MIN_AGREEMENT, quantize_int8
 
     # A data set root: calibration draws from its train/ split, never from the test images.
     result = quantize_int8(digits.onnx, tmp_path / "digits.int8.onnx", calib_data=digits.root, method="percentile")
     assert result.precision == "int8" and result.calibration is not None
     assert result.calibration.data == str(digits.root / "train")
     assert result.calibration.samples == 512 and result.check_data == "held-out images"
-    assert result.gate == 95.0 and result.agreement >= 95.0
+    assert result.gate == INT8_MIN_AGREEMENT and result.agreement >= INT8_MIN_AGREEMENT
     assert abs(_accuracy(result.path, digits) - digits.fp32_top1) <= 1.0
     props = _props(result.path)
     assert props["resnet_deploy.precision"] == "int8"

@@ -54,7 +54,11 @@ def build_engine(
                                      "accuracy.")] = False,
     min_agreement: Annotated[float | None, typer.Option(
         "--min-agreement", help="Top-1 agreement with FP32 (percent, on real images) the model must reach "
-                                "[default: 99 for FP16, 95 for INT8].", show_default=False)] = None,
+                                "[default: validate's gate + a margin: 99.7 for FP16, 98.5 for INT8].",
+        show_default=False)] = None,
+    max_fallback_layers: Annotated[int, typer.Option(
+        "--max-fallback-layers", help="INT8: when full INT8 misses the gate, keep up to N of the most sensitive "
+                                      "layers out of INT8 (FP32; FP16 with --fp16); 0: strict full INT8.")] = 8,
     target: Annotated[str, typer.Option(
         "--target", help="auto (TensorRT if usable, else OpenVINO if installed, else ONNX Runtime), onnxruntime, "
                          "tensorrt or openvino.")] = "auto",
@@ -90,7 +94,8 @@ def build_engine(
         onnx=onnx, arch=resolve_arch(depth, arch, required=False), checkpoint=checkpoint, num_classes=num_classes,
         opset=opset, fp16=fp16, int8=int8, bf16=bf16, calib_data=calib_data, calib_samples=calib_samples,
         calib_method=calib_method, calib_seed=calib_seed, random_calibration=random_calibration,
-        min_agreement=min_agreement, target=target, device=device, output=output,
+        min_agreement=min_agreement, max_fallback_layers=max_fallback_layers, target=target, device=device,
+        output=output,
         tensorrt={"min_batch": min_batch, "opt_batch": opt_batch, "max_batch": max_batch,
                   "workspace_bytes": workspace, "opt_level": opt_level, "timing_cache": timing_cache,
                   "version_compatible": version_compatible, "hardware_compatibility": hardware_compatibility})

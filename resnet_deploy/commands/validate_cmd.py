@@ -75,7 +75,7 @@ def validate(
     """
     from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
 
-    from resnet_deploy.validate.report import failure_lines, results_table, write_report
+    from resnet_deploy.validate.report import failure_lines, gate_lines, results_table, write_report
     from resnet_deploy.validate.run import ValidateOptions
     from resnet_deploy.validate.run import validate as run_validation
 
@@ -111,6 +111,8 @@ def validate(
     else:
         console = _results_console()
         console.print(results_table(result, wide=wide))
+        for line in gate_lines(result):
+            console.print(_output.plain(line), soft_wrap=True)
         for line in failure_lines(result):
             console.print(f"[red]FAIL[/red] {_output.plain(line)}", soft_wrap=True)
     if not result.passed:

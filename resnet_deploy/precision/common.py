@@ -17,10 +17,13 @@ from resnet_deploy.atomic import sha256_file
 from resnet_deploy.card import CARD_METADATA_KEY, ModelCard
 from resnet_deploy.compare import LogitComparison
 from resnet_deploy.errors import CheckFailed, UsageError
+from resnet_deploy.gates import RANDOM_INPUTS_REASON, RANDOM_WEIGHTS_REASON, build_gate_for, judge, render_gate
 from resnet_deploy.paths import require_input_file
 
-FP16_MIN_AGREEMENT = 99.0  # default gates on real images, percent top-1 agreement with FP32
-INT8_MIN_AGREEMENT = 95.0
+# Default build-time gates on real held-out images, percent top-1 agreement with FP32: validate's gate plus
+# the build margin, both from resnet_deploy.gates (one policy for build-engine and validate).
+FP16_MIN_AGREEMENT = build_gate_for("fp16").min_agreement
+INT8_MIN_AGREEMENT = build_gate_for("int8").min_agreement
 FP16_MAX = 65504.0
 FP16_SAFE_MAX = FP16_MAX / 2  # headroom for images brighter than the check images
 FP16_CONVERTER_CLIP = 1e4  # onnxconverter-common clips FP16 initializers to this magnitude
@@ -69,11 +72,29 @@ class PrecisionResult:
     calibration: CalibrationReport | None = None
     seconds: float = 0.0
     warnings: list[str] = field(default_factory=list)
+    gate_override: float | None = None  # --min-agreement, when given
+    mixed: Any = None  # INT8: the mixed-precision search (int8.MixedPrecision) when full INT8 missed its gate
+
+    @property
+    def informational(self) -> str | None:
+        """Why the agreement check did not count (random weights or random inputs); None when it did."""
+        if self.random_weights:
+            return RANDOM_WEIGHTS_REASON
+        return RANDOM_INPUTS_REASON if self.check_data == "random" else None
+
+    def gate_text(self) -> str:
+        """The build gate in the words validate uses for its own (`gates.render_gate`)."""
+        if self.gate is None:
+            return f"informational: {self.informational or 'not gated'}"
+        return render_gate(build_gate_for(self.precision, min_agreement=self.gate_override))
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["path"], data["source"] = str(self.path), str(self.source)
         data["calibration"] = self.calibration.to_dict() if self.calibration else None
+        data["mixed"] = self.mixed.to_dict() if self.mixed is not None else None
+        data["informational"] = self.informational
+        data["gate_text"] = self.gate_text()
         return data
 
 
@@ -158,17 +179,19 @@ def _gate(min_agreement: float | None, default: float, src: _Source, data: str) 
     return default if min_agreement is None else min_agreement
 
 
-def _enforce(comparison: LogitComparison, gate: float | None, what: str, output: Path, hint: str) -> None:
+def _enforce(comparison: LogitComparison, gate: float | None, what: str, output: Path, hint: str, *,
+             precision: str = "int8", override: float | None = None) -> None:
     if gate is None:
         return
     if not comparison.finite:
         raise CheckFailed(f"{output}: the {what} model produces inf/NaN logits on the check images; nothing was "
                           "written")
-    if comparison.agreement < gate:
+    policy = build_gate_for(precision, min_agreement=override)
+    if not judge(policy, agreement=comparison.agreement).passed:
         raise CheckFailed(
             f"{output}: the {what} model agrees with FP32 on {comparison.agreement:.2f}% of top-1 predictions "
-            f"(max |Δ logit| {comparison.max_abs_logit_diff:.3g}), below the {gate:g}% gate; nothing was written. "
-            f"{hint}")
+            f"(max |Δ logit| {comparison.max_abs_logit_diff:.3g}) on {comparison.images} held-out images, below "
+            f"the build gate: {render_gate(policy)}; nothing was written. {hint}")
 
 
 # --- FP16 -----------------------------------------------------------------------------------------------

@@ -80,7 +80,8 @@ def convert_fp16(
             reference = run_logits(_session(src.path), images, batch=batch)
         comparison = compare_logits(reference, run_logits(_session(tmp), images, batch=batch))
         gate = _gate(min_agreement, FP16_MIN_AGREEMENT, src, data)
-        _enforce(comparison, gate, "FP16", output, "Lower --min-agreement if this difference is acceptable.")
+        _enforce(comparison, gate, "FP16", output, "Lower --min-agreement if this difference is acceptable.",
+                 precision="fp16", override=min_agreement)
         # Record the check in the file itself, then write again (the check ran on these exact weights).
         props[VERIFICATION_KEY] = json.dumps(_verification(comparison, data))
         set_metadata(model16, props)
@@ -91,7 +92,8 @@ def convert_fp16(
         path=output, precision="fp16", fp16_remainder=False, source=src.path, source_sha256=src.sha256,
         sha256=sha256_file(output), agreement=comparison.agreement, max_abs_logit_diff=comparison.max_abs_logit_diff,
         mean_abs_logit_diff=comparison.mean_abs_logit_diff, check_images=comparison.images, check_data=data,
-        gate=gate, random_weights=src.random_weights, fp32_nodes=blocked, seconds=time.perf_counter() - started,
+        gate=gate, gate_override=min_agreement, random_weights=src.random_weights, fp32_nodes=blocked,
+        seconds=time.perf_counter() - started,
         warnings=warnings,
     )
 

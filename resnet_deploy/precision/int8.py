@@ -17,7 +17,8 @@ from resnet_deploy.artifacts import (
 )
 from resnet_deploy.atomic import atomic_path, sha256_file
 from resnet_deploy.compare import LogitComparison, compare_logits
-from resnet_deploy.errors import UsageError
+from resnet_deploy.errors import CheckFailed, UsageError
+from resnet_deploy.gates import build_gate_for, judge
 from resnet_deploy.onnx_check import run_logits
 from resnet_deploy.precision.calibration import (
     DEFAULT_CHECK_SAMPLES,
@@ -55,6 +56,7 @@ from resnet_deploy.precision.common import (
     read_source,
     set_metadata,
 )
+from resnet_deploy.precision.mixed import DEFAULT_MAX_FALLBACK_LAYERS, Quantizer, search_mixed
 
 
 def quantize_int8(
@@ -70,6 +72,7 @@ def quantize_int8(
     check_samples: int = DEFAULT_CHECK_SAMPLES,
     cache_base: str | Path | None = None,
     min_agreement: float | None = None,
+    max_fallback_layers: int = DEFAULT_MAX_FALLBACK_LAYERS,
     progress: ProgressFn | None = None,
 ) -> PrecisionResult:
     """A Q/DQ INT8 model of the FP32 `source_onnx`, calibrated on `calib_data` and checked against it.
@@ -78,6 +81,12 @@ def quantize_int8(
     images by top-1 agreement with FP32; the best is kept). Calibration caches live beside `cache_base` (default
     `output`) as `<name>.calib-<method>.json`. Raises UsageError for bad input, CheckFailed (writing
     nothing) when the model misses the agreement gate.
+
+    Mixed precision to a budget: when full INT8 misses the gate on the held-out images, the nodes are
+    ranked by sensitivity (`sensitivity.py`) on one half of those images and the most sensitive are kept
+    out of INT8 one at a time (FP32, or FP16 with `fp16_remainder`), re-checking after each, until the
+    gate is met there or `max_fallback_layers` are out (0: strict full INT8, failing as before); the
+    result is then confirmed on the other half, which the search never saw.
     """
     import onnx
 
@@ -86,6 +95,8 @@ def quantize_int8(
         raise UsageError(f"--calib-method must be one of {', '.join(METHODS)} or auto, got {method!r}")
     if calib_data is None and not random_calibration:
         raise UsageError("INT8 needs calibration images: pass --calib-data DIR (any folder of images)")
+    if max_fallback_layers < 0:
+        raise UsageError(f"--max-fallback-layers must be 0 (strict full INT8) or more, got {max_fallback_layers}")
     src = read_source(source_onnx)
     output = Path(output)
     if fp16_remainder and src.opset < MIN_FP16_QDQ_OPSET:
@@ -110,28 +121,38 @@ def quantize_int8(
         reference = run_logits(_session(src.path), calib.check_images, batch=batch)
         if progress is not None:
             progress("check fp32", len(calib.check_images), len(calib.check_images))
-        candidates: dict[str, tuple[Path, LogitComparison, CacheStatus]] = {}
+        candidates: dict[str, tuple[Quantizer, Path, LogitComparison, CacheStatus]] = {}
         for name in methods:
             ranges, status = _ranges(src, calib, name, prepared, base, batch, static, samples, progress)
-            quantized = tmp / f"{name}.onnx"
-            _quantize(prepared, quantized, ranges, name, tmp)
-            if fp16_remainder:
-                _fp16_remainder(quantized)
+            quantizer = Quantizer(prepared, ranges, name, tmp, fp16_remainder)
+            quantized = quantizer.build([])
             comparison = compare_logits(reference, run_logits(_session(quantized), calib.check_images, batch=batch))
             if progress is not None:
                 progress(f"check {name}", len(calib.check_images), len(calib.check_images))
-            candidates[name] = (quantized, comparison, status)
-        best = max(methods, key=lambda m: (candidates[m][1].finite, candidates[m][1].agreement,
-                                           -candidates[m][1].max_abs_logit_diff))
-        best_path, comparison, _ = candidates[best]
+            candidates[name] = (quantizer, quantized, comparison, status)
+        best = max(methods, key=lambda m: (candidates[m][2].finite, candidates[m][2].agreement,
+                                           -candidates[m][2].max_abs_logit_diff))
+        best_quantizer, best_path, comparison, _ = candidates[best]
         data = "random" if calib.random else ("held-out images" if calib.check_held_out else "calibration images")
         gate = _gate(min_agreement, INT8_MIN_AGREEMENT, src, data)
+        policy = build_gate_for("int8", min_agreement=min_agreement)
+        mixed = None
+        if gate is not None and comparison.finite and max_fallback_layers > 0 \
+                and not judge(policy, agreement=comparison.agreement).passed:
+            mixed = search_mixed(best_quantizer, src, reference, calib.check_images, comparison, policy,
+                                 max_fallback_layers=max_fallback_layers, batch=batch, progress=progress)
+            if not mixed.passed:
+                raise CheckFailed(f"{output}: {mixed.failure}; nothing was written. Try --calib-method auto, "
+                                  "a larger --max-fallback-layers, or lower --min-agreement if this difference is "
+                                  "acceptable.")
+            best_path, comparison = mixed.path, mixed.confirmation
         _enforce(comparison, gate, f"INT8 ({best})", output, "Try --calib-method auto (or another method), "
-                 "more --calib-samples, or lower --min-agreement if this difference is acceptable.")
+                 "more --calib-samples, --max-fallback-layers N (mixed precision), or lower --min-agreement if this "
+                 "difference is acceptable.", override=min_agreement)
         report = CalibrationReport(
             requested=method, method=best, samples=len(calib.images), seed=seed, data=calib.source,
             set_sha256=calib.sha256, random=calib.random,
-            scores={m: {**candidates[m][1].to_dict(), "cache": candidates[m][2].to_dict()} for m in methods},
+            scores={m: {**candidates[m][2].to_dict(), "cache": candidates[m][3].to_dict()} for m in methods},
         )
         model = onnx.load(str(best_path))
         props = dict(src.props)
@@ -147,6 +168,8 @@ def quantize_int8(
             CALIBRATION_KEY: json.dumps(_calibration_prop(report)),
             VERIFICATION_KEY: json.dumps(_verification(comparison, data)),
         })
+        if mixed is not None:
+            props["resnet_deploy.mixed_precision"] = json.dumps(mixed.to_dict())
         set_metadata(model, props)
         drop_unused_opsets(model)
         with atomic_path(output) as final:
@@ -158,7 +181,7 @@ def quantize_int8(
         sha256=sha256_file(output), agreement=comparison.agreement, max_abs_logit_diff=comparison.max_abs_logit_diff,
         mean_abs_logit_diff=comparison.mean_abs_logit_diff, check_images=comparison.images, check_data=data,
         gate=gate, random_weights=src.random_weights, calibration=report, seconds=time.perf_counter() - started,
-        warnings=warnings,
+        warnings=warnings, gate_override=min_agreement, mixed=mixed,
     )
 
 
@@ -196,7 +219,8 @@ def _pre_process(source: Path, prepared: Path) -> None:
             quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
 
 
-def _quantize(prepared: Path, output: Path, ranges: dict[str, Any], method: str, tmp: Path) -> None:
+def _quantize(prepared: Path, output: Path, ranges: dict[str, Any], method: str, tmp: Path,
+              exclude: list[str] | None = None) -> None:
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     cache = tmp / f"ranges-{method}.json"
@@ -208,6 +232,7 @@ def _quantize(prepared: Path, output: Path, ranges: dict[str, Any], method: str,
             str(prepared), str(output), None, quant_format=QuantFormat.QDQ, per_channel=True, reduce_range=False,
             activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, calibrate_method=ort_method,
             extra_options=dict(INT8_EXTRA_OPTIONS), calibration_cache_path=str(cache),
+            nodes_to_exclude=list(exclude or []),
         )
 
 

@@ -49,6 +49,7 @@ from resnet_deploy.artifacts import (
 from resnet_deploy.atomic import atomic_path, sha256_file
 from resnet_deploy.card import ModelCard
 from resnet_deploy.errors import BackendUnavailable, CheckFailed, UsageError
+from resnet_deploy.gates import RANDOM_WEIGHTS_REASON
 from resnet_deploy.precision import set_metadata
 from resnet_deploy.targets.base import BuildResult, Target, TargetRequest
 
@@ -212,10 +213,11 @@ def _check(artifact: Path, source: Path, images: np.ndarray | None, card: ModelC
     props = fresh.get_modelmeta().custom_metadata_map
     comparison = compare_models(session(source, providers=providers), fresh, images)
     passed = comparison.finite and CARD_KEY in props
-    if data == "images":
+    informational = RANDOM_WEIGHTS_REASON if card.lineage.get("random_weights") else None
+    if data == "images" and informational is None:
         passed = passed and comparison.agreement >= MIN_AGREEMENT
     return {"reference": source.name, "data": data, "loads": True, "card_in_metadata": CARD_KEY in props,
-            "passed": bool(passed), **comparison.to_dict()}
+            "passed": bool(passed), "informational": informational, **comparison.to_dict()}
 
 
 def _json_prop(props: dict[str, str], key: str) -> Any:

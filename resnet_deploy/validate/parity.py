@@ -15,19 +15,12 @@ import numpy as np
 
 from resnet_deploy.compare import LogitTally, finite_rows, softmax, topk_indices
 
+# The gates live in resnet_deploy.gates (one policy for build-engine and validate); re-exported for callers here.
+from resnet_deploy.gates import DEFAULT_GATES, Gate, gate_failures, gate_for
+from resnet_deploy.validate.confidence import PairedCounts
+
 __all__ = ["DEFAULT_GATES", "AccuracyTally", "Gate", "ParityTally", "finite_rows", "gate_failures", "gate_for",
            "softmax", "topk_indices"]
-
-# Default gates by precision: (largest allowed top-1 drop in points, smallest top-1 agreement in %).
-# bf16 keeps fewer mantissa bits than fp16 but the same exponent range; for a classifier the
-# prediction flips it causes are of the same order, so it shares fp16's gate.
-DEFAULT_GATES: dict[str, tuple[float, float]] = {
-    "fp32": (0.1, 99.9),
-    "fp16": (0.3, 99.5),
-    "bf16": (0.3, 99.5),
-    "int8": (1.0, 98.0),
-}
-_EPS = 1e-9  # counts become percentages through division; compare with a hair of slack
 
 
 @dataclass
@@ -61,6 +54,7 @@ class AccuracyTally:
         return self.images / self.seconds if self.seconds > 0 else None
 
 
+@dataclass
 class ParityTally(LogitTally):
     """How far one artifact strays from the reference on the same inputs, streamed over batches.
 
@@ -69,47 +63,17 @@ class ParityTally(LogitTally):
     each crop is a row), only where both rows are finite.
     """
 
+    # Paired top-1 correctness against the reference (for Δtop-1's interval and McNemar's test).
+    both_right: int = 0
+    only_candidate: int = 0  # this artifact right, the reference wrong
+    only_reference: int = 0
+    both_wrong: int = 0
 
-@dataclass(frozen=True)
-class Gate:
-    """Pass if top-1 drops at most `max_top1_drop` points and agreement is at least `min_agreement` %."""
+    def update_correct(self, reference_correct: np.ndarray, correct: np.ndarray) -> None:
+        self.both_right += int(np.count_nonzero(reference_correct & correct))
+        self.only_candidate += int(np.count_nonzero(~reference_correct & correct))
+        self.only_reference += int(np.count_nonzero(reference_correct & ~correct))
+        self.both_wrong += int(np.count_nonzero(~reference_correct & ~correct))
 
-    max_top1_drop: float
-    min_agreement: float
-    basis: str  # where the numbers came from, e.g. "int8 default" or "--max-top1-drop/--min-agreement"
-
-    def to_dict(self) -> dict[str, object]:
-        return {"max_top1_drop": self.max_top1_drop, "min_agreement": self.min_agreement, "basis": self.basis}
-
-    def describe(self) -> str:
-        return f"Δ≤{self.max_top1_drop:g} agr≥{self.min_agreement:g}"
-
-
-def gate_for(precision: str, *, max_top1_drop: float | None = None, min_agreement: float | None = None) -> Gate:
-    """The precision's default gate, with either bound overridden by the user's flags."""
-    known = precision in DEFAULT_GATES
-    drop, agreement = DEFAULT_GATES.get(precision, DEFAULT_GATES["fp32"])
-    overridden = [flag for flag, value in (("--max-top1-drop", max_top1_drop), ("--min-agreement", min_agreement))
-                  if value is not None]
-    basis = f"{precision if known else 'fp32 (unknown precision ' + precision + ')'} default"
-    if overridden:
-        basis = f"{'/'.join(overridden)} ({basis} otherwise)" if len(overridden) == 1 else "/".join(overridden)
-    return Gate(
-        max_top1_drop=drop if max_top1_drop is None else max_top1_drop,
-        min_agreement=agreement if min_agreement is None else min_agreement,
-        basis=basis,
-    )
-
-
-def gate_failures(gate: Gate, top1_delta: float, agreement: float) -> list[str]:
-    """Messages for each bound the artifact misses; empty when it passes. `top1_delta` is signed
-    (artifact minus reference), so a negative value is a drop."""
-    failures = []
-    drop = -top1_delta
-    if not drop <= gate.max_top1_drop + _EPS:
-        failures.append(f"top-1 dropped {drop:.2f} points vs the reference (gate: at most {gate.max_top1_drop:g}, "
-                        f"{gate.basis})")
-    if not agreement >= gate.min_agreement - _EPS:
-        failures.append(f"top-1 agreement with the reference is {agreement:.2f} % (gate: at least "
-                        f"{gate.min_agreement:g} %, {gate.basis})")
-    return failures
+    def paired_counts(self) -> PairedCounts:
+        return PairedCounts(self.both_right, self.only_candidate, self.only_reference, self.both_wrong)

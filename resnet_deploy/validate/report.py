@@ -10,10 +10,14 @@ import json
 from pathlib import Path
 from typing import Any
 
+from resnet_deploy.gates import render_gate
+from resnet_deploy.validate.confidence import significance_note
 from resnet_deploy.validate.run import ArtifactResult, ValidationResult
 
-COLUMNS = ("artifact", "backend", "precision", "top-1 %", "top-5 %", "Δtop-1", "Δtop-5", "agree %",
-           "top-5 overlap %", "max abs Δlogit", "mean abs Δlogit", "cosine", "img/s", "gate", "result")
+# "CI": 95 % intervals (Wilson; paired Newcombe for Δtop-1), explained in the report; `--wide` and the report.
+COLUMNS = ("artifact", "backend", "precision", "top-1 %", "top-1 CI", "top-5 %", "Δtop-1", "Δtop-1 CI", "Δtop-5",
+           "agree %", "agree CI", "top-5 overlap %", "max abs Δlogit", "mean abs Δlogit", "cosine", "img/s", "gate",
+           "result")
 # The terminal's default columns (fit 100 columns); `--wide` shows all. The gate is in the failure lines.
 COMPACT_COLUMNS = ("artifact", "backend", "precision", "top-1 %", "top-5 %", "Δtop-1", "agree %", "max abs Δlogit",
                    "img/s", "result")
@@ -33,6 +37,27 @@ def _scientific(value: float | None) -> str:
     return "–" if value is None or value != value else f"{value:.2e}"
 
 
+def _interval(value: tuple[float, float] | None, *, signed: bool = False) -> str:
+    if value is None:
+        return "–"
+    return f"{_number(value[0], signed=signed)} – {_number(value[1], signed=signed)}"
+
+
+def _delta_interval(result: ArtifactResult) -> str:
+    """The paired interval and McNemar's p; 'not significant' when p ≥ 0.05."""
+    if result.top1_delta_ci is None:
+        return "–"
+    text = f"{_interval(result.top1_delta_ci, signed=True)}, p {_p_value(result.top1_delta_p)}"
+    note = significance_note(result.top1_delta_p)
+    return f"{text} ({note})" if note else text
+
+
+def _p_value(p: float | None) -> str:
+    if p is None or p != p:
+        return "–"
+    return f"{p:.2g}" if p >= 0.001 else "<0.001"
+
+
 def row_cells(result: ArtifactResult) -> list[str]:
     """The table's cells for one row (shared by the rich table and the Markdown report)."""
     reference = result.is_reference
@@ -42,10 +67,13 @@ def row_cells(result: ArtifactResult) -> list[str]:
         result.backend,
         result.precision,
         _number(result.top1),
+        _interval(result.top1_ci),
         _number(result.top5),
         "ref" if reference else _number(result.top1_delta, signed=True),
+        "ref" if reference else _delta_interval(result),
         "ref" if reference else _number(result.top5_delta, signed=True),
         "ref" if reference else _number(result.agreement),
+        "ref" if reference else _interval(result.agreement_ci),
         "ref" if reference else _number(result.top5_overlap),
         "ref" if reference else _scientific(result.max_abs_logit_diff),
         "ref" if reference else _scientific(result.mean_abs_logit_diff),
@@ -87,6 +115,18 @@ def results_table(result: ValidationResult, *, short_names: bool = True, wide: b
     return table
 
 
+def gate_lines(result: ValidationResult) -> list[str]:
+    """One line per distinct gate, in the words build-engine uses (`gates.render_gate`), then informational notes."""
+    lines: list[str] = []
+    for r in result.results:
+        if r.gate is not None and not r.is_reference:
+            line = f"gate ({r.precision}): {render_gate(r.gate)}"
+            if line not in lines:
+                lines.append(line)
+    lines += [f"informational ({Path(r.artifact).name}): {note}" for r in result.results for note in r.notes]
+    return lines
+
+
 def failure_lines(result: ValidationResult) -> list[str]:
     """One line per failed check, naming the artifact."""
     return [f"{r.artifact}: {failure}" for r in result.results for failure in r.failures]
@@ -116,6 +156,9 @@ def markdown_report(result: ValidationResult, environment: dict[str, Any]) -> st
         "",
         "Deltas are artifact minus reference in percentage points (negative = a drop). Agreement is the share of "
         "images whose top-1 class matches the reference's; top-5 overlap the mean share of shared top-5 classes. "
+        "Intervals are 95 %: Wilson score intervals for top-1 and agreement; for Δtop-1 the paired interval of "
+        "Newcombe (1998, method 10) with McNemar's exact test on the images only one of the two gets right "
+        "(p ≥ 0.05: not significant). The gates judge the point estimates. "
         "Logit differences and cosine similarity compare raw outputs on the same input tensors. img/s counts "
         "inference only, at this batch size; use `resnet-deploy bench` for latency.",
         "",
@@ -128,8 +171,8 @@ def markdown_report(result: ValidationResult, environment: dict[str, Any]) -> st
     parts += ["## Gates", ""]
     for r in result.results:
         if r.gate is not None and not r.is_reference:
-            parts.append(f"- `{r.artifact}` ({r.precision}): top-1 drop ≤ {r.gate.max_top1_drop:g} points and "
-                         f"agreement ≥ {r.gate.min_agreement:g} % ({r.gate.basis})")
+            parts.append(f"- `{r.artifact}` ({r.precision}): {render_gate(r.gate)}")
+        parts += [f"  - informational: {note}" for note in r.notes]
     parts += [
         "",
         "## Data set",

@@ -20,12 +20,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from resnet_deploy.errors import UsageError
+from resnet_deploy.gates import RANDOM_WEIGHTS_REASON, judge
+from resnet_deploy.validate.confidence import SIGNIFICANCE, mcnemar_exact_p, paired_delta_interval, wilson_percent
 from resnet_deploy.validate.parity import (
     AccuracyTally,
     Gate,
     ParityTally,
     finite_rows,
-    gate_failures,
     gate_for,
     softmax,
     topk_indices,
@@ -99,6 +100,11 @@ class ArtifactResult:
     failures: list[str]
     transform: str
     lineage: dict[str, Any] = field(default_factory=dict)
+    top1_ci: tuple[float, float] | None = None  # 95 % Wilson interval, percent
+    agreement_ci: tuple[float, float] | None = None  # 95 % Wilson interval, percent
+    top1_delta_ci: tuple[float, float] | None = None  # 95 % paired (Newcombe) interval, points
+    top1_delta_p: float | None = None  # McNemar's exact test on the discordant pairs
+    notes: list[str] = field(default_factory=list)  # informational checks (random weights) and why
 
     @property
     def passed(self) -> bool:
@@ -117,6 +123,10 @@ class ArtifactResult:
             "images_per_s": _finite(self.images_per_s), "reference": self.is_reference,
             "nonfinite_outputs": self.nonfinite, "gate": self.gate.to_dict() if self.gate else None,
             "passed": self.passed, "failures": self.failures, "transform": self.transform, "lineage": self.lineage,
+            "top1_ci": _interval(self.top1_ci), "agreement_ci": _interval(self.agreement_ci),
+            "top1_delta_ci": _interval(self.top1_delta_ci), "top1_delta_p": _finite(self.top1_delta_p),
+            "top1_delta_significant": None if self.top1_delta_p is None else self.top1_delta_p < SIGNIFICANCE,
+            "notes": self.notes,
         }
 
 
@@ -149,6 +159,10 @@ class ValidationResult:
             "seconds": round(self.seconds, 3),
             "results": [r.to_dict() for r in self.results],
         }
+
+
+def _interval(value: tuple[float, float] | None) -> list[float | None] | None:
+    return None if value is None else [_finite(value[0]), _finite(value[1])]
 
 
 def _finite(value: float | None) -> float | None:
@@ -347,6 +361,7 @@ def _evaluate_batch(
     order = [ref_index] + [i for i in range(len(runs)) if i != ref_index]
     reference_outputs: np.ndarray | None = None
     reference_topk: np.ndarray | None = None
+    reference_correct: np.ndarray | None = None
     probability_sum: np.ndarray | None = None
     for i in order:
         run = runs[i]
@@ -370,10 +385,12 @@ def _evaluate_batch(
         scores = probabilities if ten_crop else outputs
         topk = topk_indices(np.where(finite[:, None], scores, -np.inf), run.accuracy.k)
         run.accuracy.update(topk, labels, finite)
+        correct = (topk[:, 0] == labels) & finite
         if i == ref_index:
-            reference_outputs, reference_topk = outputs, topk
+            reference_outputs, reference_topk, reference_correct = outputs, topk, correct
         else:
-            assert reference_outputs is not None and reference_topk is not None
+            assert reference_outputs is not None and reference_topk is not None and reference_correct is not None
+            run.parity.update_correct(reference_correct, correct)
             run.parity.update_predictions(reference_topk, topk)
             run.parity.update_outputs(reference_outputs, outputs)
         if ensemble is not None:
@@ -393,7 +410,10 @@ def _artifact_result(run: _Artifact, reference: _Artifact, options: ValidateOpti
     gate = gate_for(precision, max_top1_drop=options.max_top1_drop, min_agreement=options.min_agreement)
     top1_delta = acc.top1 - ref.top1
     agreement = 100.0 if is_reference else run.parity.agreement
-    failures = [] if is_reference else gate_failures(gate, top1_delta, agreement)
+    random_weights = bool(run.card.lineage.get("random_weights") or reference.card.lineage.get("random_weights"))
+    judgement = judge(gate, agreement=agreement, top1_delta=top1_delta,
+                      informational=RANDOM_WEIGHTS_REASON if random_weights else None)
+    failures = [] if is_reference or judgement.informational else list(judgement.failures)
     if acc.nonfinite:
         failures.insert(0, f"NaN or Inf in the output for {acc.nonfinite} of {acc.images} images "
                            "(counted as wrong); the artifact is numerically broken")
@@ -410,7 +430,22 @@ def _artifact_result(run: _Artifact, reference: _Artifact, options: ValidateOpti
         cosine_similarity=1.0 if is_reference else parity.cosine,
         min_cosine_similarity=1.0 if is_reference else (parity.cosine_min if parity.rows else None),
         nonfinite=acc.nonfinite, gate=gate, failures=failures, transform=describe, lineage=run.lineage,
+        **_intervals(acc, parity, is_reference),
+        notes=[] if is_reference or not judgement.informational else
+        [f"{judgement.informational}: {f}" for f in judgement.failures] or [judgement.informational],
     )
+
+
+def _intervals(acc: AccuracyTally, parity: ParityTally, is_reference: bool) -> dict[str, Any]:
+    """95 % intervals: Wilson for top-1 and agreement, Newcombe for the paired Δtop-1, McNemar's exact p."""
+    fields: dict[str, Any] = {"top1_ci": wilson_percent(acc.top1_correct, acc.images)}
+    if not is_reference and parity.images:
+        counts = parity.paired_counts()
+        low, high = paired_delta_interval(counts)
+        fields.update(agreement_ci=wilson_percent(parity.agree, parity.images),
+                      top1_delta_ci=(100.0 * low, 100.0 * high),
+                      top1_delta_p=mcnemar_exact_p(counts.only_candidate, counts.only_reference))
+    return fields
 
 
 def _ensemble_result(runs: list[_Artifact], tally: AccuracyTally, parity: ParityTally,

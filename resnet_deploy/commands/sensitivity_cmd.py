@@ -1,0 +1,101 @@
+"""`resnet-deploy sensitivity`: which layers cost INT8 accuracy, measured one at a time on held-out images."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from resnet_deploy.commands._options import JsonOption
+from resnet_deploy.commands._output import emit_json, info, stderr, stdout, warn
+from resnet_deploy.errors import UsageError
+
+if TYPE_CHECKING:
+    from resnet_deploy.precision.sensitivity import SensitivityResult
+
+
+def sensitivity(
+    model: Annotated[Path, typer.Argument(help="FP32 ONNX model made by `resnet-deploy export`.",
+                                          show_default=False)],
+    calib_data: Annotated[Path, typer.Option(
+        "--calib-data", help="Folder of images to calibrate on (class subfolders optional).", show_default=False)],
+    data: Annotated[Path | None, typer.Option(
+        "--data", help="Held-out images to measure on [default: images of --calib-data calibration did not use].",
+        show_default=False)] = None,
+    calib_samples: Annotated[int, typer.Option("--calib-samples", help="Calibration images.")] = 512,
+    images: Annotated[int, typer.Option("--images", help="Held-out images to measure on.")] = 256,
+    calib_method: Annotated[str, typer.Option(
+        "--calib-method", help="percentile, entropy or minmax (the ranges are cached beside the model).")]
+        = "percentile",
+    calib_seed: Annotated[int, typer.Option("--calib-seed", help="Seed of the image draw.")] = 0,
+    top: Annotated[int, typer.Option("--top", help="Rows of the table (0: all).")] = 20,
+    plot: Annotated[Path | None, typer.Option(
+        "--plot", help="Write a PNG bar chart by layer, in network order.", show_default=False)] = None,
+    report: Annotated[Path | None, typer.Option(
+        "--report", help="Write a Markdown report (the full ranking).", show_default=False)] = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Rank the quantized layers by how much keeping each alone out of INT8 helps (calibrating once)."""
+    from resnet_deploy.atomic import write_text
+    from resnet_deploy.precision.sensitivity import analyse, markdown_report, write_plot
+
+    if images < 2 or calib_samples < 1:
+        raise UsageError("--images must be at least 2 and --calib-samples positive")
+    if plot is not None and plot.suffix.lower() != ".png":
+        raise UsageError(f"--plot {plot}: the chart is a .png file")
+    info(f"sensitivity of {model.name}: calibrating once on {calib_data} ({calib_method}), then one model per layer")
+    with _Progress() as progress:
+        result = analyse(model, calib_data=calib_data, data=data, samples=calib_samples, images=images,
+                         method=calib_method, seed=calib_seed, progress=progress)
+    for note in result.notes:
+        warn(note)
+    if plot is not None:
+        write_plot(result, plot)
+        info(f"plot written to {plot}")
+    if report is not None:
+        write_text(report, markdown_report(result, plot))
+        info(f"report written to {report}")
+    if json_output:
+        emit_json(result.to_dict())
+        return
+    _print_table(result, top)
+
+
+def _print_table(result: SensitivityResult, top: int) -> None:
+    from rich.markup import escape
+    from rich.table import Table
+
+    full = result.full_int8
+    table = Table(title=f"INT8 sensitivity of {escape(result.source.name)} on {result.images} images "
+                        f"(full INT8: agreement {full['agreement']:.2f}%, mean |Δlogit| "
+                        f"{full['mean_abs_logit_diff']:.4g})", title_justify="left")
+    for column in ("rank", "layer", "op", "agreement %", "Δ agreement", "mean |Δlogit|", "SQNR dB"):
+        table.add_column(column, justify="left" if column in ("layer", "op") else "right")
+    ranked = result.ranked()
+    for i, layer in enumerate(ranked[:top] if top > 0 else ranked, 1):
+        table.add_row(str(i), escape(layer.block), layer.op_type, f"{layer.agreement:.2f}",
+                      f"{layer.delta_agreement:+.2f}", f"{layer.mean_abs_logit_diff:.4g}", f"{layer.sqnr_db:.1f}")
+    stdout.print(table)
+
+
+class _Progress:
+    """A rich progress bar on stderr; the library reports `(phase, done, total)`."""
+
+    def __enter__(self):  # noqa: ANN204
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self._bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                             console=stderr, transient=False)
+        self._tasks: dict[str, int] = {}
+        self._bar.start()
+        return self.update
+
+    def update(self, phase: str, done: int, total: int) -> None:
+        task = self._tasks.get(phase)
+        if task is None:
+            task = self._tasks[phase] = self._bar.add_task(phase, total=max(total, 1))
+        self._bar.update(task, completed=done, total=max(total, 1))
+
+    def __exit__(self, *exc: object) -> None:
+        self._bar.stop()

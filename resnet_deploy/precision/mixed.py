@@ -1,0 +1,134 @@
+"""Mixed precision to an accuracy budget: keep the most sensitive nodes out of INT8 until the gate holds.
+
+`Quantizer` makes the Q/DQ model from one set of cached ranges with any nodes excluded (no
+re-calibration). `search_mixed` splits the held-out images in two interleaved halves: it ranks the
+nodes on the first (`sensitivity.score_layers`), excludes them greedily in that order, re-checking
+after each step, until the build gate is met there or the cap is reached, and confirms the final
+model on the second half, which the search never saw: a model that only fits its own check fails.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from resnet_deploy.compare import LogitComparison, compare_logits
+from resnet_deploy.gates import Gate, judge, render_gate
+from resnet_deploy.onnx_check import run_logits
+
+DEFAULT_MAX_FALLBACK_LAYERS = 8
+
+
+@dataclass
+class Quantizer:
+    """Q/DQ models of one prepared source from one set of activation ranges."""
+
+    prepared: Path  # the source after ONNX Runtime's pre-processing
+    ranges: dict[str, Any]
+    method: str
+    tmp: Path
+    fp16_remainder: bool = False
+    _built: dict[tuple[str, ...], Path] = field(default_factory=dict)
+
+    @classmethod
+    def prepare(cls, src: Any, calib: Any, method: str, tmp: Path, base: Path, batch: int, static: bool,
+                samples: int, progress: Any = None, fp16_remainder: bool = False) -> Quantizer:
+        """Pre-process the source and take the method's ranges from the cache beside `base` (or compute them)."""
+        from resnet_deploy.precision.int8 import _pre_process, _ranges
+
+        prepared = tmp / "prepared.onnx"
+        _pre_process(src.path, prepared)
+        ranges, _ = _ranges(src, calib, method, prepared, base, batch, static, samples, progress)
+        return cls(prepared, ranges, method, tmp, fp16_remainder)
+
+    def build(self, exclude: list[str]) -> Path:
+        """The Q/DQ model with the `exclude`d nodes left in higher precision (built once per set)."""
+        from resnet_deploy.precision.int8 import _fp16_remainder, _quantize
+
+        key = tuple(sorted(exclude))
+        if key not in self._built:
+            output = self.tmp / f"{self.method}-{len(self._built)}.onnx"
+            _quantize(self.prepared, output, self.ranges, self.method, self.tmp, exclude=list(key))
+            if self.fp16_remainder:
+                _fp16_remainder(output)
+            self._built[key] = output
+        return self._built[key]
+
+
+@dataclass
+class MixedPrecision:
+    path: Path  # the chosen model (in the temporary folder until written)
+    passed: bool
+    failure: str | None
+    full_int8_agreement: float  # on all the held-out images
+    selection_images: int
+    confirmation_images: int
+    remainder: str  # precision of the nodes kept out of INT8: fp32 or fp16
+    steps: list[dict[str, Any]]  # one per node taken out: node, block, agreement on the selection half
+    kept_out: list[dict[str, str]]  # the final list: node, block, op_type
+    ranking: list[dict[str, Any]]  # the sensitivity ranking on the selection half, most sensitive first
+    confirmation: LogitComparison
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"passed": self.passed, "failure": self.failure, "full_int8_agreement": self.full_int8_agreement,
+                "selection_images": self.selection_images, "confirmation_images": self.confirmation_images,
+                "remainder": self.remainder, "steps": self.steps, "kept_out": self.kept_out,
+                "ranking": self.ranking, "confirmation": self.confirmation.to_dict()}
+
+
+def search_mixed(quantizer: Quantizer, src: Any, reference: np.ndarray, images: np.ndarray,
+                 full: LogitComparison, gate: Gate, *, max_fallback_layers: int, batch: int,
+                 progress: Any = None) -> MixedPrecision:
+    """Greedy search for the fewest nodes out of INT8 that meet `gate` (see the module docstring)."""
+    import onnx
+
+    from resnet_deploy.onnx_check import session
+    from resnet_deploy.precision.sensitivity import block_name, candidate_nodes, rank, score_layers
+
+    selection, confirmation = images[0::2], images[1::2]
+    ref_selection, ref_confirmation = reference[0::2], reference[1::2]
+    full_path = quantizer.build([])
+    full_selection = run_logits(session(full_path), selection, batch=batch)
+    source_nodes = {n.name: n for n in src.model.graph.node}
+    nodes = [(n.name, n.op_type, block_name(n, source_nodes)) for n in candidate_nodes(onnx.load(str(full_path)))]
+    ranked = rank(score_layers(quantizer.build, nodes, ref_selection, full_selection, selection, batch=batch,
+                               progress=progress))
+    excluded: list[str] = []
+    steps: list[dict[str, Any]] = []
+    met = False
+    path = full_path
+    for layer in ranked[:max_fallback_layers]:
+        excluded.append(layer.node)
+        path = quantizer.build(excluded)
+        step = compare_logits(ref_selection, run_logits(session(path), selection, batch=batch))
+        steps.append({"node": layer.node, "block": layer.block, "op_type": layer.op_type,
+                      "agreement": step.agreement, "mean_abs_logit_diff": step.mean_abs_logit_diff})
+        if progress is not None:
+            progress("mixed precision", len(excluded), min(max_fallback_layers, len(ranked)))
+        if step.finite and judge(gate, agreement=step.agreement).passed:
+            met = True
+            break
+    checked = compare_logits(ref_confirmation, run_logits(session(path), confirmation, batch=batch))
+    failure = None
+    if not met:
+        reached = steps[-1]["agreement"] if steps else full.agreement
+        failure = (f"full INT8 agrees with FP32 on {full.agreement:.2f}% of {len(images)} held-out images; with the "
+                   f"{len(steps)} most sensitive layer(s) out of INT8 ({', '.join(s['block'] for s in steps)}) "
+                   f"it reached {reached:.2f}% on the {len(selection)} selection images, still below the build "
+                   f"gate: {render_gate(gate)} (--max-fallback-layers {max_fallback_layers})")
+    elif not (checked.finite and judge(gate, agreement=checked.agreement).passed):
+        failure = (f"with {len(steps)} layer(s) out of INT8 the model met the build gate on the {len(selection)} "
+                   f"selection images but agrees on {checked.agreement:.2f}% of the {len(confirmation)} "
+                   f"confirmation images, below the build gate: {render_gate(gate)}")
+    by_node = {layer.node: layer for layer in ranked}
+    return MixedPrecision(
+        path=path, passed=failure is None, failure=failure, full_int8_agreement=full.agreement,
+        selection_images=len(selection), confirmation_images=len(confirmation),
+        remainder="fp16" if quantizer.fp16_remainder else "fp32", steps=steps,
+        kept_out=[{"node": n, "block": by_node[n].block, "op_type": by_node[n].op_type} for n in excluded],
+        ranking=[{"node": s.node, "block": s.block, "mean_abs_logit_diff": s.mean_abs_logit_diff,
+                  "delta_agreement": s.delta_agreement} for s in ranked[:max(2 * max_fallback_layers, 10)]],
+        confirmation=checked)
