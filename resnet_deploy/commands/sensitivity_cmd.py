@@ -44,6 +44,10 @@ def sensitivity(
         raise UsageError("--images must be at least 2 and --calib-samples positive")
     if plot is not None and plot.suffix.lower() != ".png":
         raise UsageError(f"--plot {plot}: the chart is a .png file")
+    if not model.is_file():
+        raise UsageError(f"{model}: no such ONNX file")
+    if not calib_data.is_dir():
+        raise UsageError(f"{calib_data}: no such calibration folder")
     info(f"sensitivity of {model.name}: calibrating once on {calib_data} ({calib_method}), then one model per layer")
     with _Progress() as progress:
         result = analyse(model, calib_data=calib_data, data=data, samples=calib_samples, images=images,

@@ -13,7 +13,10 @@ own common-subexpression elimination has merged the per-consumer copies, and tho
 then run in float (a ResNet-50 barely gains over FP32). So before optimizing for the CPU, every
 activation Q/DQ pair is rewritten from int8 with zero point 0 to uint8 with zero point 128 (the
 same scale): quantize gives round(x/s) + 128 clamped to [0, 255] instead of round(x/s) clamped to
-[-128, 127], and dequantize subtracts the 128 again, so every value is exactly what it was.
+[-128, 127], and dequantize subtracts the 128 again, so every value is exactly what it was. That
+holds for the Q/DQ arithmetic; the fused integer kernels ORT then picks requantize differently from
+the Q/DQ reference, so the artifact's logits differ slightly from the precision model's (max |Δlogit|
+0.30 with 100 % agreement on a CIFAR ResNet-20): the check below measures it.
 
 Metadata (model card, precision, calibration) is copied from the precision model and an artifact
 marker added, so the artifact is never mistaken for a portable source of other targets. The saved
