@@ -91,9 +91,11 @@ def test_report_cells_show_intervals_and_significance() -> None:
         min_cosine_similarity=1.0, nonfinite=0, gate=gate_for("int8"), failures=[], transform="",
         top1_ci=(86.9, 92.5), agreement_ci=(96.2, 99.0), top1_delta_ci=(-0.9, 1.3), top1_delta_p=1.0)
     cells = dict(zip(COLUMNS, row_cells(result), strict=True))
-    assert cells["top-1 95% CI"] == "86.90 – 92.50"
-    assert cells["agree 95% CI"] == "96.20 – 99.00"
-    assert cells["Δtop-1 95% CI"] == "-0.90 – +1.30, p 1 (not significant)"
+    assert cells["top-1 CI"] == "86.90 – 92.50"
+    assert cells["agree CI"] == "96.20 – 99.00"
+    assert cells["Δtop-1 CI"] == "-0.90 – +1.30, p 1 (not significant)"
+    compact = dict(zip(COLUMNS, row_cells(result, compact=True), strict=True))
+    assert compact["top-1 CI"] == "86.9–92.5" and compact["Δtop-1 CI"] == "-0.9–+1.3 n.s."
     document = result.to_dict()
     assert document["top1_ci"] == [86.9, 92.5] and document["agreement_ci"] == [96.2, 99.0]
     assert document["top1_delta_ci"] == [-0.9, 1.3] and document["top1_delta_p"] == 1.0

@@ -117,10 +117,10 @@ def _props(path: Path) -> dict[str, str]:
 def test_fp16_agrees_with_fp32_and_keeps_float32_io(digits, tmp_path) -> None:
     import onnx
 
-    from resnet_deploy.precision import convert_fp16
+    from resnet_deploy.precision import FP16_MIN_AGREEMENT, convert_fp16
 
     result = convert_fp16(digits.onnx, tmp_path / "digits.fp16.onnx", check_images=digits.images)
-    assert result.gate == 99.0 and result.check_data == "images"
+    assert result.gate == FP16_MIN_AGREEMENT and result.check_data == "images"
     assert result.agreement >= 99.5, result
     assert abs(_accuracy(result.path, digits) - digits.fp32_top1) <= 0.5
     model = onnx.load(str(result.path))

@@ -98,6 +98,13 @@ def test_budget_search_meets_the_gate_full_int8_misses(sensitive, digits, tmp_pa
     conv1 = next(n for n in model.graph.node if n.name == mixed.kept_out[0]["node"])
     assert conv1.input[0] == "input" and conv1.input[1].endswith(".weight")  # float input and weight: no Q/DQ
     assert sum(n.op_type == "QuantizeLinear" for n in model.graph.node) > 10  # the rest is still INT8
+    # The ONNX Runtime target's manifest carries the record on.
+    from resnet_deploy.artifacts import manifest_path
+    from resnet_deploy.targets.onnxruntime import build_onnxruntime_artifact
+
+    artifact = build_onnxruntime_artifact(result.path, tmp_path / "s.int8.cpu.onnx")
+    manifest = json.loads(manifest_path(artifact.path).read_text())
+    assert manifest["target"]["mixed_precision"]["kept_out"] == recorded["kept_out"]
 
 
 def test_strict_mode_fails_with_exit_1_and_writes_no_artifact(cli, sensitive, digits, tmp_path) -> None:  # noqa: F811

@@ -158,6 +158,7 @@ def build_onnxruntime_artifact(
         target={"device": device, "providers": providers, "optimization_level": OPTIMIZATION_LEVEL,
                 "s8_to_u8_pairs": rewritten, "calibration": _json_prop(props, CALIBRATION_KEY),
                 "quantization": _json_prop(props, QUANTIZATION_KEY),
+                "mixed_precision": _json_prop(props, "resnet_deploy.mixed_precision"),  # layers kept out of INT8
                 "fp32_source_sha256": props.get(SOURCE_ONNX_SHA256_KEY) or sha256_file(source)},
     )
     manifest_file = manifest.write(output)

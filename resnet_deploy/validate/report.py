@@ -37,18 +37,22 @@ def _scientific(value: float | None) -> str:
     return "–" if value is None or value != value else f"{value:.2e}"
 
 
-def _interval(value: tuple[float, float] | None, *, signed: bool = False) -> str:
+def _interval(value: tuple[float, float] | None, *, signed: bool = False, compact: bool = False) -> str:
     if value is None:
         return "–"
-    return f"{_number(value[0], signed=signed)} – {_number(value[1], signed=signed)}"
+    digits = 1 if compact else 2
+    low, high = _number(value[0], digits, signed=signed), _number(value[1], digits, signed=signed)
+    return f"{low}–{high}" if compact else f"{low} – {high}"
 
 
-def _delta_interval(result: ArtifactResult) -> str:
-    """The paired interval and McNemar's p; 'not significant' when p ≥ 0.05."""
+def _delta_interval(result: ArtifactResult, *, compact: bool = False) -> str:
+    """The paired interval and McNemar's p; 'not significant' when p ≥ 0.05 (compact: 'n.s.', said below)."""
     if result.top1_delta_ci is None:
         return "–"
-    text = f"{_interval(result.top1_delta_ci, signed=True)}, p {_p_value(result.top1_delta_p)}"
     note = significance_note(result.top1_delta_p)
+    if compact:  # p and the words go on a line below the table
+        return f"{_interval(result.top1_delta_ci, signed=True, compact=True)}{' n.s.' if note else ''}"
+    text = f"{_interval(result.top1_delta_ci, signed=True)}, p {_p_value(result.top1_delta_p)}"
     return f"{text} ({note})" if note else text
 
 
@@ -58,8 +62,8 @@ def _p_value(p: float | None) -> str:
     return f"{p:.2g}" if p >= 0.001 else "<0.001"
 
 
-def row_cells(result: ArtifactResult) -> list[str]:
-    """The table's cells for one row (shared by the rich table and the Markdown report)."""
+def row_cells(result: ArtifactResult, *, compact: bool = False) -> list[str]:
+    """The table's cells for one row (shared by the rich table, `compact`, and the Markdown report)."""
     reference = result.is_reference
     verdict = "PASS" if result.passed else "FAIL"
     return [
@@ -67,13 +71,13 @@ def row_cells(result: ArtifactResult) -> list[str]:
         result.backend,
         result.precision,
         _number(result.top1),
-        _interval(result.top1_ci),
+        _interval(result.top1_ci, compact=compact),
         _number(result.top5),
         "ref" if reference else _number(result.top1_delta, signed=True),
-        "ref" if reference else _delta_interval(result),
+        "ref" if reference else _delta_interval(result, compact=compact),
         "ref" if reference else _number(result.top5_delta, signed=True),
         "ref" if reference else _number(result.agreement),
-        "ref" if reference else _interval(result.agreement_ci),
+        "ref" if reference else _interval(result.agreement_ci, compact=compact),
         "ref" if reference else _number(result.top5_overlap),
         "ref" if reference else _scientific(result.max_abs_logit_diff),
         "ref" if reference else _scientific(result.mean_abs_logit_diff),
@@ -105,7 +109,7 @@ def results_table(result: ValidationResult, *, short_names: bool = True, wide: b
                          no_wrap=not folds, overflow="fold" if folds else "ellipsis")
     names = [Path(r.artifact).name if r.backend != "ensemble" else r.artifact for r in result.results]
     for r, name in zip(result.results, names, strict=True):
-        cells = row_cells(r)
+        cells = row_cells(r, compact=True)
         if short_names and names.count(name) == 1:
             cells[0] = name
         cells = [escape(cell) for cell in cells]  # a file named "m[1].onnx" is not markup
@@ -124,6 +128,11 @@ def gate_lines(result: ValidationResult) -> list[str]:
             if line not in lines:
                 lines.append(line)
     lines += [f"informational ({Path(r.artifact).name}): {note}" for r in result.results for note in r.notes]
+    for r in result.results:
+        if r.top1_delta_ci is not None and significance_note(r.top1_delta_p):
+            lines.append(f"{Path(r.artifact).name}: Δtop-1 {r.top1_delta:+.2f} points (95 % CI "
+                         f"{_interval(r.top1_delta_ci, signed=True)}), McNemar's exact p {_p_value(r.top1_delta_p)}: "
+                         "not significant")
     return lines
 
 
