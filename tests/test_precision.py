@@ -397,7 +397,7 @@ def test_build_reports_through_the_listener_and_writes_one_manifest(digits, tmp_
     assert ("info", "target: onnxruntime (asked for)") in lines and any("calibrate" in p for p in phases)
     assert report.precision_onnx is None and report.precision_result.agreement >= 95
     assert [row[0] for row in report.artifact.summary] == ["artifact check"]
-    assert [row[0] for row in report.summary()] == ["target", "source", "precision", "vs FP32", "calibration",
+    assert [row[0] for row in report.summary()] == ["target", "source", "precision", "vs FP32", "gate", "calibration",
                                                      "artifact check", "artifact", "manifest"]
     artifact = Artifact(report.output)
     manifest = artifact.manifest

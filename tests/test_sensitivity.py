@@ -104,7 +104,7 @@ def test_budget_search_meets_the_gate_full_int8_misses(sensitive, digits, tmp_pa
 
     artifact = build_onnxruntime_artifact(result.path, tmp_path / "s.int8.cpu.onnx")
     manifest = json.loads(manifest_path(artifact.path).read_text())
-    assert manifest["target"]["mixed_precision"]["kept_out"] == recorded["kept_out"]
+    assert manifest["mixed_precision"]["kept_out"] == recorded["kept_out"]
 
 
 def test_strict_mode_fails_with_exit_1_and_writes_no_artifact(cli, sensitive, digits, tmp_path) -> None:  # noqa: F811
