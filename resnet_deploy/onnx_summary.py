@@ -10,6 +10,7 @@ from typing import Any
 
 from resnet_deploy.card import CARD_METADATA_KEY
 from resnet_deploy.errors import UsageError
+from resnet_deploy.manifest_summary import hash_checks, manifest_rows
 
 
 @dataclass
@@ -39,6 +40,10 @@ class OnnxSummary:
     initializers: int
     parameters: int
     metadata: dict[str, str] = field(default_factory=dict)
+    # An ONNX Runtime artifact (`build-engine --target onnxruntime`) has a manifest beside it.
+    manifest_path: Path | None = None
+    manifest: dict[str, Any] | None = None
+    hashes_match: dict[str, bool] = field(default_factory=dict)
 
     @property
     def opset(self) -> int | None:
@@ -71,6 +76,9 @@ class OnnxSummary:
             # The card is shown parsed; the flat keys as stored.
             "card": self.card,
             "metadata": {k: v for k, v in self.metadata.items() if k != CARD_METADATA_KEY},
+            "manifest_path": str(self.manifest_path) if self.manifest_path else None,
+            "hashes_match": self.hashes_match,
+            "manifest": self.manifest,
         }
 
     def rows(self) -> list[tuple[str, str]]:
@@ -95,6 +103,9 @@ class OnnxSummary:
         if card is not None and card.get("lineage"):
             lineage = card["lineage"]
             rows.append(("card lineage", _shorten(", ".join(f"{k}={v}" for k, v in lineage.items()), 200)))
+        if self.manifest is not None and self.manifest_path is not None:
+            rows += _runtime_rows(self.manifest)
+            rows += manifest_rows(self.manifest_path, self.manifest, self.hashes_match)
         return rows
 
 
@@ -126,7 +137,32 @@ def summarize_onnx(path: str | Path) -> OnnxSummary:
         initializers=len(graph.initializer),
         parameters=parameters,
         metadata={prop.key: prop.value for prop in model.metadata_props},
+        **_manifest_fields(source),
     )
+
+
+def _manifest_fields(source: Path) -> dict[str, Any]:
+    """The manifest beside an ONNX Runtime artifact; a plain ONNX model has none."""
+    from resnet_deploy.artifacts import manifest_path, read_manifest
+
+    manifest = read_manifest(source)
+    if manifest is None:
+        return {}
+    return {"manifest_path": manifest_path(source), "manifest": manifest,
+            "hashes_match": hash_checks(source, manifest)}
+
+
+def _runtime_rows(manifest: dict[str, Any]) -> list[tuple[str, str]]:
+    """What only an ONNX Runtime artifact's manifest says: where and how it was optimized, and its check."""
+    rows = []
+    if manifest.get("device"):
+        providers = ", ".join(manifest.get("providers") or [])
+        rows.append(("optimized for", f"{manifest['device']} ({providers}), "
+                                      f"{manifest.get('optimization_level', '?')} graph optimizations"))
+    check = manifest.get("artifact_check") or {}
+    if isinstance(check, dict) and "agreement" in check:
+        rows.append(("build check", f"top-1 agreement {float(check['agreement']):.2f} % with the precision model"))
+    return rows
 
 
 def _tensor(value: Any) -> TensorSummary:

@@ -1,4 +1,5 @@
-"""`resnet-deploy inspect`: a model by name, a model card / checkpoint, or an ONNX model."""
+"""`resnet-deploy inspect`: a model by name, a model card / checkpoint, an ONNX model (or ONNX Runtime artifact),
+an OpenVINO IR (.xml, or its .bin) or a TensorRT plan (.plan/.engine)."""
 
 from __future__ import annotations
 
@@ -15,29 +16,40 @@ from resnet_deploy.paths import check_io
 
 
 def inspect(
-    artifact: Annotated[Path | None, typer.Argument(help="A model card, checkpoint or .onnx file.")] = None,
+    artifact: Annotated[
+        Path | None,
+        typer.Argument(metavar="[ARTIFACT]", help="A model card or checkpoint (.safetensors/.pt/.pth), an .onnx "
+                       "model, an OpenVINO IR (.xml/.bin) or a TensorRT plan (.plan/.engine)."),
+    ] = None,
     depth: DepthOption = None,
     arch: ArchOption = None,
     num_classes: NumClassesOption = None,
     json_output: JsonOption = False,
 ) -> None:
-    """Show architecture, parameters, multiply-adds and metadata of a model or artifact."""
-    from resnet_deploy.artifacts import ONNX_SUFFIXES
+    """Describe a model or any artifact.
+
+    Architecture, parameters, multiply-adds and model card of a model or checkpoint; inputs, outputs, precision,
+    model card, source hash and versions of an ONNX model, OpenVINO IR or TensorRT plan (from its manifest).
+    """
+    from resnet_deploy.artifacts import ONNX_SUFFIXES, OPENVINO_SUFFIXES, TENSORRT_SUFFIXES
     from resnet_deploy.card import ModelCard
     from resnet_deploy.summary import summarize
 
     check_io(inputs=[artifact])
-    if artifact is not None and artifact.suffix.lower() in ONNX_SUFFIXES:
-        from resnet_deploy.artifact_checks import check_onnx_external_data
-        from resnet_deploy.onnx_summary import summarize_onnx
+    suffix = artifact.suffix.lower() if artifact is not None else ""
+    if artifact is not None and suffix in (*ONNX_SUFFIXES, *OPENVINO_SUFFIXES, ".bin", *TENSORRT_SUFFIXES):
+        if suffix in ONNX_SUFFIXES:
+            from resnet_deploy.artifact_checks import check_onnx_external_data
+            from resnet_deploy.onnx_summary import summarize_onnx as summarize_file
 
-        check_onnx_external_data(artifact)  # exit 2 naming the missing file, as validate/bench/build-engine do
-
-        onnx_summary = summarize_onnx(artifact)
-        if json_output:
-            emit_json(onnx_summary.to_dict())
+            check_onnx_external_data(artifact)  # exit 2 naming the missing file, as validate/bench/build-engine do
         else:
-            print_onnx_summary(onnx_summary)
+            from resnet_deploy.artifact_summary import summarize_artifact as summarize_file
+        file_summary = summarize_file(artifact)
+        if json_output:
+            emit_json(file_summary.to_dict())
+        else:
+            print_rows(str(file_summary.path), file_summary.rows())
         return
     if artifact is not None:
         from resnet_deploy.checkpoints import load_model
@@ -79,12 +91,12 @@ def inspect(
     stdout.print(table)
 
 
-def print_onnx_summary(summary) -> None:  # noqa: ANN001 - OnnxSummary, imported lazily
-    table = Table(title=str(summary.path), show_header=False, title_justify="left")
-    table.add_column(style="bold")
-    table.add_column()
+def print_rows(title: str, rows: list[tuple[str, str]]) -> None:
     from rich.markup import escape
 
-    for key, value in summary.rows():
+    table = Table(title=escape(title), show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column()
+    for key, value in rows:
         table.add_row(escape(key), escape(value))  # shapes like float32[batchx3x32x32] are not markup
     stdout.print(table)

@@ -1,0 +1,72 @@
+"""What `inspect` shows of the manifest beside an engine artifact (OpenVINO IR, TensorRT plan, ONNX Runtime
+artifact): precision, model card, source hash, build date, versions, and whether the files still match the
+hashes the manifest recorded. Rows only: the manifest itself goes into `--json` unchanged."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from resnet_deploy.atomic import sha256_file
+
+#: manifest key → the file (relative to the artifact) whose hash it records
+HASH_KEYS = {
+    "resnet-deploy/openvino-ir": {"xml_sha256": "", "bin_sha256": ".bin"},
+    "resnet-deploy/tensorrt-engine": {"plan_sha256": ""},
+    "resnet-deploy/onnxruntime": {"sha256": ""},
+}
+
+
+def hash_checks(artifact: Path, manifest: dict[str, Any]) -> dict[str, bool]:
+    """{file name: its sha256 equals the manifest's} for every file the manifest recorded a hash of."""
+    checks: dict[str, bool] = {}
+    for key, suffix in HASH_KEYS.get(str(manifest.get("format")), {}).items():
+        recorded = manifest.get(key)
+        target = artifact.with_suffix(suffix) if suffix else artifact
+        if isinstance(recorded, str) and target.is_file():
+            checks[target.name] = sha256_file(target) == recorded
+    return checks
+
+
+def card_rows(card: dict[str, Any] | None) -> list[tuple[str, str]]:
+    from resnet_deploy.card import Preprocessing
+
+    if not isinstance(card, dict):
+        return [("model card", "(none: validate and bench will refuse this artifact)")]
+    names = [str(n) for n in card.get("class_names") or []]
+    shown = ", ".join(names[:6]) + (", …" if len(names) > 6 else "")
+    rows = [("model", f"{card.get('arch', '?')}, {card.get('num_classes', '?')} classes: {shown}")]
+    try:
+        rows.append(("preprocessing", Preprocessing.from_dict(card["preprocessing"]).describe()))
+    except (KeyError, TypeError, ValueError):
+        rows.append(("preprocessing", "(unreadable in the manifest's card)"))
+    if card.get("dataset"):
+        rows.append(("dataset", str(card["dataset"])))
+    return rows
+
+
+def manifest_rows(manifest_file: Path, manifest: dict[str, Any], checks: dict[str, bool]) -> list[tuple[str, str]]:
+    """The rows every manifest shares; the kind-specific ones are the caller's."""
+    rows = [("manifest", f"{manifest_file.name} ({manifest.get('format', 'unknown format')})")]
+    if manifest.get("precision"):
+        rows.append(("precision", str(manifest["precision"])))
+    rows += card_rows(manifest.get("card"))
+    source = manifest.get("source_onnx") or {}
+    if isinstance(source, dict) and source:
+        digest = str(source.get("sha256") or "")[:16]
+        rows.append(("source ONNX", f"{source.get('path', '?')} (sha256 {digest}…)" if digest else
+                     str(source.get("path", "?"))))
+    changed = [name for name, ok in checks.items() if not ok]
+    if changed:
+        rows.append(("file hashes", f"{', '.join(changed)} DIFFERS from the manifest: changed after the build; "
+                                    "rebuild it"))
+    elif checks:
+        rows.append(("file hashes", f"{', '.join(checks)}: matches the manifest"))
+    if manifest.get("built_at"):
+        rows.append(("built", str(manifest["built_at"])))
+    versions = manifest.get("versions")
+    if isinstance(versions, dict) and versions:
+        rows.append(("versions", ", ".join(f"{k} {v}" for k, v in versions.items() if v)))
+    for note in manifest.get("notes") or []:
+        rows.append(("note", str(note)))
+    return rows
