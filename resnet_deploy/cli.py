@@ -21,6 +21,7 @@ from resnet_deploy.commands import (
     triton_repo_cmd,
     validate_cmd,
 )
+from resnet_deploy.commands._help import ReadableGroup
 from resnet_deploy.runner import run_command
 
 app = typer.Typer(
@@ -30,6 +31,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
+    cls=ReadableGroup,  # readable metavars, untruncated command list
 )
 
 

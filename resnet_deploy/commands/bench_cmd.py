@@ -72,13 +72,19 @@ def bench(
         = False,
     json_output: JsonOption = False,
 ) -> None:
-    """Measure latency (mean, std, p50-p99) and throughput per backend, precision and batch size, with the
-    speed-up over PyTorch FP32 at the same batch size. Warm-up excluded, every call synchronized."""
+    """Measure latency and throughput of artifacts.
+
+    Latency (mean, std, p50-p99) and throughput per backend, precision and batch size, with the speed-up
+    over PyTorch FP32 at the same batch size. Warm-up excluded, every call synchronized.
+    """
     from resnet_deploy.bench.timing import CV_WARN_THRESHOLD, TimingConfig
 
     artifacts = list(artifacts or [])
     if artifacts and (depth is not None or arch is not None):
         raise UsageError("give artifacts or --depth/--arch, not both")
+    if not artifacts and depth is None and arch is None:
+        raise UsageError("give artifact paths to bench (.safetensors/.pt, .onnx, .xml, .plan/.engine), "
+                         "or name a model: --depth N or --arch NAME")
     arch_name = None if artifacts else resolve_arch(depth, arch, required=True)
     backend_list = _parse_choices(backends, ALL_BACKENDS, "--backends")
     precision_list = _parse_choices(precisions, ALL_PRECISIONS, "--precisions")

@@ -86,7 +86,10 @@ def build_engine(
         show_default=False)] = None,
     json_output: JsonOption = False,
 ) -> None:
-    """Build a deployable artifact: FP16 or calibrated INT8 made and checked in ONNX, then compiled for the target."""
+    """Build a deployable FP32/FP16/INT8 artifact.
+
+    FP16 or calibrated INT8 made and checked in ONNX, then compiled for the target.
+    """
     from resnet_deploy.build import BuildListener, BuildRequest, build
 
     check_io(inputs=[onnx, checkpoint], outputs=[("--output", output), ("--timing-cache", timing_cache)])

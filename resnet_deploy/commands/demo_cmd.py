@@ -28,7 +28,10 @@ def demo(
     calib_samples: Annotated[int, typer.Option("--calib-samples", help="INT8 calibration images.")] = 256,
     json_output: JsonOption = False,
 ) -> None:
-    """Train, export, make FP16/INT8 and engines, validate and bench: one report in --output/report.md."""
+    """Run the whole pipeline, one report.
+
+    Train, export, make FP16/INT8 and engines, validate and bench: one report in --output/report.md.
+    """
     from resnet_deploy.build import BuildListener
     from resnet_deploy.demo.report import write_report
     from resnet_deploy.demo.run import DemoHooks, DemoOptions, run_demo

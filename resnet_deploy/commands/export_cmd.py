@@ -51,7 +51,10 @@ def export(
     output: OutputOption = None,
     json_output: JsonOption = False,
 ) -> None:
-    """Export a model to ONNX and verify it against PyTorch in ONNX Runtime (fails, writing nothing, if it differs)."""
+    """Export a model to ONNX and verify it.
+
+    Verified against PyTorch in ONNX Runtime; fails, writing nothing, if it differs.
+    """
     from resnet_deploy.checkpoints import load_model, parse_renames, random_model
     from resnet_deploy.export import default_output_path, export_onnx
 

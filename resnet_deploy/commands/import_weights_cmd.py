@@ -47,7 +47,10 @@ def import_weights(
     ] = False,
     json_output: JsonOption = False,
 ) -> None:
-    """Write a model card from foreign PyTorch weights (loaded safely, checked strictly)."""
+    """Make a model card from foreign weights.
+
+    Foreign PyTorch weights, loaded safely and checked strictly.
+    """
     import dataclasses
 
     from resnet_deploy.card import save_card

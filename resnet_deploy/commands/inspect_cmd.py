@@ -18,7 +18,7 @@ from resnet_deploy.paths import check_io
 def inspect(
     artifact: Annotated[
         Path | None,
-        typer.Argument(metavar="[ARTIFACT]", help="A model card or checkpoint (.safetensors/.pt/.pth), an .onnx "
+        typer.Argument(metavar="ARTIFACT", help="A model card or checkpoint (.safetensors/.pt/.pth), an .onnx "
                        "model, an OpenVINO IR (.xml/.bin) or a TensorRT plan (.plan/.engine)."),
     ] = None,
     depth: DepthOption = None,

@@ -100,7 +100,10 @@ def train(  # noqa: PLR0913 - a training command has many knobs
         rich_help_panel=PANEL_RUN)] = False,
     json_output: JsonOption = False,
 ) -> None:
-    """Train a ResNet with the paper's recipe; writes model cards ready for `export`."""
+    """Train a ResNet with the paper's recipe.
+
+    Writes model cards ready for `export`.
+    """
     from trainer import TrainConfig
     from trainer import train as run_training
     from trainer.progress import RichReporter

@@ -34,8 +34,11 @@ def triton_repo(
         = False,
     json_output: JsonOption = False,
 ) -> None:
-    """Write a Triton model repository: config.pbtxt (checked with Triton's schema), model files, labels, and a
-    JPEG-in ensemble that applies the model card's preprocessing."""
+    """Write a Triton model repository.
+
+    config.pbtxt (checked with Triton's schema), model files, labels, and a JPEG-in ensemble that applies the
+    model card's preprocessing.
+    """
     from resnet_deploy.serving.model_io import read_artifact_io
     from resnet_deploy.serving.triton import RepositoryOptions, write_repository
 

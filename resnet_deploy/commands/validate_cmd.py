@@ -69,7 +69,9 @@ def validate(
     ] = False,
     json_output: JsonOption = False,
 ) -> None:
-    """Top-1/top-5 of every artifact on the same images, parity against a reference, and precision gates.
+    """Accuracy, parity and gates of artifacts.
+
+    Top-1/top-5 of every artifact on the same images, parity against a reference, and precision gates.
 
     Exit code 1 when any artifact fails its gate (the full table is still printed), 2 for bad input.
     """
