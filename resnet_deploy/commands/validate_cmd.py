@@ -42,7 +42,9 @@ def validate(
     ] = None,
     device: DeviceOption = "cpu",
     ten_crop: Annotated[
-        bool, typer.Option("--ten-crop", help="10-crop testing: 4 corners + centre and their flips, softmax averaged.")
+        bool, typer.Option("--ten-crop", help="The paper's 10-crop testing: 4 corners + centre of the resized image "
+                           "and their flips, softmax averaged (cards that resize larger than the crop, e.g. 256→224; "
+                           "CIFAR-style cards are refused: the paper tests them on a single view).")
     ] = False,
     ensemble: Annotated[
         bool, typer.Option("--ensemble", help="Add a row for the softmax average of all artifacts (not gated).")

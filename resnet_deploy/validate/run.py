@@ -267,6 +267,7 @@ def validate(
         iterate_views,
         open_dataset,
         stratified_indices,
+        ten_crop_problem,
     )
 
     options = options or ValidateOptions()
@@ -290,6 +291,8 @@ def validate(
     cards = [handle.require_file().card for handle in handles]
     for path, card in zip(paths, cards, strict=True):
         check_classes(dataset, card.class_names, str(path))
+        if options.ten_crop and (problem := ten_crop_problem(card.preprocessing)):
+            raise UsageError(f"--ten-crop: {path}: {problem}")
 
     # One transform per distinct preprocessing contract; artifacts that agree share the tensor.
     views: dict[Any, int] = {}
@@ -418,8 +421,9 @@ def _artifact_result(run: _Artifact, reference: _Artifact, options: ValidateOpti
         failures.insert(0, f"NaN or Inf in the output for {acc.nonfinite} of {acc.images} images "
                            "(counted as wrong); the artifact is numerically broken")
     parity = run.parity
-    describe = (f"ten-crop of {run.card.preprocessing.describe()}" if options.ten_crop
-                else run.card.preprocessing.describe())
+    pre = run.card.preprocessing
+    describe = (f"ten-crop: 4 corners + centre ({pre.input_size} px) of the {pre.resize_size}-px resize and their "
+                f"mirror images, softmax averaged; {pre.describe()}" if options.ten_crop else pre.describe())
     return ArtifactResult(
         artifact=str(run.path), backend=run.engine.name, precision=precision, device=run.engine.device,
         images=acc.images, top1=acc.top1, top5=acc.topk, images_per_s=acc.images_per_s, is_reference=is_reference,
