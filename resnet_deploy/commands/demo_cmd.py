@@ -14,7 +14,8 @@ from resnet_deploy.paths import check_io
 
 
 def demo(
-    out: Annotated[Path, typer.Option("--output", "-o", help="Folder for data, runs, artifacts and report.md.")]
+    out: Annotated[Path, typer.Option("--output", "-o", metavar="DIR",
+                                      help="Folder for data, runs, artifacts and report.md.")]
         = Path("demo-out"),
     data: Annotated[Path | None, typer.Option(
         "--data", help="Your ImageFolder tree with train/ and test/ (or val/) [default: the embedded "
@@ -26,6 +27,8 @@ def demo(
     bench_duration: Annotated[float, typer.Option(
         "--bench-duration", help="Seconds of timed calls per backend, precision and batch size.")] = 2.0,
     calib_samples: Annotated[int, typer.Option("--calib-samples", help="INT8 calibration images.")] = 256,
+    force: Annotated[bool, typer.Option(
+        "--force", help="Start over in an --output folder that holds an earlier run, replacing its outputs.")] = False,
     json_output: JsonOption = False,
 ) -> None:
     """Run the whole pipeline, one report.
@@ -47,7 +50,7 @@ def demo(
         raise UsageError("--train-iters, --batch-size, --calib-samples and --bench-duration must be positive")
     options = DemoOptions(out=out, data=data, arch=name, train_iters=train_iters, batch_size=batch_size,
                           bench_batch_sizes=bench_batch_sizes, bench_duration=bench_duration,
-                          calib_samples=calib_samples)
+                          calib_samples=calib_samples, force=force)
     from trainer.progress import RichReporter
 
     # soft_wrap: the command lines stay whole, so they can be copied and pasted.

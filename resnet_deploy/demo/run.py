@@ -17,6 +17,7 @@ from typing import Any
 
 from rich.markup import escape
 
+from resnet_deploy.demo.outputs import claim_out_folder
 from resnet_deploy.errors import CheckFailed, ResnetDeployError, UsageError
 
 
@@ -31,6 +32,7 @@ class DemoOptions:
     bench_duration: float = 2.0
     calib_samples: int = 256
     targets: tuple[str, ...] = ("onnxruntime", "openvino", "tensorrt")
+    force: bool = False  # start over in an --output folder that holds an earlier run (see demo/outputs.py)
 
 
 EXPORT_CHECK_IMAGES = 16  # real test images the export is verified on (as `export --data`)
@@ -132,6 +134,7 @@ def run_demo(options: DemoOptions, hooks: DemoHooks) -> DemoResult:
     from resnet_deploy.environment import capture_environment
 
     started = time.perf_counter()
+    claim_out_folder(options.out, force=options.force, keep=options.data)
     options.out.mkdir(parents=True, exist_ok=True)
     # Read the machine before any runtime starts (see commands/validate_cmd.py).
     environment = capture_environment()
