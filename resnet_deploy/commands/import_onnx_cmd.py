@@ -37,8 +37,11 @@ def import_onnx(
     dataset: Annotated[str | None, typer.Option("--dataset", help="Name of the data set the model fits.")] = None,
     json_output: JsonOption = False,
 ) -> None:
-    """Clean a foreign classifier ONNX (BatchNorm folded, Identity dropped, constants folded, opset raised),
-    verify it against the original, and write a copy with a model card; the input is never modified."""
+    """Import a foreign classifier ONNX.
+
+    Cleans it (BatchNorm folded, Identity dropped, constants folded, opset raised), verifies it against the
+    original, and writes a copy with a model card; the input is never modified.
+    """
     from resnet_deploy.classifier_onnx import import_onnx as run_import
 
     check_io(inputs=[source], outputs=[("--output", output)])
