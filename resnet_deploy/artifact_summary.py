@@ -104,7 +104,7 @@ def _openvino_ir(xml: Path) -> ArtifactSummary:
         built_on = manifest.get("built_on") or {}
         device = built_on.get("device_name") or built_on.get("device") or "the build machine"
         summary.facts.append(("ran as", f"{manifest.get('runtime_precision', '?')} on {device}"))
-        check = manifest.get("check") or {}
+        check = manifest.get("artifact_check") or manifest.get("check") or {}  # schema 2, schema 1
         if check:
             summary.facts.append(("build check", f"top-1 agreement {100 * float(check.get('agreement', 0)):.1f} %, "
                                                   f"max |Δ logit| {float(check.get('max_abs_logit_diff', 0)):.3g} "

@@ -9,22 +9,21 @@ from typing import Any
 
 from resnet_deploy.atomic import sha256_file
 
-#: manifest key → the file (relative to the artifact) whose hash it records
-HASH_KEYS = {
-    "resnet-deploy/openvino-ir": {"xml_sha256": "", "bin_sha256": ".bin"},
-    "resnet-deploy/tensorrt-engine": {"plan_sha256": ""},
-    "resnet-deploy/onnxruntime": {"sha256": ""},
-}
+#: manifest key → the file (beside the artifact: same name, this suffix; "" is the artifact) whose hash it records.
+#: `sha256` is the one Manifest's (schema 2); the others are the per-target names schema 1 used, still written.
+HASH_KEYS = (("sha256", ""), ("xml_sha256", ""), ("plan_sha256", ""), ("bin_sha256", ".bin"))
 
 
 def hash_checks(artifact: Path, manifest: dict[str, Any]) -> dict[str, bool]:
-    """{file name: its sha256 equals the manifest's} for every file the manifest recorded a hash of."""
+    """{file name: its sha256 equals every hash the manifest recorded for it}."""
     checks: dict[str, bool] = {}
-    for key, suffix in HASH_KEYS.get(str(manifest.get("format")), {}).items():
+    digests: dict[Path, str] = {}
+    for key, suffix in HASH_KEYS:
         recorded = manifest.get(key)
         target = artifact.with_suffix(suffix) if suffix else artifact
-        if isinstance(recorded, str) and target.is_file():
-            checks[target.name] = sha256_file(target) == recorded
+        if isinstance(recorded, str) and recorded and target.is_file():
+            digest = digests.setdefault(target, sha256_file(target))
+            checks[target.name] = checks.get(target.name, True) and digest == recorded
     return checks
 
 

@@ -14,6 +14,7 @@ import pytest
 
 from engines.tensorrt.manifest import EngineManifest, manifest_path
 from engines.tensorrt.support import PLAN_TAG
+from resnet_deploy.artifacts import Manifest
 from resnet_deploy.checkpoints import random_model
 from resnet_deploy.cli import main
 from resnet_deploy.export import export_onnx
@@ -148,19 +149,22 @@ def _plan_bytes(version: tuple[int, int, int, int]) -> bytes:
 def _write_plan(folder: Path, name: str = "resnet20.fp16.plan", *, with_manifest: bool = True) -> Path:
     plan = folder / name
     plan.write_bytes(_plan_bytes((10, 13, 3, 9)))
-    if with_manifest:
-        card = random_model("resnet20").card.to_dict()
-        manifest = EngineManifest(
-            tensorrt_version="10.13.3.9", gpu_name="NVIDIA H200", compute_capability="9.0", precision="fp16",
-            batch_profile={"min": 1, "opt": 8, "max": 32}, plan_version="10.13.3.9",
-            layer_precisions={"fp16": 19, "fp32": 1},
-            input={"name": "input", "shape": [-1, 3, 32, 32], "dtype": "HALF"},
-            output={"name": "logits", "shape": [-1, 10], "dtype": "HALF"},
-            build_options={"version_compatible": False, "hardware_compatibility": "none"},
-            source_onnx={"path": "resnet20.fp16.onnx", "sha256": "ab" * 32},
-            plan_sha256=hashlib.sha256(plan.read_bytes()).hexdigest(), card=card,
-            built_at="2026-11-29T12:00:00+00:00", versions={"tensorrt": "10.13.3.9", "resnet_deploy": "0.1.0"})
-        manifest_path(plan).write_text(manifest.to_json())
+    if with_manifest:  # what build-engine --target tensorrt writes (targets/tensorrt.py), TensorRT's fields on top
+        Manifest(
+            backend="tensorrt", artifact=plan.name, sha256=hashlib.sha256(plan.read_bytes()).hexdigest(),
+            precision="fp16", source_onnx={"path": "resnet20.fp16.onnx", "sha256": "ab" * 32, "precision": "fp16"},
+            card=random_model("resnet20").card.to_dict(), built_at="2026-11-29T12:00:00+00:00",
+            versions={"resnet_deploy": "0.1.0", "tensorrt": "10.13.3.9"},
+            target={"tensorrt_version": "10.13.3.9", "gpu": {"name": "NVIDIA H200", "compute_capability": "9.0"},
+                    "batch_profile": {"min": 1, "opt": 8, "max": 32}, "plan_version": "10.13.3.9",
+                    "layer_precisions": {"fp16": 19, "fp32": 1},
+                    "input": {"name": "input", "shape": [-1, 3, 32, 32], "dtype": "HALF"},
+                    "output": {"name": "logits", "shape": [-1, 10], "dtype": "HALF"},
+                    "build_options": {"version_compatible": False, "hardware_compatibility": "none"},
+                    "plan_sha256": hashlib.sha256(plan.read_bytes()).hexdigest()},
+        ).write(plan)
+        # The engine reads the same file: the manifest is one TensorRT itself would accept.
+        assert EngineManifest.from_dict(json.loads(manifest_path(plan).read_text())).gpu_name == "NVIDIA H200"
     return plan
 
 
