@@ -36,7 +36,10 @@ def sensitivity(
         "--report", help="Write a Markdown report (the full ranking).", show_default=False)] = None,
     json_output: JsonOption = False,
 ) -> None:
-    """Rank the quantized layers by how much keeping each alone out of INT8 helps (calibrating once)."""
+    """Rank layers by their INT8 sensitivity.
+
+    How much keeping each quantized layer alone out of INT8 helps (calibrating once).
+    """
     from resnet_deploy.atomic import write_text
     from resnet_deploy.precision.sensitivity import analyse, markdown_report, write_plot
 
