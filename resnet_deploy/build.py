@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     import numpy as np
 
     from resnet_deploy.card import ModelCard
+    from resnet_deploy.classifier_onnx import CardFlags, CleanReport
     from resnet_deploy.precision import PrecisionResult
 
 TARGETS = ("auto", "onnxruntime", "tensorrt", "openvino")
@@ -65,6 +66,7 @@ class BuildRequest:
     device: str = "cpu"
     output: Path | None = None
     tensorrt: dict[str, Any] = field(default_factory=dict)  # the TensorRT options given (TENSORRT_FLAGS keys)
+    card_flags: CardFlags | None = None  # preprocessing of an ONNX without a model card (classifier_onnx)
 
     @property
     def tag(self) -> str:
@@ -91,12 +93,17 @@ class BuildReport:
     precision_result: PrecisionResult | None
     artifact: BuildResult
     output: Path
+    clean: CleanReport | None = None  # a card-less (foreign) source: what cleaning its graph changed
+    cleaned_onnx: Path | None = None  # ... and the cleaned FP32 model with its card (None: it was temporary)
 
     def summary(self) -> list[tuple[str, str]]:
         """(what, value) rows saying what was built, from what, and how each step was checked."""
         remainder = " (FP16 remainder)" if self.fp16_remainder else ""
         rows = [("target", f"{self.target} ({self.target_reason})"), ("source", str(self.source)),
                 ("precision", self.precision + remainder)]
+        if self.clean is not None:
+            where = f" → {self.cleaned_onnx}" if self.cleaned_onnx is not None else ""
+            rows.append(("cleaned", "; ".join(self.clean.changes) + where))
         precision = self.precision_result
         if precision is not None:
             rows.append(("vs FP32", f"top-1 agreement {precision.agreement:.2f}%, max |Δ logit| "
@@ -134,6 +141,8 @@ class BuildReport:
             "precision_check": check,
             "artifact": self.artifact.to_dict(),
             "output": str(self.output),
+            "clean": self.clean.to_dict() if self.clean is not None else None,
+            "cleaned_onnx": str(self.cleaned_onnx) if self.cleaned_onnx is not None else None,
         }
 
 
@@ -146,11 +155,12 @@ def build(request: BuildRequest, listener: BuildListener | None = None) -> Build
     for message in check_for_target(request, target.name):
         say.warn(message)
     trt_options = tensorrt_options(request.tensorrt) if target.name == "tensorrt" else None
+    foreign = foreign_card(request, say)  # a card-less ONNX: its card from the flags, or the flags it lacks
 
     source, exported = export_source(request, say)
+    from resnet_deploy.atomic import sha256_file
     from resnet_deploy.precision import read_source
 
-    src = read_source(source)
     output = request.output if request.output is not None else default_output(source, request.tag, target,
                                                                                 request.device)
     check_output(output, target, source)
@@ -161,7 +171,11 @@ def build(request: BuildRequest, listener: BuildListener | None = None) -> Build
         # ONNX Runtime ships the precision model itself (optimized): it is a temporary file there.
         keep = target.name != "onnxruntime"
         folder = output.parent if keep else Path(tmp)
-        precision_path = folder / f"{onnx_stem(source)}.{request.tag}.onnx"
+        original, clean = source, None
+        if foreign is not None:
+            source, clean = adopt_foreign(source, foreign, folder / f"{onnx_stem(source)}.clean.onnx", say)
+        src = read_source(source)
+        precision_path = folder / f"{onnx_stem(original)}.{request.tag}.onnx"
         result = None
         if request.int8 or request.fp16:
             if precision_path.resolve() == source.resolve():
@@ -177,9 +191,9 @@ def build(request: BuildRequest, listener: BuildListener | None = None) -> Build
                                  device=request.device, check_images=images, tensorrt=trt_options)
         for message in built.warnings:
             say.warn(message)
-    return BuildReport(target.name, reason, source, src.sha256, exported, request.precision,
+    return BuildReport(target.name, reason, original, sha256_file(original), exported, request.precision,
                        bool(request.int8 and request.fp16), model if result is not None and keep else None,
-                       result, built, output)
+                       result, built, output, clean, source if clean is not None and keep else None)
 
 
 def compile_artifact(target: Target | str, model: Path, output: Path, *, precision: str, card: ModelCard,
@@ -271,6 +285,43 @@ def check_output(path: Path, target: Target, source: Path) -> None:
     if path.is_dir():
         raise UsageError(f"--output {path} is a folder; give a file name")
     require_writable_folder(path)  # the default output too, before the work starts
+
+
+# --- a foreign (card-less) source -------------------------------------------------------------------------------
+
+
+def foreign_card(request: BuildRequest, say: BuildListener) -> ModelCard | None:
+    """The card of a card-less `--onnx` made from `request.card_flags` (None: the model carries its own card).
+    Refuses a graph that is no image classifier, or missing flags (naming them), before any work."""
+    if request.onnx is None:
+        if request.card_flags is not None:
+            raise UsageError("--mean/--std/--input-size/--resize-size/--interpolation/--classes describe an ONNX "
+                             "without a model card (--onnx); an exported model gets its card from its checkpoint")
+        return None
+    from resnet_deploy.classifier_onnx import card_from_flags, has_card, load_onnx
+
+    model = load_onnx(request.onnx)
+    if has_card(model):
+        if request.card_flags is not None:
+            say.warn(f"{request.onnx} carries its model card; the preprocessing flags are ignored")
+        return None
+    return card_from_flags(model, request.onnx, request.card_flags)
+
+
+def adopt_foreign(source: Path, card: ModelCard, path: Path, say: BuildListener) -> tuple[Path, CleanReport]:
+    """Clean a foreign graph (BatchNorm folded, Identity dropped, constants folded, opset raised; verified
+    against the original), give it `card`, and write it to `path`: the FP32 source of the rest of the build."""
+    from resnet_deploy.atomic import sha256_file
+    from resnet_deploy.classifier_onnx import attach_card, classifier_io, clean_graph, load_onnx, save_onnx
+
+    say.info(f"{source}: no model card; cleaning the graph and carding it from the flags → {path}")
+    report = clean_graph(source, path, input_size=card.preprocessing.input_size)
+    for line in report.changes:
+        say.info(f"  {line}")
+    model = load_onnx(path)
+    attach_card(model, card, classifier_io(model, path), source_sha256=sha256_file(source))
+    save_onnx(model, path)
+    return path, report
 
 
 # --- the stages -----------------------------------------------------------------------------------------------

@@ -485,3 +485,30 @@ def card_or_flags(
                             interpolation=interpolation)
     return foreign_card(io, pre, name=Path(source).name.split(".")[0], class_names=class_names,
                         source_file=Path(source).name)
+
+
+@dataclass(frozen=True)
+class CardFlags:
+    """The preprocessing flags build-engine, validate and import-onnx take for a graph without a card."""
+
+    mean: tuple[float, float, float] | None = None
+    std: tuple[float, float, float] | None = None
+    input_size: int | None = None
+    resize_size: int | None = None
+    interpolation: str | None = None
+    class_names: tuple[str, ...] | None = None
+
+    def given(self) -> bool:
+        return any(v is not None for v in dataclasses.astuple(self))
+
+
+def has_card(model: Any) -> bool:
+    return any(p.key == CARD_METADATA_KEY and p.value for p in model.metadata_props)
+
+
+def card_from_flags(model: Any, source: str | Path, flags: CardFlags | None) -> ModelCard:
+    """`card_or_flags` with the flags as one value (None: no flags given)."""
+    flags = flags or CardFlags()
+    return card_or_flags(model, source, mean=flags.mean, std=flags.std, input_size=flags.input_size,
+                         resize_size=flags.resize_size, interpolation=flags.interpolation,
+                         class_names=list(flags.class_names) if flags.class_names is not None else None)

@@ -42,8 +42,11 @@ class BenchCase:
     open: Callable[[], Engine] = field(repr=False)
     artifact: str | None = None
     batch_sizes: tuple[int, ...] | None = None  # None: every batch size of the run
+    static_batch: int | None = None  # a graph with a fixed batch runs that batch only, whatever was asked
 
     def sizes(self, requested: Sequence[int]) -> list[int]:
+        if self.static_batch is not None:
+            return [self.static_batch]
         return [b for b in requested if self.batch_sizes is None or b in self.batch_sizes]
 
 
@@ -375,7 +378,8 @@ def plan_for_artifacts(
     include_copies: bool,
 ) -> BenchPlan:
     """Each artifact on the backend(s) that open it; a PyTorch FP32 baseline per architecture from its card
-    (random weights) unless a PyTorch artifact of it is given or `--backends` leaves torch out."""
+    (random weights) unless a PyTorch artifact of it is given or `--backends` leaves torch out. An ONNX model
+    without a card runs as its graph says (no baseline: there is no PyTorch twin to build)."""
     from resnet_deploy.artifacts import Artifact, open_engine
 
     cases: list[BenchCase] = []
@@ -387,8 +391,7 @@ def plan_for_artifacts(
     for path in paths:
         artifact = Artifact(path)  # raises UsageError for an unknown suffix
         native = artifact.backend
-        card = artifact.require_file().card  # raises UsageError for a missing file or card
-        label = card.arch
+        label, card, static = _label_and_card(artifact, notes)  # raises UsageError for a missing file or bad graph
         cards.setdefault(label, card)
         runners = [native]
         if native == "onnxruntime" and wanted_backends and "openvino" in wanted_backends:
@@ -411,10 +414,15 @@ def plan_for_artifacts(
                 # OpenVINO on an FP32 model: the precision asked for is its inference precision.
                 hint = {"fp32": "f32", "bf16": "bf16"}.get(precision) if graph == "fp32" else None
                 cases.append(BenchCase(label, backend, precision, _artifact_opener(
-                    open_engine, path, backend, precision, hint, device, threads, include_copies), artifact=str(path)))
+                    open_engine, path, backend, precision, hint, device, threads, include_copies), artifact=str(path),
+                    static_batch=static))
     if wanted_backends is None or "torch" in wanted_backends:
         for label, card in cards.items():
             if label in torch_given:
+                continue
+            why = _no_baseline(card)
+            if why:
+                skipped.append(Skipped(label, "torch", "fp32", why))
                 continue
             model = card.build_model()
             cases.insert(0, BenchCase(label, "torch", "fp32", _torch_opener(model, card, "fp32", device, threads),
@@ -422,6 +430,42 @@ def plan_for_artifacts(
             notes.append(f"{label}: the PyTorch FP32 baseline is built from the artifact's card with random weights "
                          "(latency does not depend on weight values).")
     return BenchPlan(cases, skipped, notes)
+
+
+def _label_and_card(artifact: Any, notes: list[str]) -> tuple[str, Any, int | None]:
+    """(label, card or None, the one batch size a static-batch graph runs) of an artifact. An ONNX model
+    without a card is read as an image classifier (input shape and dtype from its graph)."""
+    from resnet_deploy.artifacts import CARD_KEY
+
+    artifact.require_file()
+    if artifact.backend != "onnxruntime":
+        return artifact.card.arch, artifact.card, None
+    from resnet_deploy.classifier_onnx import classifier_io, load_onnx
+
+    io = classifier_io(load_onnx(artifact.path), artifact.path)  # a graph that is no image classifier is refused
+    if io.batch is not None:
+        notes.append(f"{artifact.path.name}: the graph's batch is fixed at {io.batch}; it is benchmarked at batch "
+                     f"{io.batch} only, whatever --batch-sizes asks")
+    if artifact.metadata.get(CARD_KEY):
+        return artifact.card.arch, artifact.card, io.batch
+    if io.input_size is None:
+        raise UsageError(f"{artifact.path}: no model card and a dynamic input height/width; give the size with "
+                         "`resnet-deploy import-onnx --input-size N` first")
+    notes.append(f"{artifact.path.name}: no model card; input {io.input_name} [{io.batch or 'N'}, 3, {io.height}, "
+                 f"{io.width}] float32 read from the graph")
+    return artifact.path.name.split(".")[0], None, io.batch
+
+
+def _no_baseline(card: Any) -> str | None:
+    """Why there is no PyTorch FP32 baseline for `card` (None: one is built from it)."""
+    if card is None:
+        return "no model card: a card-less ONNX has no PyTorch twin to build a baseline from"
+    from resnet_deploy.classifier_onnx import is_foreign_card
+
+    if is_foreign_card(card):
+        return (f"{card.arch} was imported from a foreign ONNX (import-onnx): there is no PyTorch twin to build a "
+                "baseline from; speed-ups are not computed")
+    return None
 
 
 def _artifact_precisions(backend: str, graph: str, precisions: Sequence[str] | None) -> list[str]:
@@ -519,6 +563,8 @@ def run_plan(
 
 def _only(case: BenchCase) -> int | None:
     """The batch size a per-batch case stands for (None: all of them)."""
+    if case.static_batch is not None:
+        return case.static_batch
     return case.batch_sizes[0] if case.batch_sizes and len(case.batch_sizes) == 1 else None
 
 

@@ -11,6 +11,16 @@ from typing import Annotated, Any
 
 import typer
 
+from resnet_deploy.commands._card_flags import (
+    ClassesFromOption,
+    ClassesOption,
+    InputSizeOption,
+    InterpolationOption,
+    MeanOption,
+    ResizeSizeOption,
+    StdOption,
+    card_flags,
+)
 from resnet_deploy.commands._options import (
     ArchOption,
     CheckpointOption,
@@ -27,7 +37,9 @@ from resnet_deploy.paths import check_io
 
 def build_engine(
     onnx: Annotated[Path | None, typer.Option(
-        "--onnx", help="FP32 ONNX model made by `resnet-deploy export` (its metadata carries the model card).")] = None,
+        "--onnx", help="FP32 ONNX model: from `resnet-deploy export` or `import-onnx` (its metadata carries the "
+                       "model card), or any image classifier with --mean/--std (its graph is cleaned first).")]
+        = None,
     depth: DepthOption = None,
     arch: ArchOption = None,
     checkpoint: CheckpointOption = None,
@@ -84,6 +96,13 @@ def build_engine(
     hardware_compatibility: Annotated[str | None, typer.Option(
         "--hardware-compatibility", help="TensorRT: none, ampere+ or same-cc [default: none].",
         show_default=False)] = None,
+    mean: MeanOption = None,
+    std: StdOption = None,
+    input_size: InputSizeOption = None,
+    resize_size: ResizeSizeOption = None,
+    interpolation: InterpolationOption = None,
+    classes: ClassesOption = None,
+    classes_from: ClassesFromOption = None,
     json_output: JsonOption = False,
 ) -> None:
     """Build a deployable FP32/FP16/INT8 artifact.
@@ -101,7 +120,8 @@ def build_engine(
         output=output,
         tensorrt={"min_batch": min_batch, "opt_batch": opt_batch, "max_batch": max_batch,
                   "workspace_bytes": workspace, "opt_level": opt_level, "timing_cache": timing_cache,
-                  "version_compatible": version_compatible, "hardware_compatibility": hardware_compatibility})
+                  "version_compatible": version_compatible, "hardware_compatibility": hardware_compatibility},
+        card_flags=card_flags(mean, std, input_size, resize_size, interpolation, classes, classes_from))
     bar = _ProgressBar()
     try:
         report = build(request, BuildListener(info=info, warn=warn, progress=bar.update))

@@ -8,6 +8,16 @@ from typing import Annotated, Any
 import typer
 
 from resnet_deploy.commands import _output
+from resnet_deploy.commands._card_flags import (
+    ClassesFromOption,
+    ClassesOption,
+    InputSizeOption,
+    InterpolationOption,
+    MeanOption,
+    ResizeSizeOption,
+    StdOption,
+    card_flags,
+)
 from resnet_deploy.commands._options import DeviceOption, JsonOption
 from resnet_deploy.errors import CheckFailed, UsageError
 from resnet_deploy.paths import check_io
@@ -19,7 +29,8 @@ def validate(
     artifacts: Annotated[
         list[Path],
         typer.Argument(help="Artifacts to compare: model card / checkpoint (.safetensors, .pt), .onnx, "
-                            "OpenVINO .xml, TensorRT .plan/.engine.", show_default=False),
+                            "OpenVINO .xml, TensorRT .plan/.engine; an .onnx without a model card takes "
+                            "--mean/--std.", show_default=False),
     ],
     data: Annotated[
         Path,
@@ -69,6 +80,13 @@ def validate(
         bool, typer.Option("--wide", help="Show every column (top-5 overlap, Δtop-5, mean Δlogit, cosine, gate); "
                                           "the default fits 100 columns.")
     ] = False,
+    mean: MeanOption = None,
+    std: StdOption = None,
+    input_size: InputSizeOption = None,
+    resize_size: ResizeSizeOption = None,
+    interpolation: InterpolationOption = None,
+    classes: ClassesOption = None,
+    classes_from: ClassesFromOption = None,
     json_output: JsonOption = False,
 ) -> None:
     """Accuracy, parity and gates of artifacts.
@@ -89,7 +107,9 @@ def validate(
     check_io(inputs=[*artifacts, reference], outputs=[("--report", report)])
     options = ValidateOptions(split=split, limit=limit, batch_size=batch_size, workers=workers, device=device,
                               ten_crop=ten_crop, ensemble=ensemble, max_top1_drop=max_top1_drop,
-                              min_agreement=min_agreement, skip_bad=skip_bad)
+                              min_agreement=min_agreement, skip_bad=skip_bad,
+                              card_flags=card_flags(mean, std, input_size, resize_size, interpolation, classes,
+                                                    classes_from))
 
     # Read the machine before any runtime or decoding process starts: querying CUDA after they did
     # crashed the process (SIGSEGV) on a CPU-only machine with OpenVINO and ONNX Runtime loaded.

@@ -34,6 +34,8 @@ from resnet_deploy.validate.parity import (
 
 if TYPE_CHECKING:
     from resnet_deploy.artifacts import Artifact
+    from resnet_deploy.card import ModelCard
+    from resnet_deploy.classifier_onnx import CardFlags
 
 TOPK = 5
 SKIPPED_PATHS_KEPT = 100  # the JSON/report lists this many skipped files, then counts the rest
@@ -51,6 +53,8 @@ class ValidateOptions:
     max_top1_drop: float | None = None  # None: by precision (parity.DEFAULT_GATES)
     min_agreement: float | None = None
     skip_bad: bool = False
+    card_flags: CardFlags | None = None  # preprocessing of the ONNX models without a model card
+
 
 
 @dataclass
@@ -224,6 +228,20 @@ def artifact_lineage(artifact: Artifact) -> dict[str, Any]:
     return lineage
 
 
+def artifact_card_or_flags(artifact: Artifact, flags: CardFlags | None) -> ModelCard:
+    """The artifact's card; an ONNX model without one gets its card from the preprocessing flags (refused,
+    naming them, when they are missing) and keeps it, so its lineage reads like any other's."""
+    from resnet_deploy.artifacts import CARD_KEY
+
+    artifact.require_file()
+    if artifact.backend != "onnxruntime" or artifact.metadata.get(CARD_KEY):
+        return artifact.card
+    from resnet_deploy.classifier_onnx import card_from_flags, load_onnx
+
+    artifact.card = card_from_flags(load_onnx(artifact.path), artifact.path, flags)  # type: ignore[misc]
+    return artifact.card
+
+
 def _display_labels(paths: Sequence[Path]) -> list[str]:
     """File names where they are unique, else the paths as given."""
     names = [p.name for p in paths]
@@ -288,7 +306,7 @@ def validate(
         # Spread over classes: a plain prefix of a class-sorted folder would hold one class only.
         dataset = dataset.subset(stratified_indices(dataset.labels, options.limit))
 
-    cards = [handle.require_file().card for handle in handles]
+    cards = [artifact_card_or_flags(handle, options.card_flags) for handle in handles]
     for path, card in zip(paths, cards, strict=True):
         check_classes(dataset, card.class_names, str(path))
         if options.ten_crop and (problem := ten_crop_problem(card.preprocessing)):
