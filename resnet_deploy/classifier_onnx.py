@@ -23,6 +23,7 @@ import dataclasses
 import sys
 import tempfile
 import warnings
+import zipfile
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -111,6 +112,9 @@ def load_onnx(path: str | Path) -> Any:
     source = Path(path)
     if not source.is_file():
         raise UsageError(f"{source}: no such file")
+    if zipfile.is_zipfile(source):  # torch.save / torch.jit.save archives are zip files; ONNX is protobuf
+        raise UsageError(f"{source}: a PyTorch archive (torch.save or TorchScript), not an ONNX model; export it "
+                         "with torch.onnx.export, or give a state_dict to import-weights")
     try:
         return onnx.load(str(source))
     except Exception as exc:  # onnx raises DecodeError / ValueError for non-ONNX bytes

@@ -299,6 +299,7 @@ def validate(
         raise UsageError(f"--workers must be 0 or more, got {options.workers}")
     paths, ref_index = choose_reference([Path(a) for a in artifacts], Path(reference) if reference else None)
     handles = [Artifact(path) for path in paths]  # an unknown suffix is refused before anything is loaded
+    cards = [artifact_card_or_flags(handle, options.card_flags) for handle in handles]  # before any decoding
 
     dataset = open_dataset(data, options.split)
     available = len(dataset)
@@ -306,7 +307,6 @@ def validate(
         # Spread over classes: a plain prefix of a class-sorted folder would hold one class only.
         dataset = dataset.subset(stratified_indices(dataset.labels, options.limit))
 
-    cards = [artifact_card_or_flags(handle, options.card_flags) for handle in handles]
     for path, card in zip(paths, cards, strict=True):
         check_classes(dataset, card.class_names, str(path))
         if options.ten_crop and (problem := ten_crop_problem(card.preprocessing)):
