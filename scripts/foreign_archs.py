@@ -134,6 +134,7 @@ def run_arch(arch: str, work: Path, data: Path, *, calib_samples: int, batch_siz
     from resnet_deploy.bench.timing import TimingConfig
     from resnet_deploy.build import BuildRequest, build
     from resnet_deploy.classifier_onnx import CardFlags
+    from resnet_deploy.errors import CheckFailed, UsageError
     from resnet_deploy.validate.run import ValidateOptions, validate
 
     flags = CardFlags(mean=MEAN, std=STD)
@@ -150,7 +151,11 @@ def run_arch(arch: str, work: Path, data: Path, *, calib_samples: int, batch_siz
         request = BuildRequest(onnx=raw, fp16=precision == "fp16", int8=precision == "int8", target=target,
                                calib_data=data / "train", calib_samples=calib_samples, card_flags=flags,
                                output=work / f"{arch}{suffix}", min_agreement=0.0)
-        report = build(request)
+        try:
+            report = build(request)
+        except (CheckFailed, UsageError) as exc:  # a check that refused the artifact is a result too
+            not_built[key] = f"refused by build-engine: {exc}"
+            continue
         builds[key] = {"output": report.output, "clean": report.clean.changes if report.clean else [],
                        "precision_onnx": report.precision_onnx,
                        "check": {"agreement": report.precision_result.agreement,
@@ -167,7 +172,7 @@ def run_arch(arch: str, work: Path, data: Path, *, calib_samples: int, batch_siz
     latency = [{"artifact": Path(r.artifact or "").name, "backend": r.backend, "precision": r.precision,
                 "batch_size": r.batch_size, "mean_ms": r.latency_ms.mean, "p50_ms": r.latency_ms.p50,
                 "cv": r.cv, "throughput_ips": r.throughput_ips} for r in timed.results]
-    qdq = builds["ov-int8"]["precision_onnx"]
+    qdq = builds["ov-int8"]["precision_onnx"]  # OpenVINO keeps the Q/DQ ONNX beside its IR
     return {"arch": arch, "params": params, "io": IO_NAMES[arch], "cleaned": builds["ov-int8"]["clean"],
             "not_built": not_built,
             "build_checks": {k: b["check"] for k, b in builds.items()}, "parity": parity, "latency": latency,

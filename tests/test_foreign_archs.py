@@ -38,14 +38,15 @@ def digits(script, tmp_path_factory) -> Path:
 def test_non_resnet_through_the_pipeline(script, digits, arch, tmp_path) -> None:
     result = script.run_arch(arch, tmp_path, digits, calib_samples=40, batch_sizes=[1, 4], duration=0.3)
     rows = {(r["backend"], r["precision"]): r for r in result["parity"]}
-    assert ("onnxruntime", "fp32") in rows and ("openvino", "int8") in rows and ("onnxruntime", "int8") in rows
+    assert ("onnxruntime", "fp32") in rows and ("openvino", "int8") in rows
+    # ViT: the ONNX Runtime CPU INT8 artifact may be refused by its own check (then it says why)
+    assert ("onnxruntime", "int8") in rows or "ort-int8" in result["not_built"]
     if arch != "vit_tiny":  # script.KNOWN_CRASHES: no FP16 ViT on onnxruntime 1.31.1
         assert rows[("onnxruntime", "fp16")]["passed"], rows[("onnxruntime", "fp16")]
     for row in rows.values():
         assert row["images"] == 60 and row["agreement"] > 50  # INT8 parity is reported; its gate is in the table
     timed = {(t["backend"], t["precision"], t["batch_size"]) for t in result["latency"]}
-    for backend, precision in (("onnxruntime", "fp32"), ("onnxruntime", "int8"), ("openvino", "fp32"),
-                               ("openvino", "int8")):
+    for backend, precision in (("onnxruntime", "fp32"), ("openvino", "fp32"), ("openvino", "int8")):
         assert {(backend, precision, 1), (backend, precision, 4)} <= timed
     assert any("BatchNormalization" in line or "nodes" in line for line in result["cleaned"])
     if arch == "vit_tiny":  # attention and LayerNorm are not quantized by ONNX Runtime's QDQ tooling
