@@ -114,16 +114,23 @@ def export(model: torch.nn.Module, arch: str, path: Path) -> Path:
 
 
 def float_op_types(qdq_onnx: Path) -> dict[str, int]:
-    """Op types (with counts) of the compute nodes no DequantizeLinear feeds: what stayed in float."""
+    """Op types (with counts) of the compute nodes that take a float activation: some input that is neither
+    a constant (weights, even behind their own Q/DQ pair) nor the output of a DequantizeLinear."""
     import onnx
 
     graph = onnx.load(str(qdq_onnx)).graph
+    constant = {init.name for init in graph.initializer}
+    for node in graph.node:  # weight → QuantizeLinear → DequantizeLinear stays a constant
+        if node.op_type in ("QuantizeLinear", "DequantizeLinear", "Constant") and all(
+                i in constant for i in node.input[:1]):
+            constant.update(node.output)
     dequantized = {out for node in graph.node if node.op_type == "DequantizeLinear" for out in node.output}
     plumbing = {"QuantizeLinear", "DequantizeLinear", "Constant", "Shape", "Gather", "Unsqueeze", "Concat",
                 "Reshape", "Squeeze", "Cast", "Identity", "Flatten", "Transpose", "Slice", "Expand"}
     counts: Counter[str] = Counter()
     for node in graph.node:
-        if node.op_type not in plumbing and not dequantized.intersection(node.input):
+        activations = [i for i in node.input if i and i not in constant]
+        if node.op_type not in plumbing and any(i not in dequantized for i in activations):
             counts[node.op_type] += 1
     return dict(sorted(counts.items()))
 
@@ -154,7 +161,7 @@ def run_arch(arch: str, work: Path, data: Path, *, calib_samples: int, batch_siz
         try:
             report = build(request)
         except (CheckFailed, UsageError) as exc:  # a check that refused the artifact is a result too
-            not_built[key] = f"refused by build-engine: {exc}"
+            not_built[key] = f"refused by build-engine: {str(exc).split(': ', 1)[-1]}"
             continue
         builds[key] = {"output": report.output, "clean": report.clean.changes if report.clean else [],
                        "precision_onnx": report.precision_onnx,
@@ -196,7 +203,8 @@ def markdown(results: list[dict[str, Any]], machine: str, date: str) -> str:
                 lines.append(f"| {res['arch']} | {res['params'] / 1e6:.2f} M | {row['artifact']} | {backend} | "
                              f"{precision} | {parity} | " + " | ".join("—" if m is None else f"{m:.2f}" for m in ms)
                              + " |")
-    lines += ["", "Op types left in float in the INT8 (Q/DQ) model (no DequantizeLinear in front):", ""]
+    lines += ["", "Op types that take a float activation in the INT8 (Q/DQ) model (no DequantizeLinear in front of "
+              "one of its inputs), and artifacts not built:", ""]
     for res in results:
         ops = ", ".join(f"{op} ×{n}" for op, n in res["int8_float_ops"].items()) or "none"
         lines.append(f"- {res['arch']}: {ops}")
