@@ -9,8 +9,6 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from resnet_deploy.errors import UsageError
-
 if TYPE_CHECKING:
     from resnet_deploy.classifier_onnx import CardFlags
 
@@ -36,13 +34,9 @@ def card_flags(mean: str | None, std: str | None, input_size: int | None, resize
                interpolation: str | None, classes: str | None, classes_from: Path | None) -> CardFlags | None:
     """The flags as one value; None when none was given."""
     from resnet_deploy.classifier_onnx import CardFlags
-    from resnet_deploy.commands.import_weights_cmd import class_names_from_folder, parse_floats3
+    from resnet_deploy.commands._options import parse_class_names, parse_floats3
 
-    if classes and classes_from:
-        raise UsageError("give --classes or --classes-from, not both")
-    names = [c.strip() for c in classes.split(",")] if classes else None
-    if classes_from:
-        names = class_names_from_folder(classes_from)
+    names = parse_class_names(classes, classes_from)
     flags = CardFlags(mean=parse_floats3(mean, "--mean"), std=parse_floats3(std, "--std"), input_size=input_size,
                       resize_size=resize_size, interpolation=interpolation,
                       class_names=tuple(names) if names is not None else None)
