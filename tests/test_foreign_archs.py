@@ -43,12 +43,13 @@ def test_non_resnet_through_the_pipeline(script, digits, arch, tmp_path) -> None
     assert ("onnxruntime", "int8") in rows or "ort-int8" in result["not_built"]
     if arch != "vit_tiny":  # script.KNOWN_CRASHES: no FP16 ViT on onnxruntime 1.31.1
         assert rows[("onnxruntime", "fp16")]["passed"], rows[("onnxruntime", "fp16")]
-    for row in rows.values():
-        assert row["images"] == 60 and row["agreement"] > 50  # INT8 parity is reported; its gate is in the table
+    for row in rows.values():  # INT8 parity is reported, pass or fail (docs/BENCHMARKS.md has its gates)
+        assert row["images"] == 60 and 0 <= row["agreement"] <= 100
+        assert row["precision"] == "int8" or row["passed"], row
     timed = {(t["backend"], t["precision"], t["batch_size"]) for t in result["latency"]}
     for backend, precision in (("onnxruntime", "fp32"), ("openvino", "fp32"), ("openvino", "int8")):
         assert {(backend, precision, 1), (backend, precision, 4)} <= timed
-    assert any("BatchNormalization" in line or "nodes" in line for line in result["cleaned"])
+    assert result["cleaned"]  # build-engine says what cleaning changed, or "nothing to clean"
     # What stayed in float is reported (docs/BENCHMARKS.md); today's INT8 quantizes every op type it meets,
     # LayerNormalization and Softmax included, so the list is empty: a mixed-precision change will fill it.
     assert isinstance(result["int8_float_ops"], dict)
