@@ -52,6 +52,41 @@ def capture_environment() -> dict[str, Any]:
     }
 
 
+def machine_load() -> dict[str, Any]:
+    """How busy the machine is right now: the load average (1, 5, 15 min; /proc/loadavg) and the current
+    CPU frequencies in MHz (cpufreq's scaling_cur_freq where present, else /proc/cpuinfo's "cpu MHz"). Taken
+    before and after a bench run: a high load or a frequency that moved explains a number."""
+    text = _read_text("/proc/loadavg")
+    try:
+        load = [float(x) for x in text.split()[:3]] if text else [round(x, 2) for x in os.getloadavg()]
+    except (OSError, ValueError):
+        load = None
+    return {"load_average": load, "cpu_mhz": _cpu_mhz()}
+
+
+def _cpu_mhz() -> dict[str, Any] | None:
+    """min/max/mean current frequency over the CPUs, and where it was read from; None where nothing says."""
+    values: list[float] = []
+    source = "scaling_cur_freq"
+    for path in sorted(Path("/sys/devices/system/cpu").glob("cpu[0-9]*/cpufreq/scaling_cur_freq")):
+        text = _read_text(str(path))
+        if text and text.isdigit():
+            values.append(int(text) / 1000.0)  # kHz
+    if not values:
+        source = "/proc/cpuinfo"
+        for line in (_read_text("/proc/cpuinfo", strip=False) or "").splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "cpu MHz":
+                try:
+                    values.append(float(value))
+                except ValueError:
+                    continue
+    if not values:
+        return None
+    return {"min": round(min(values)), "max": round(max(values)), "mean": round(sum(values) / len(values)),
+            "cpus": len(values), "source": source}
+
+
 def library_versions() -> dict[str, str | None]:
     """Installed versions read from package metadata (nothing is imported; absent → None)."""
     return {name: _dist_version(candidates) for name, candidates in _DISTRIBUTIONS.items()}

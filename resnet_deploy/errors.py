@@ -26,3 +26,9 @@ class CheckFailed(ResnetDeployError):
 
 class BackendUnavailable(UsageError):
     """An optional backend (TensorRT, CUDA, OpenVINO) is not installed or not usable here."""
+
+
+class Interrupted(ResnetDeployError):
+    """Ctrl-C or SIGTERM, after the command said what was completed (exit 130, as a shell reports SIGINT)."""
+
+    exit_code = 130

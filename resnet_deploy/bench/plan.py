@@ -4,7 +4,7 @@
 into a cache folder keyed by architecture, opset and precision, and keeps the PyTorch model in memory;
 `plan_for_artifacts` benches files the user gives. Both return a `BenchPlan`: cases to run (each opens
 its engine lazily, so an artifact is only built when a case needs it) and the combinations that cannot
-run here, each with its reason. `run_plan` times every case at every batch size.
+run here, each with its reason. `run_plan` times every case at every batch size, interleaved.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from engines.base import BackendUnavailableError, Engine, EngineError, EngineInputError
-from resnet_deploy.bench.timing import BenchReport, BenchResult, Skipped, TimingConfig, add_speedups, time_engine
+from engines.base import Engine
+from resnet_deploy.bench.timing import BenchReport, Skipped, TimingConfig, add_speedups, flag_results
 from resnet_deploy.errors import UsageError
 
 BACKENDS = ("torch", "onnxruntime", "openvino", "tensorrt")
@@ -521,52 +521,21 @@ def run_plan(
     progress: Progress | None = None,
     on_step: Callable[[], None] | None = None,
 ) -> BenchReport:
-    """Time every case at every batch size; a case that cannot open or run a batch size becomes a skipped row.
-    `progress` gets a line before each step, `on_step` is called after each case/batch size."""
-    say = progress or (lambda message: None)
-    step = on_step or (lambda: None)
-    results: list[BenchResult] = []
-    skipped = list(plan.skipped)
-    for case in plan.cases:
-        say(f"opening {case.model} {case.backend} {case.precision}")
-        try:
-            engine = case.open()
-        except BackendUnavailableError as exc:
-            skipped.append(Skipped(case.model, case.backend, case.precision, str(exc), _only(case)))
-            for _ in case.sizes(batch_sizes):
-                step()
-            continue
-        with engine:
-            if engine.precision != case.precision:
-                skipped.append(Skipped(case.model, case.backend, case.precision,
-                                       f"asked for {case.precision}, but {case.backend} runs {engine.precision} here",
-                                       _only(case)))
-                for _ in case.sizes(batch_sizes):
-                    step()
-                continue
-            for batch_size in case.sizes(batch_sizes):
-                say(f"timing {case.model} {case.backend} {case.precision} batch {batch_size}")
-                try:
-                    result = time_engine(engine, batch_size, timing, model=case.model, include_copies=include_copies,
-                                         artifact=str(getattr(engine, "path", None) or case.artifact))
-                except EngineInputError as exc:
-                    skipped.append(Skipped(case.model, case.backend, case.precision, str(exc), batch_size))
-                except EngineError as exc:  # e.g. out of device memory at a large batch
-                    skipped.append(Skipped(case.model, case.backend, case.precision, f"failed: {exc}", batch_size))
-                else:
-                    results.append(result)
-                step()
-    add_speedups(results)
-    return BenchReport(environment=environment, results=results, skipped=skipped, timing=timing,
-                       notes=list(plan.notes))
+    """Time every case at every batch size in interleaved rounds (`bench/rounds.py`); a case that cannot open
+    or run a batch size becomes a skipped row. `progress` gets a line before each step, `on_step` is called
+    once per case/batch size and round (`total_steps`). Ctrl-C keeps the rows measured so far
+    (`BenchReport.interrupted`)."""
+    from resnet_deploy.bench.rounds import run_rounds
+
+    outcome = run_rounds(plan.cases, batch_sizes, timing, include_copies=include_copies,
+                         say=progress or (lambda message: None), step=on_step or (lambda: None))
+    flag_results(outcome.results)
+    add_speedups(outcome.results)
+    return BenchReport(environment=environment, results=outcome.results, skipped=[*plan.skipped, *outcome.skipped],
+                       timing=timing, notes=list(plan.notes), interrupted=outcome.interrupted,
+                       planned_rows=sum(len(case.sizes(batch_sizes)) for case in plan.cases))
 
 
-def _only(case: BenchCase) -> int | None:
-    """The batch size a per-batch case stands for (None: all of them)."""
-    if case.static_batch is not None:
-        return case.static_batch
-    return case.batch_sizes[0] if case.batch_sizes and len(case.batch_sizes) == 1 else None
-
-
-def total_steps(plan: BenchPlan, batch_sizes: Sequence[int]) -> int:
-    return sum(len(case.sizes(batch_sizes)) for case in plan.cases)
+def total_steps(plan: BenchPlan, batch_sizes: Sequence[int], timing: TimingConfig | None = None) -> int:
+    rounds = timing.effective_rounds if timing is not None else 1
+    return rounds * sum(len(case.sizes(batch_sizes)) for case in plan.cases)

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from resnet_deploy.atomic import atomic_path, write_text
-from resnet_deploy.bench.timing import CV_WARN_THRESHOLD, BenchReport, BenchResult
+from resnet_deploy.bench.timing import CV_WARN_THRESHOLD, INTERLEAVING, ROUND_SPREAD_LIMIT, BenchReport, BenchResult
 
 BACKEND_COLORS = {"torch": "#ee4c2c", "onnxruntime": "#1f77b4", "openvino": "#7b2d8e", "tensorrt": "#76b900"}
 PRECISION_MARKERS = {"fp32": "o", "fp16": "s", "bf16": "D", "int8": "^"}
@@ -60,7 +60,8 @@ def _table_cells(r: BenchResult) -> dict[str, str]:
     return {"backend": escape(r.backend), "prec.": escape(r.precision), "batch": str(r.batch_size),
             "mean": fmt_ms(s.mean), "std": fmt_ms(s.std), "p50": fmt_ms(s.p50), "p90": fmt_ms(s.p90),
             "p95": fmt_ms(s.p95), "p99": fmt_ms(s.p99), "min": fmt_ms(s.min), "max": fmt_ms(s.max), "CV": cv,
-            "img/s": _compact(r.throughput_ips, "", 1), "vs torch\nfp32": _compact(r.speedup, "×", 2)}
+            "img/s": _compact(r.throughput_ips, "", 1),
+            "vs torch\nfp32": "[yellow]flagged[/yellow]" if r.flagged else _compact(r.speedup, "×", 2)}
 
 
 def _compact(value: float | None, unit: str, digits: int) -> str:
@@ -95,6 +96,7 @@ def results_tables(report: BenchReport, *, wide: bool = False) -> list[Any]:
                 last_of_batch = i + 1 == len(rows) or rows[i + 1].batch_size != r.batch_size
                 table.add_row(*[cells[name] for name in columns], end_section=last_of_batch)
             tables.append(table)
+            tables += flag_lines(rows)
         skipped = [s for s in report.skipped if s.model == model]
         if skipped:
             table = Table(title=escape(f"{model}: skipped"), **style)
@@ -106,6 +108,32 @@ def results_tables(report: BenchReport, *, wide: bool = False) -> list[Any]:
                               "all" if s.batch_size is None else str(s.batch_size), escape(s.reason))
             tables.append(table)
     return tables
+
+
+def flag_lines(rows: Sequence[BenchResult]) -> list[str]:
+    """One line per flagged row, under its table: why it shows no speed-up."""
+    from rich.markup import escape
+
+    return [f"[yellow]flagged[/yellow] {escape(f'{r.label()} batch {r.batch_size}: {reason}')} (no speed-up)"
+            for r in rows for reason in r.flags]
+
+
+def load_line(env: dict[str, Any]) -> str | None:
+    """`- Load: ...` from the before/after readings bench takes (None when it took none)."""
+    load = env.get("load") or {}
+    parts = []
+    for when in ("before", "after"):
+        reading = load.get(when) or {}
+        average = reading.get("load_average")
+        mhz = reading.get("cpu_mhz") or {}
+        if average is None and not mhz:
+            continue
+        text = f"{when}: load average {' '.join(f'{x:g}' for x in average)}" if average else f"{when}:"
+        if mhz:
+            freq = f"{mhz['min']}" if mhz["min"] == mhz["max"] else f"{mhz['min']}–{mhz['max']}"
+            text += f", CPU {freq} MHz ({mhz.get('source', '?')})"
+        parts.append(text)
+    return "- Load: " + "; ".join(parts) if parts else None
 
 
 def environment_lines(env: dict[str, Any]) -> list[str]:
@@ -125,7 +153,8 @@ def environment_lines(env: dict[str, Any]) -> list[str]:
     versions = {k: v for k, v in (env.get("versions") or {}).items() if v}
     lines.append("- Versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()))
     lines.append(f"- Platform: {env.get('platform', '?')}, Python {env.get('python', '?')}")
-    return lines
+    load = load_line(env)
+    return [*lines, load] if load else lines
 
 
 def render_markdown(report: BenchReport, *, command: str | None = None, plot: str | None = None,
@@ -137,8 +166,14 @@ def render_markdown(report: BenchReport, *, command: str | None = None, plot: st
     out += ["## Method", "",
             f"- {report.timing.describe()}; each call synchronized with the device; latency per call in ms.",
             "- Input: random data of the model's input shape, drawn fresh for each run.",
+            f"- Interleaving: {INTERLEAVING}.",
             "- Speed-up: PyTorch FP32 mean latency / row mean latency, same model and batch size.",
+            f"- Flagged rows get no speed-up: rounds that disagree (slowest round median over {ROUND_SPREAD_LIMIT:g}× "
+            "the fastest), or a batch slower per call than a larger batch of the same backend and precision.",
             f"- CV (std/mean) above {CV_WARN_THRESHOLD:.0%} is marked ⚠: a noisy machine or unlocked clocks.", ""]
+    if report.interrupted:
+        out += [f"**Interrupted**: {len(report.results)} of {report.planned_rows or '?'} rows measured; the rows "
+                "below are the ones measured before it.", ""]
     if report.notes:
         out += ["## Notes", "", *[f"- {note}" for note in report.notes], ""]
     for model in models_of(report):
@@ -153,7 +188,7 @@ def render_markdown(report: BenchReport, *, command: str | None = None, plot: st
                 cv = f"{r.cv:.1%}" + (" ⚠" if r.noisy else "")
                 out.append(f"| {r.backend} | {r.precision} | {r.batch_size} | {s.mean:.3f} | {s.std:.3f} | "
                            f"{s.p50:.3f} | {s.p90:.3f} | {s.p95:.3f} | {s.p99:.3f} | {s.min:.3f} | {s.max:.3f} | "
-                           f"{r.throughput_ips:.1f} | {cv} | {fmt_speedup(r.speedup)} |")
+                           f"{r.throughput_ips:.1f} | {cv} | {_markdown_speedup(r)} |")
             out.append("")
             copies = sorted({r.copies for r in rows})
             out += [f"Device: {', '.join(sorted({r.device for r in rows}))}; host↔device copies: {', '.join(copies)}.",
@@ -169,6 +204,12 @@ def render_markdown(report: BenchReport, *, command: str | None = None, plot: st
     if plot:
         out += [f"![latency and throughput]({plot})", ""]
     return "\n".join(out)
+
+
+def _markdown_speedup(r: BenchResult) -> str:
+    if r.flagged:
+        return "flagged: " + "; ".join(r.flags).replace("|", "/")
+    return fmt_speedup(r.speedup)
 
 
 def write_markdown(report: BenchReport, path: str | Path, *, command: str | None = None,

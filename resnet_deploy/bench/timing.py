@@ -3,7 +3,12 @@
 The method follows trtexec: warm-up calls are excluded; every timed call is synchronized with the
 device (CUDA events time device-resident PyTorch calls); the per-call latency distribution (mean,
 std, p50/p90/p95/p99, min, max) and the throughput in images/s are reported together with the
-coefficient of variation, which flags a noisy machine or unlocked clocks. The input is random data of
+coefficient of variation, which flags a noisy machine or unlocked clocks. On a shared machine one case
+run start to finish can meet a burst of load that the next case never sees, so `bench` interleaves its
+cases: `rounds` alternating rounds, each giving every case x batch size a slice of its timed calls
+(`bench/rounds.py`); a row's statistics pool its rounds, and `flag_results` flags a row whose rounds
+disagree or that is implausible against the same case's other rows (it then gets no speed-up).
+The input is random data of
 the model's real shape, drawn fresh for each run (never zeros: some runtimes short-cut zeros).
 On a GPU the host<->device copies are part of each call unless the caller asks for a device-resident
 runner (`include_copies=False`). Engines are timed only through their contract (`Engine.prepare_run`).
@@ -24,6 +29,14 @@ from engines.base import Engine
 CV_WARN_THRESHOLD = 0.10
 #: with --duration, never fewer timed calls than this, so the percentiles mean something
 MIN_TIMED_CALLS = 10
+#: interleaved rounds per row by default
+DEFAULT_ROUNDS = 3
+#: a row whose slowest round median is more than this factor above its fastest is flagged
+ROUND_SPREAD_LIMIT = 1.5
+#: the round check needs this many calls in every round (a median of fewer is noise itself)
+MIN_CALLS_PER_ROUND = 3
+#: untimed calls at the start of every later slice: the other cases ran in between and evicted the caches
+REWARM_CALLS = 1
 
 
 @dataclass(frozen=True)
@@ -34,8 +47,11 @@ class TimingConfig:
     iterations: int | None = None
     duration_s: float | None = 3.0
     min_iterations: int = MIN_TIMED_CALLS
+    rounds: int = DEFAULT_ROUNDS
 
     def __post_init__(self) -> None:
+        if self.rounds < 1:
+            raise ValueError("rounds must be >= 1")
         if self.warmup < 0:
             raise ValueError("warmup must be >= 0")
         if self.iterations is None and self.duration_s is None:
@@ -48,7 +64,26 @@ class TimingConfig:
     def describe(self) -> str:
         timed = f"{self.iterations} timed call{'s' * (self.iterations != 1)}" if self.iterations is not None else (
             f"timed calls for {self.duration_s:g} s (at least {self.min_iterations})")
-        return f"{self.warmup} warm-up call{'s' * (self.warmup != 1)}, {timed}"
+        rounds = self.effective_rounds
+        split = f", in {rounds} interleaved rounds" if rounds > 1 else ""
+        return f"{self.warmup} warm-up call{'s' * (self.warmup != 1)}, {timed}{split}"
+
+    @property
+    def effective_rounds(self) -> int:
+        """Never more rounds than timed calls."""
+        return min(self.rounds, self.iterations) if self.iterations is not None else self.rounds
+
+    def slice(self, index: int) -> TimingConfig:
+        """What round `index` (0-based) of one row runs: its share of the calls or of the duration; the full
+        warm-up before the first round, `REWARM_CALLS` before each later one."""
+        rounds = self.effective_rounds
+        warmup = self.warmup if index == 0 else min(self.warmup, REWARM_CALLS)
+        if self.iterations is not None:
+            share = self.iterations // rounds + (1 if index < self.iterations % rounds else 0)
+            return TimingConfig(warmup=warmup, iterations=share, duration_s=None, rounds=1)
+        assert self.duration_s is not None
+        return TimingConfig(warmup=warmup, duration_s=self.duration_s / rounds,
+                            min_iterations=-(-self.min_iterations // rounds), rounds=1)
 
 
 @dataclass(frozen=True)
@@ -98,6 +133,9 @@ class BenchResult:
     artifact: str | None = None
     engine: dict[str, Any] = field(default_factory=dict)  # engine.describe(): threads, providers, versions
     speedup: float | None = None  # over PyTorch FP32 at the same batch size, filled in by `add_speedups`
+    rounds_p50_ms: list[float] = field(default_factory=list)  # the median of each interleaved round
+    rounds_calls: list[int] = field(default_factory=list)  # timed calls in each round
+    flags: list[str] = field(default_factory=list)  # why this row is not to be trusted (then: no speed-up)
 
     @property
     def cv(self) -> float:
@@ -106,6 +144,10 @@ class BenchResult:
     @property
     def noisy(self) -> bool:
         return self.cv > CV_WARN_THRESHOLD
+
+    @property
+    def flagged(self) -> bool:
+        return bool(self.flags)
 
     def label(self) -> str:
         return f"{self.backend} {self.precision}"
@@ -155,10 +197,13 @@ def make_runner(engine: Engine, batch: np.ndarray, *, include_copies: bool = Tru
     """The runner for this engine, through the engine contract only (`Engine.prepare_run`).
 
     Copies are only a question on a GPU: there, `include_copies=False` asks the engine for its copy-free
-    path (inputs and outputs pre-bound on the device), and the engine says whether it had one.
+    path (inputs and outputs pre-bound on the device), and the engine says whether it had one. On the CPU
+    the bound path is always taken, as the runtimes' own tools do (benchmark_app's preallocated tensors,
+    ONNX Runtime's IOBinding): there are no host<->device copies to include, and a per-call input copy,
+    output allocation or tensor creation would be our overhead, not the runtime's latency.
     """
     on_gpu = engine.device.startswith("cuda")
-    prepared = engine.prepare_run(batch, copy_free=on_gpu and not include_copies)
+    prepared = engine.prepare_run(batch, copy_free=not on_gpu or not include_copies)
     # The PreparedRun itself is the timed call: it holds the buffers its bound run reads.
     return Runner(prepared, copies=prepared.copies if on_gpu else "none (cpu)", timer=prepared.timer)
 
@@ -194,22 +239,67 @@ def time_engine(
     batch = random_batch(shape, rng)
     engine.check_input(batch)  # a wrong batch size fails here, before any timing
     runner = make_runner(engine, batch, include_copies=include_copies)
-    samples = measure(runner, config)
+    rounds = [measure(runner, config.slice(index)) for index in range(config.effective_rounds)]
+    return result_from_rounds(engine, batch_size, rounds, config, runner, model=model, artifact=artifact)
+
+
+def result_from_rounds(engine: Engine, batch_size: int, rounds: Sequence[Sequence[float]], config: TimingConfig,
+                       runner: Runner, *, model: str, artifact: str | None) -> BenchResult:
+    """One row from its rounds' samples: the statistics pool every round; each round keeps its median."""
+    samples = [sample for part in rounds for sample in part]
     stats = LatencyStats.from_samples(samples)
-    return BenchResult(
+    result = BenchResult(
         model=model, backend=engine.name, precision=engine.precision, batch_size=batch_size, device=engine.device,
         latency_ms=stats, throughput_ips=batch_size * 1000.0 / stats.mean, iterations=len(samples),
         warmup=config.warmup, copies=runner.copies, timer=runner.timer, artifact=artifact, engine=engine.describe(),
+        rounds_p50_ms=[float(np.median(part)) for part in rounds], rounds_calls=[len(part) for part in rounds],
     )
+    if len(rounds) < config.effective_rounds:
+        result.flags.append(f"interrupted: {len(rounds)} of {config.effective_rounds} rounds measured")
+    return result
+
+
+def flag_results(results: Sequence[BenchResult], *, spread_limit: float = ROUND_SPREAD_LIMIT) -> None:
+    """Flag rows a busy machine may have disturbed: rounds that disagree (slowest round median more than
+    `spread_limit` times the fastest), or a batch slower per call than a larger batch of the same case."""
+    for r in results:
+        medians = r.rounds_p50_ms
+        if len(medians) > 1 and min(r.rounds_calls) >= MIN_CALLS_PER_ROUND and min(medians) > 0:
+            ratio = max(medians) / min(medians)
+            if ratio > spread_limit:
+                per_round = ", ".join(fmt_number(m) for m in medians)
+                r.flags.append(f"rounds disagree: p50 per round {per_round} ms ({ratio:.1f}x apart, "
+                               f"limit {spread_limit:g}x)")
+    cases: dict[tuple[str, str, str, str], list[BenchResult]] = {}
+    for r in results:
+        cases.setdefault((r.model, r.backend, r.precision, r.device), []).append(r)
+    for rows in cases.values():
+        rows = sorted(rows, key=lambda r: r.batch_size)
+        for i, small in enumerate(rows):
+            larger = [big for big in rows[i + 1:] if big.latency_ms.p50 < small.latency_ms.p50]
+            if larger:
+                big = larger[0]
+                small.flags.append(f"implausible: batch {small.batch_size} is slower per call "
+                                   f"(p50 {fmt_number(small.latency_ms.p50)} ms) than batch {big.batch_size} "
+                                   f"(p50 {fmt_number(big.latency_ms.p50)} ms)")
+
+
+def fmt_number(value: float) -> str:
+    return f"{value:.2f}" if value >= 10 else f"{value:.3f}"
 
 
 def add_speedups(results: Sequence[BenchResult]) -> None:
-    """Fill `speedup` = PyTorch FP32 mean latency / this mean latency, per model and batch size."""
+    """Fill `speedup` = PyTorch FP32 mean latency / this mean latency, per model and batch size. A flagged
+    row gets none, and neither does any row whose baseline is flagged."""
     baseline = {(r.model, r.batch_size): r.latency_ms.mean for r in results
-                if r.backend == "torch" and r.precision == "fp32"}
+                if r.backend == "torch" and r.precision == "fp32" and not r.flagged}
     for result in results:
         base = baseline.get((result.model, result.batch_size))
-        result.speedup = base / result.latency_ms.mean if base else None
+        result.speedup = base / result.latency_ms.mean if base and not result.flagged else None
+
+
+INTERLEAVING = ("cases interleaved: every round gives each case x batch size a slice of its timed calls, "
+                "round-robin (forward in even rounds, backward in odd ones); a row pools its rounds")
 
 
 @dataclass
@@ -221,16 +311,24 @@ class BenchReport:
     skipped: list[Skipped]
     timing: TimingConfig
     notes: list[str] = field(default_factory=list)
+    interrupted: bool = False  # Ctrl-C or SIGTERM: `results` holds the rows measured before it
+    planned_rows: int | None = None  # case x batch size combinations the run set out to measure
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "environment": self.environment,
             "timing": {**asdict(self.timing), "method": self.timing.describe(),
-                       "cv_warn_threshold": CV_WARN_THRESHOLD},
+                       "interleaving": INTERLEAVING, "cv_warn_threshold": CV_WARN_THRESHOLD,
+                       "round_spread_limit": ROUND_SPREAD_LIMIT},
+            "interrupted": self.interrupted,
+            "planned_rows": self.planned_rows,
             "results": [r.to_dict() for r in self.results],
             "skipped": [s.to_dict() for s in self.skipped],
             "notes": self.notes,
         }
+
+    def flagged(self) -> list[BenchResult]:
+        return [r for r in self.results if r.flagged]
 
     def best(self, model: str, batch_size: int) -> BenchResult | None:
         rows = [r for r in self.results if r.model == model and r.batch_size == batch_size]

@@ -11,7 +11,7 @@ import typer
 
 from resnet_deploy.commands._options import ArchOption, DepthOption, DeviceOption, JsonOption, resolve_arch
 from resnet_deploy.commands._output import emit_json, info, plain, progress_bar, stdout, warn
-from resnet_deploy.errors import UsageError
+from resnet_deploy.errors import Interrupted, UsageError
 from resnet_deploy.paths import check_io
 
 if TYPE_CHECKING:  # heavy modules stay out of `--help`
@@ -42,6 +42,8 @@ def bench(
     iters: Annotated[int | None, typer.Option("--iters", help="Timed calls per batch size.")] = None,
     duration: Annotated[float | None, typer.Option(
         "--duration", help="Seconds of timed calls per batch size (at least 10 calls) [default: 3].")] = None,
+    rounds: Annotated[int, typer.Option(
+        "--rounds", help="Interleaved rounds: each round times every row for a share of its calls.")] = 3,
     threads: Annotated[int | None, typer.Option(
         "--threads", help="CPU threads for every backend [default: each backend's own].")] = None,
     calib_data: Annotated[Path | None, typer.Option(
@@ -89,7 +91,9 @@ def bench(
     backend_list = _parse_choices(backends, ALL_BACKENDS, "--backends")
     precision_list = _parse_choices(precisions, ALL_PRECISIONS, "--precisions")
     sizes = _parse_batch_sizes(batch_sizes)
-    timing = _timing(TimingConfig, warmup=warmup, iters=iters, duration=duration)
+    if rounds < 1:
+        raise UsageError(f"--rounds must be at least 1, got {rounds}")
+    timing = _timing(TimingConfig, warmup=warmup, iters=iters, duration=duration, rounds=rounds)
     if threads is not None and threads < 1:
         raise UsageError(f"--threads must be at least 1, got {threads}")
     if plot is not None and plot.suffix.lower() != ".png":
@@ -130,8 +134,9 @@ def bench(
 
         _loadgen()  # a missing extra is one error line before anything is measured
     report_doc = _run(plan, sizes, timing, include_copies)
-    scenario_results = _run_scenarios(plan, scenarios, duration=duration, target_qps=target_qps,
-                                      target_latency_ms=target_latency_ms, peak_qps=peak_qps, batch_sizes=sizes)
+    scenario_results = [] if report_doc.interrupted else _run_scenarios(
+        plan, scenarios, duration=duration, target_qps=target_qps, target_latency_ms=target_latency_ms,
+        peak_qps=peak_qps, batch_sizes=sizes)
 
     command = "resnet-deploy " + " ".join(shlex.quote(arg) for arg in sys.argv[1:])
     noisy = report_doc.noisy()
@@ -141,6 +146,11 @@ def bench(
              f"above {CV_WARN_THRESHOLD:.0%}, marked ⚠; worst {worst.cv:.0%} for {worst.label()} batch "
              f"{worst.batch_size}): a busy machine or unlocked clocks; rerun on a quiet machine or with more "
              "--iters/--duration")
+    flagged = report_doc.flagged()
+    if flagged:
+        warn(f"{len(flagged)} of {len(report_doc.results)} rows are flagged and show no speed-up (rounds that "
+             "disagree, or slower than a larger batch): the machine was busy while they ran; rerun on a quiet "
+             "machine")
     if plot is not None and report_doc.results:
         from resnet_deploy.bench.report import write_plot
 
@@ -163,6 +173,8 @@ def bench(
             from resnet_deploy.bench.report import scenario_table
 
             stdout.print(scenario_table(scenario_results))
+    if report_doc.interrupted:
+        raise Interrupted(f"interrupted ({len(report_doc.results)} of {report_doc.planned_rows} rows measured)")
     if not report_doc.results:
         raise UsageError("nothing could be measured here; see the skipped rows for why")
 
@@ -196,9 +208,10 @@ def _run_scenarios(plan: BenchPlan, scenarios: list[str], *, duration: float | N
 
 def _run(plan: BenchPlan, sizes: list[int], timing: TimingConfig, include_copies: bool) -> BenchReport:
     from resnet_deploy.bench.plan import run_plan, total_steps
-    from resnet_deploy.environment import capture_environment
+    from resnet_deploy.environment import capture_environment, machine_load
 
-    total = total_steps(plan, sizes)
+    total = total_steps(plan, sizes, timing)
+    before = machine_load()
     with progress_bar() as progress:
         task = progress.add_task("bench", total=total)
         report = run_plan(
@@ -206,7 +219,8 @@ def _run(plan: BenchPlan, sizes: list[int], timing: TimingConfig, include_copies
             environment={},
             progress=lambda message: progress.update(task, description=plain(message)),
             on_step=lambda: progress.advance(task))
-    report.environment = capture_environment()  # after the run: the load average it saw, the threads it set
+    report.environment = capture_environment()  # after the run: the threads it set
+    report.environment["load"] = {"before": before, "after": machine_load()}
     return report
 
 
@@ -248,7 +262,8 @@ def _parse_batch_sizes(text: str) -> list[int]:
     return sorted(set(sizes))
 
 
-def _timing(config_type: type[TimingConfig], *, warmup: int, iters: int | None, duration: float | None) -> TimingConfig:
+def _timing(config_type: type[TimingConfig], *, warmup: int, iters: int | None, duration: float | None,
+            rounds: int = 3) -> TimingConfig:
     if iters is not None and duration is not None:
         raise UsageError("give --iters or --duration, not both")
     if warmup < 0:
@@ -258,8 +273,8 @@ def _timing(config_type: type[TimingConfig], *, warmup: int, iters: int | None, 
     if duration is not None and duration <= 0:
         raise UsageError(f"--duration must be positive, got {duration}")
     if iters is not None:
-        return config_type(warmup=warmup, iterations=iters, duration_s=None)
-    return config_type(warmup=warmup, duration_s=duration if duration is not None else 3.0)
+        return config_type(warmup=warmup, iterations=iters, duration_s=None, rounds=rounds)
+    return config_type(warmup=warmup, duration_s=duration if duration is not None else 3.0, rounds=rounds)
 
 
 def _resolve_device(device: str) -> str:

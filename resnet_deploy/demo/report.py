@@ -99,7 +99,7 @@ def _bench_section(result: DemoResult, base: Path) -> list[str]:
         lines.append(
             f"| {row.get('backend')} | {row.get('precision')} | {row.get('batch_size')} | "
             f"{latency.get('p50', 0):.3f} | {latency.get('p99', 0):.3f} | {latency.get('mean', 0):.3f} | "
-            f"{row.get('throughput_ips', 0):.0f} | {'—' if speedup is None else f'{speedup:.2f}×'} |"
+            f"{row.get('throughput_ips', 0):.0f} | {_speedup_cell(row.get('flags'), speedup)} |"
         )
     skipped = data.get("skipped") or []
     if skipped:
@@ -109,6 +109,13 @@ def _bench_section(result: DemoResult, base: Path) -> list[str]:
         lines += ["", "![Latency against batch size and throughput per backend and precision](bench.png)"]
     lines += ["", "Full report: [bench.md](bench.md)", ""]
     return lines
+
+
+def _speedup_cell(flags: list[str] | None, speedup: float | None) -> str:
+    """A flagged row (a busy machine disturbed it) shows why instead of a speed-up."""
+    if flags:
+        return "flagged: " + "; ".join(flags).replace("|", "/")
+    return "—" if speedup is None else f"{speedup:.2f}×"
 
 
 def write_report(result: DemoResult, path: Path) -> Path:
