@@ -22,6 +22,7 @@ from resnet_deploy.commands import (
     validate_cmd,
 )
 from resnet_deploy.commands._help import ReadableGroup
+from resnet_deploy.commands._output import verbosity_options
 from resnet_deploy.runner import run_command
 
 app = typer.Typer(
@@ -50,17 +51,17 @@ def root(
     """Train ResNets (He et al. 2016) and carry them to production: ONNX, FP16, INT8, TensorRT."""
 
 
-app.command("train")(train_cmd.train)
-app.command("export")(export_cmd.export)
-app.command("build-engine")(build_engine_cmd.build_engine)
-app.command("validate")(validate_cmd.validate)
-app.command("bench")(bench_cmd.bench)
-app.command("inspect")(inspect_cmd.inspect)
-app.command("import-weights")(import_weights_cmd.import_weights)
-app.command("import-onnx")(import_onnx_cmd.import_onnx)
-app.command("demo")(demo_cmd.demo)
-app.command("triton-repo")(triton_repo_cmd.triton_repo)
-app.command("sensitivity")(sensitivity_cmd.sensitivity)
+app.command("train")(verbosity_options(train_cmd.train))
+app.command("export")(verbosity_options(export_cmd.export))
+app.command("build-engine")(verbosity_options(build_engine_cmd.build_engine))
+app.command("validate")(verbosity_options(validate_cmd.validate))
+app.command("bench")(verbosity_options(bench_cmd.bench))
+app.command("inspect")(verbosity_options(inspect_cmd.inspect))
+app.command("import-weights")(verbosity_options(import_weights_cmd.import_weights))
+app.command("import-onnx")(verbosity_options(import_onnx_cmd.import_onnx))
+app.command("demo")(verbosity_options(demo_cmd.demo))
+app.command("triton-repo")(verbosity_options(triton_repo_cmd.triton_repo))
+app.command("sensitivity")(verbosity_options(sensitivity_cmd.sensitivity))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -55,7 +55,9 @@ RenameOption = Annotated[
 JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout and nothing else there.")]
 OutputOption = Annotated[Path | None, typer.Option("--output", "-o", help="Where to write the result.")]
 DeviceOption = Annotated[str, typer.Option("--device", help=DEVICE_HELP, callback=_device_callback)]
-QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="Only errors on stderr (no progress, no notes).")]
+QuietOption = Annotated[
+    bool, typer.Option("--quiet", "-q", help="No progress or notes on stderr; warnings and errors stay.")
+]
 VerboseOption = Annotated[bool, typer.Option("--verbose", "-v", help="More detail on stderr.")]
 
 

@@ -31,7 +31,8 @@ from resnet_deploy.commands._options import (
     OutputOption,
     resolve_arch,
 )
-from resnet_deploy.commands._output import emit_json, info, stderr, stdout, warn
+from resnet_deploy.commands._output import emit_json, info, plain, progress_bar, stdout, warn
+from resnet_deploy.errors import Interrupted
 from resnet_deploy.paths import check_io
 
 
@@ -125,6 +126,9 @@ def build_engine(
     bar = _ProgressBar()
     try:
         report = build(request, BuildListener(info=info, warn=warn, progress=bar.update))
+    except KeyboardInterrupt:
+        raise Interrupted(f"interrupted ({bar.completed()}); files are written atomically, so nothing "
+                          "half-written was left") from None
     finally:
         bar.stop()
     if json_output:
@@ -139,18 +143,24 @@ class _ProgressBar:
     def __init__(self) -> None:
         self._bar: Any = None
         self._tasks: dict[str, Any] = {}
+        self._done: dict[str, tuple[int, int]] = {}
 
     def update(self, phase: str, done: int, total: int) -> None:
         if self._bar is None:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-            self._bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                 TimeElapsedColumn(), console=stderr, transient=False)
+            self._bar = progress_bar(transient=False)
             self._bar.start()
         task = self._tasks.get(phase)
         if task is None:
-            task = self._tasks[phase] = self._bar.add_task(phase, total=max(total, 1))
+            task = self._tasks[phase] = self._bar.add_task(plain(phase), total=max(total, 1))
         self._bar.update(task, completed=done, total=max(total, 1))
+        self._done[phase] = (done, max(total, 1))
+
+    def completed(self) -> str:
+        """What the interrupted build had done: the phases finished, and how far the current one got."""
+        finished = [phase for phase, (done, total) in self._done.items() if done >= total]
+        current = [f"{phase} {done}/{total}" for phase, (done, total) in self._done.items() if done < total]
+        text = f"completed: {', '.join(finished)}" if finished else "no phase completed"
+        return text + (f"; stopped during {', '.join(current)}" if current else "")
 
     def stop(self) -> None:
         if self._bar is not None:

@@ -19,7 +19,7 @@ from resnet_deploy.commands._card_flags import (
     card_flags,
 )
 from resnet_deploy.commands._options import DeviceOption, JsonOption
-from resnet_deploy.errors import CheckFailed, UsageError
+from resnet_deploy.errors import CheckFailed, Interrupted, UsageError
 from resnet_deploy.paths import check_io
 
 RESULTS_WIDTH = 240  # columns for the table when stdout is not a terminal
@@ -120,10 +120,17 @@ def validate(
     with _output.progress_bar(*columns) as bar:
         task = bar.add_task("validate", total=None)
 
+        seen = [0, 0]
+
         def advance(done: int, total: int) -> None:
+            seen[:] = [done, total]
             bar.update(task, completed=done, total=total)
 
-        result = run_validation(artifacts, data, reference=reference, options=options, progress=advance)
+        try:
+            result = run_validation(artifacts, data, reference=reference, options=options, progress=advance)
+        except KeyboardInterrupt:
+            raise Interrupted(f"interrupted after {seen[0]} of {seen[1] or '?'} image evaluations; no report was "
+                              "written, so nothing half-written was left") from None
 
     if result.dataset.skipped:
         _output.warn(f"skipped {result.dataset.skipped} unreadable image(s) (--skip-bad)")
