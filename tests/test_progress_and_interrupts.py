@@ -108,3 +108,36 @@ def test_interrupted_bench_prints_its_table() -> None:
     assert proc.returncode == 130, proc.stderr
     assert "resnet20 on" in proc.stdout and "flagged" in proc.stdout
     assert proc.stderr.strip().splitlines()[-1].startswith("error: interrupted (")
+
+
+def test_interrupted_build_engine_says_what_it_completed_and_leaves_nothing_half_written(tmp_path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    proc = subprocess.Popen([sys.executable, "-m", "resnet_deploy", "build-engine", "--depth", "20", "--int8",
+                             "--random-calibration", "--target", "onnxruntime", "-o", str(out / "m.onnx")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO, env=_env())
+    lines: list[str] = []
+    started = threading.Event()
+
+    def read() -> None:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            lines.append(line)
+            if line.startswith("exporting"):
+                started.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        assert started.wait(300), "".join(lines)
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    reader.join(timeout=10)
+    assert proc.returncode == 130, "".join(lines)
+    last = "".join(lines).strip().splitlines()[-1]
+    assert last.startswith("error: interrupted (") and "nothing half-written was left" in last, last
+    assert "Traceback" not in "".join(lines)
+    assert not [p.name for p in out.iterdir() if ".tmp" in p.name or p.name.startswith(".")]
