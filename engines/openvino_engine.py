@@ -292,16 +292,40 @@ class OpenVINOEngine(Engine):
         if self.performance_hint == "THROUGHPUT":
             return None
         staged = np.ascontiguousarray(batch)
-        request = self._compiled[self._key_for(staged.shape[0])].create_infer_request()
+        request = self._static_compiled(staged.shape[0]).create_infer_request()
         request.set_input_tensor(self._ov.Tensor(staged, shared_memory=True))
 
+        start, wait = request.start_async, request.wait
+
         def run() -> None:
+            # start_async + wait, not infer(): infer() copies the outputs into a new dict on every call
+            # (about 90 us, 1.5 % of a 6 ms INT8 ResNet-50 call); the output stays in the request's buffer.
             try:
-                request.infer()
+                start()
+                wait()
             except Exception as exc:
                 raise EngineError(f"{self.path}: OpenVINO inference failed ({ov_message(exc)})") from None
 
-        return PreparedRun(host_timed(run, self.synchronize), copies="excluded", keep=(staged,))  # shared memory
+        # keep: the shared input memory, and the request (its `latency` is OpenVINO's own timing of the last call)
+        return PreparedRun(host_timed(run, self.synchronize), copies="excluded", keep=(staged, request))
+
+    def _static_compiled(self, batch_size: int) -> Any:
+        """The model compiled for exactly this batch size, as `benchmark_app -b N` runs it: on a dynamic batch
+        OpenVINO's CPU plugin redoes shape work on every call (about 5 % at ResNet-50 INT8 batch 1). Falls back
+        to the model that `infer` uses when the graph cannot be reshaped."""
+        if self._static_batch == batch_size:
+            return self._compiled["as_built"]
+        key = f"static-{batch_size}"
+        if key not in self._compiled:
+            try:
+                model = self._model.clone()
+                shape = model.inputs[0].get_partial_shape()
+                shape[0] = self._ov.Dimension(batch_size)
+                model.reshape({model.inputs[0]: shape})
+            except Exception:  # a graph that pins its batch
+                return self._compiled[self._key_for(batch_size)]
+            self._compiled[key] = self._compile(model)
+        return self._compiled[key]
 
     def describe(self) -> dict[str, Any]:
         compiled = self._compiled.get("as_built")

@@ -61,19 +61,20 @@ def _json_default(value: Any) -> Any:
 
 
 def warn(message: str) -> None:
-    stderr.print(f"[yellow]warning:[/yellow] {plain(message)}")
+    # soft_wrap: a log line stays one line (paths and commands can be copied); the terminal wraps it for display
+    stderr.print(f"[yellow]warning:[/yellow] {plain(message)}", soft_wrap=True)
 
 
 def info(message: str, *, markup: bool = False) -> None:
     """An information line on stderr (not with --quiet)."""
     if _verbosity >= 0:
-        stderr.print(message if markup else plain(message))
+        stderr.print(message if markup else plain(message), soft_wrap=True)
 
 
 def detail(message: str) -> None:
     """A line only --verbose shows."""
     if _verbosity > 0:
-        stderr.print(plain(message))
+        stderr.print(plain(message), soft_wrap=True)
 
 
 def set_verbosity(*, quiet: bool = False, verbose: bool = False) -> None:

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from resnet_deploy.commands._options import ArchOption, DepthOption, DeviceOption, JsonOption, resolve_arch
-from resnet_deploy.commands._output import emit_json, info, plain, progress_bar, stdout, warn
+from resnet_deploy.commands._output import detail, emit_json, info, plain, progress_bar, stdout, warn
 from resnet_deploy.errors import Interrupted, UsageError
 from resnet_deploy.paths import check_io
 
@@ -146,6 +146,7 @@ def bench(
              f"above {CV_WARN_THRESHOLD:.0%}, marked ⚠; worst {worst.cv:.0%} for {worst.label()} batch "
              f"{worst.batch_size}): a busy machine or unlocked clocks; rerun on a quiet machine or with more "
              "--iters/--duration")
+    _details(report_doc)
     flagged = report_doc.flagged()
     if flagged:
         warn(f"{len(flagged)} of {len(report_doc.results)} rows are flagged and show no speed-up (rounds that "
@@ -222,6 +223,19 @@ def _run(plan: BenchPlan, sizes: list[int], timing: TimingConfig, include_copies
     report.environment = capture_environment()  # after the run: the threads it set
     report.environment["load"] = {"before": before, "after": machine_load()}
     return report
+
+
+def _details(report: BenchReport) -> None:
+    """--verbose: the machine's load around the run and every row's round medians."""
+    from resnet_deploy.bench.report import load_line
+
+    line = load_line(report.environment)
+    if line:
+        detail(line.removeprefix("- "))
+    for r in report.results:
+        rounds = ", ".join(f"{m:.3f}" for m in r.rounds_p50_ms)
+        detail(f"{r.label()} batch {r.batch_size}: p50 per round {rounds} ms ({', '.join(map(str, r.rounds_calls))} "
+               "calls)")
 
 
 def _print_tables(report: BenchReport, *, wide: bool = False) -> None:
