@@ -169,7 +169,8 @@ def render_markdown(report: BenchReport, *, command: str | None = None, plot: st
             f"- Interleaving: {INTERLEAVING}.",
             "- Speed-up: PyTorch FP32 mean latency / row mean latency, same model and batch size.",
             f"- Flagged rows get no speed-up: rounds that disagree (slowest round median over {ROUND_SPREAD_LIMIT:g}× "
-            "the fastest), or a batch slower per call than a larger batch of the same backend and precision.",
+            f"the fastest), or a batch over {ROUND_SPREAD_LIMIT:g}× slower per call (p50) than a larger batch of the "
+            "same backend and precision.",
             f"- CV (std/mean) above {CV_WARN_THRESHOLD:.0%} is marked ⚠: a noisy machine or unlocked clocks.", ""]
     if report.interrupted:
         out += [f"**Interrupted**: {len(report.results)} of {report.planned_rows or '?'} rows measured; the rows "

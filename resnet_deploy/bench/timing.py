@@ -261,10 +261,11 @@ def result_from_rounds(engine: Engine, batch_size: int, rounds: Sequence[Sequenc
 
 def flag_results(results: Sequence[BenchResult], *, spread_limit: float = ROUND_SPREAD_LIMIT) -> None:
     """Flag rows a busy machine may have disturbed: rounds that disagree (slowest round median more than
-    `spread_limit` times the fastest), or a batch slower per call than a larger batch of the same case."""
+    `spread_limit` times the fastest), or a batch more than `spread_limit` times slower per call (p50) than a
+    larger batch of the same case. Rows with fewer than `MIN_CALLS_PER_ROUND` calls in a round are not judged."""
     for r in results:
         medians = r.rounds_p50_ms
-        if len(medians) > 1 and min(r.rounds_calls) >= MIN_CALLS_PER_ROUND and min(medians) > 0:
+        if len(medians) > 1 and _enough_calls(r) and min(medians) > 0:
             ratio = max(medians) / min(medians)
             if ratio > spread_limit:
                 per_round = ", ".join(fmt_number(m) for m in medians)
@@ -274,14 +275,19 @@ def flag_results(results: Sequence[BenchResult], *, spread_limit: float = ROUND_
     for r in results:
         cases.setdefault((r.model, r.backend, r.precision, r.device), []).append(r)
     for rows in cases.values():
-        rows = sorted(rows, key=lambda r: r.batch_size)
+        rows = sorted([r for r in rows if _enough_calls(r)], key=lambda r: r.batch_size)
         for i, small in enumerate(rows):
-            larger = [big for big in rows[i + 1:] if big.latency_ms.p50 < small.latency_ms.p50]
+            larger = [big for big in rows[i + 1:] if small.latency_ms.p50 > spread_limit * big.latency_ms.p50]
             if larger:
                 big = larger[0]
                 small.flags.append(f"implausible: batch {small.batch_size} is slower per call "
                                    f"(p50 {fmt_number(small.latency_ms.p50)} ms) than batch {big.batch_size} "
                                    f"(p50 {fmt_number(big.latency_ms.p50)} ms)")
+
+
+def _enough_calls(r: BenchResult) -> bool:
+    """A median of fewer calls than this is noise itself: such a row is never judged (nor judged against)."""
+    return bool(r.rounds_calls) and min(r.rounds_calls) >= MIN_CALLS_PER_ROUND
 
 
 def fmt_number(value: float) -> str:
