@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from resnet_deploy.artifacts import onnx_stem
+from resnet_deploy.artifacts import manifest_path, onnx_stem
 from resnet_deploy.errors import UsageError
 from resnet_deploy.paths import require_writable_folder
 from resnet_deploy.targets.base import BuildResult, Target, TargetRequest, resolve_target
@@ -181,6 +181,10 @@ def build(request: BuildRequest, listener: BuildListener | None = None) -> Build
             if precision_path.resolve() == source.resolve():
                 raise UsageError(f"{source}: the {request.tag} model would overwrite its FP32 source; rename the "
                                  "source")
+            if keep and manifest_path(precision_path).is_file():  # e.g. an ONNX Runtime artifact of that name
+                raise UsageError(f"{precision_path}: the {target.name} build keeps its {request.tag} ONNX model "
+                                 "there, but that file is a built artifact (it has a manifest); move it, or give "
+                                 "the ONNX Runtime artifact its default name (<name>.<precision>.cpu.onnx)")
             result = make_precision(src, precision_path, request, say, cache_base=precision_path if keep else output)
         model = precision_path if result is not None else source
         say.info(f"building the {target.name} artifact → {output}")

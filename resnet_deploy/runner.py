@@ -64,9 +64,13 @@ def run_command(command: typer.core.TyperCommand | typer.core.TyperGroup, argv: 
     except (KeyboardInterrupt, typer.Abort):
         result = 130
     except (ResnetDeployError, EngineError) as exc:
+        if received and exc.exit_code != 130:  # the signal cut an import or a call short and it failed for that
+            _interrupted()
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)
     except Exception as exc:  # a bug: say so in one line unless asked for the traceback
+        if received:
+            _interrupted()
         if os.environ.get("RESNET_DEPLOY_DEBUG"):
             raise
         if isinstance(exc, OSError) and (exc.filename is not None or exc.errno in _MACHINE_ERRNOS):
@@ -80,6 +84,12 @@ def run_command(command: typer.core.TyperCommand | typer.core.TyperGroup, argv: 
         )
         sys.exit(1)
     if received or result == 130:  # 130: Typer's answer to KeyboardInterrupt
-        print("error: interrupted", file=sys.stderr)
-        sys.exit(130)
+        _interrupted()
     sys.exit(result if isinstance(result, int) else 0)
+
+
+def _interrupted() -> None:
+    """After SIGINT/SIGTERM whatever failed on the way out failed because of it (an interrupted `import onnxruntime`
+    reads as "not installed"): say what happened, not what it broke."""
+    print("error: interrupted", file=sys.stderr)
+    sys.exit(130)

@@ -213,7 +213,7 @@ def _build_steps(options: DemoOptions, train_dir: Path, fp32: Path, stem: Path, 
     common = ["--calib-data", str(train_dir), "--calib-samples", str(options.calib_samples)]
     for name, title, flag, output in (("fp16", "FP16 model (ONNX Runtime)", "--fp16", f"{stem}.fp16.onnx"),
                                       ("int8", "Calibrated INT8 model (ONNX Runtime)", "--int8",
-                                       f"{stem}.int8.onnx")):
+                                       f"{stem}.int8.cpu.onnx")):
         argv = ["build-engine", "--onnx", str(fp32), flag, *common, "--target", "onnxruntime", "--output", output]
         request = BuildRequest(onnx=fp32, fp16=name == "fp16", int8=name == "int8", calib_data=train_dir,
                                calib_samples=options.calib_samples, target="onnxruntime", output=Path(output))
