@@ -24,8 +24,9 @@ def test_digits_folder_is_a_stratified_imagefolder(tmp_path: Path) -> None:
 
 def test_demo_end_to_end_reduced(tmp_path: Path, cli) -> None:
     out = tmp_path / "demo"
-    result = cli("demo", "--out", str(out), "--train-iters", "80", "--bench-duration", "0.2",
-                 "--bench-batch-sizes", "1", "--calib-samples", "128", "--json")
+    # The demo's own training length: an 80-iteration model (81 % top-1) makes near-ties that flip under INT8, and
+    # the INT8 build gate (98.5 % agreement on held-out images) then fails on noise, not on any layer.
+    result = cli("demo", "--out", str(out), "--bench-duration", "0.2", "--bench-batch-sizes", "1", "--json")
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads(result.stdout)
     assert summary["passed"] is True

@@ -25,7 +25,7 @@ ResizeSizeOption = Annotated[int | None, typer.Option(
 InterpolationOption = Annotated[str | None, typer.Option(
     "--interpolation", help="bilinear (default), bicubic or nearest.", rich_help_panel=_PANEL)]
 ClassesOption = Annotated[str | None, typer.Option(
-    "--classes", help="Comma-separated class names (default: class_0, class_1, ...).", rich_help_panel=_PANEL)]
+    "--classes", help="Comma-separated class names (default: class_0, class_1 and so on).", rich_help_panel=_PANEL)]
 ClassesFromOption = Annotated[Path | None, typer.Option(
     "--classes-from", help="Read class names from an ImageFolder tree.", rich_help_panel=_PANEL)]
 
