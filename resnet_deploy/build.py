@@ -393,17 +393,7 @@ def make_precision(src: Any, path: Path, request: BuildRequest, say: BuildListen
 
 def real_images(folder: Path, card: ModelCard, count: int, seed: int) -> np.ndarray:
     """`count` images from `folder` (evenly across class subfolders) through the card's eval transform."""
-    import numpy as np
-
-    from resnet_deploy.data import BadImageError, eval_transform, open_image_folder_unlabelled, stratified_indices
+    from resnet_deploy.data import open_image_folder_unlabelled, sample_images
     from resnet_deploy.precision.calibration import calibration_folder
 
-    dataset = open_image_folder_unlabelled(calibration_folder(folder))
-    transform = eval_transform(card.preprocessing)
-    arrays = []
-    for index in stratified_indices(dataset.labels, count, seed):
-        try:
-            arrays.append(transform(dataset.load(index)).numpy())
-        except BadImageError as exc:
-            raise UsageError(f"{exc.path}: cannot read this image; fix or remove it") from None
-    return np.stack(arrays).astype(np.float32)
+    return sample_images(open_image_folder_unlabelled(calibration_folder(folder)), card.preprocessing, count, seed)

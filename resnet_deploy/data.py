@@ -268,6 +268,19 @@ def eval_transform(pre: Preprocessing) -> Callable[[Image.Image], Any]:
     ])
 
 
+def sample_images(dataset: ImageDataset, pre: Preprocessing, count: int, seed: int) -> np.ndarray:
+    """`count` images of `dataset` (evenly across its classes, fixed seed) through the card's eval transform, as one
+    float32 NCHW array; an unreadable image is one error naming it."""
+    transform = eval_transform(pre)
+    arrays = []
+    for index in stratified_indices(dataset.labels, count, seed):
+        try:
+            arrays.append(transform(dataset.load(index)).numpy())
+        except BadImageError as exc:
+            raise UsageError(f"{exc.path}: cannot read this image; fix or remove it") from None
+    return np.stack(arrays).astype(np.float32)
+
+
 def check_classes(dataset: ImageDataset, class_names: Sequence[str], artifact: str) -> None:
     """Refuse a data set whose classes disagree with the artifact's card (count, then names), or with one
     class only: every prediction would be right, and top-1 100 % would mean nothing."""

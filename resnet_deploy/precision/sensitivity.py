@@ -222,7 +222,7 @@ def write_plot(result: SensitivityResult, path: str | Path) -> Path:
 
 def held_out_images(folder: Path, pre: Any, count: int, seed: int) -> np.ndarray:
     """`count` images of `folder` (evenly across class subfolders) through the card's eval transform."""
-    from resnet_deploy.data import BadImageError, eval_transform, open_image_folder_unlabelled, stratified_indices
+    from resnet_deploy.data import open_image_folder_unlabelled, sample_images
     from resnet_deploy.errors import UsageError
 
     if not Path(folder).is_dir():
@@ -231,14 +231,7 @@ def held_out_images(folder: Path, pre: Any, count: int, seed: int) -> np.ndarray
         dataset = open_image_folder_unlabelled(Path(folder))
     except UsageError as exc:
         raise UsageError(f"--data needs images: {exc}") from None
-    transform = eval_transform(pre)
-    arrays = []
-    for index in stratified_indices(dataset.labels, count, seed):
-        try:
-            arrays.append(transform(dataset.load(index)).numpy())
-        except BadImageError as exc:
-            raise UsageError(f"{exc.path}: cannot read this image; fix or remove it") from None
-    return np.stack(arrays).astype(np.float32)
+    return sample_images(dataset, pre, count, seed)
 
 
 def markdown_report(result: SensitivityResult, plot: Path | None = None) -> str:
