@@ -5,6 +5,7 @@ code, never a traceback or a non-finite model card. Tiny 8x8 data keeps each run
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -215,3 +216,19 @@ def test_an_interrupt_says_where_to_resume_and_keeps_the_checkpoint(tiny, tmp_pa
     state = torch.load(out / "last.pt", weights_only=True)  # the last completed checkpoint is intact
     assert state["position"]["iteration"] % 2 == 0 and state["position"]["iteration"] >= 2
     assert not list(out.glob(".*.tmp"))
+
+
+def test_training_progress_is_plain_lines_in_a_log(tiny, tmp_path):
+    """stderr a pipe (CI, `2> log`): the decode and train bars become plain lines, with loss, lr and img/s."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
+           "RESNET_DEPLOY_PROGRESS_INTERVAL": "0"}
+    command = [sys.executable, "-m", "resnet_deploy", "train", "--arch", "resnet20", "--data", str(tiny),
+               "--out", str(tmp_path / "run"), *FAST, "--iters", "6", "--eval-every", "3", "--no-cache"]
+    proc = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    train_lines = re.findall(r"^train: (\d+)/6 \(\d+%\), \d:\d\d:\d\d elapsed.*$", proc.stderr, re.M)
+    assert len(train_lines) >= 3 and train_lines[-1] == "6", proc.stderr
+    assert re.search(r"^train: .*loss \d+\.\d{4}, lr [\d.e-]+, speed [\d,]+ img/s", proc.stderr, re.M), proc.stderr
+    assert re.search(r"^decode training images: \d+/\d+ \(100%\)", proc.stderr, re.M), proc.stderr
+    assert re.search(r"^iter 3: train loss .* top-5 [\d.]+ %$", proc.stderr, re.M), proc.stderr  # one line each
+    assert "━" not in proc.stderr and "\x1b[" not in proc.stderr

@@ -5,6 +5,7 @@ The loop only calls a `Reporter`; it never prints. Ranks other than 0 get the si
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -75,19 +76,30 @@ class Reporter:
         pass
 
 
-class RichReporter(Reporter):
-    """A progress bar with loss, lr and images/s; evaluations and notes printed above it."""
+ProgressFactory = Callable[..., Progress]
 
-    def __init__(self, console: Console) -> None:
+
+class RichReporter(Reporter):
+    """A progress bar with loss, lr and images/s; evaluations and notes printed above it.
+
+    `make_progress(*columns)` lets the CLI choose the kind of bar (its plain-line progress when stderr is a
+    log, not a terminal); without it, a rich bar on `console`."""
+
+    def __init__(self, console: Console, make_progress: ProgressFactory | None = None) -> None:
         self.console = console
+        self.make_progress = make_progress
         self.progress: Progress | None = None
         self.task: TaskID | None = None
 
     def message(self, text: str) -> None:
-        self.console.print(text, markup=False, highlight=False)
+        # soft_wrap: a log keeps each message on one line (a terminal still wraps it for the eye).
+        self.console.print(text, markup=False, highlight=False, soft_wrap=True)
 
     def _open(self, *columns: Any) -> None:
-        self.progress = Progress(*columns, console=self.console, transient=False)
+        if self.make_progress is not None:
+            self.progress = self.make_progress(*columns)
+        else:
+            self.progress = Progress(*columns, console=self.console, transient=False)
         self.progress.start()
 
     def start_task(self, description: str, total: int, completed: int = 0) -> None:
@@ -107,26 +119,23 @@ class RichReporter(Reporter):
     def start_training(self, total: int, completed: int) -> None:
         self._open(
             TextColumn("train"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]}  lr {task.fields[lr]}  {task.fields[ips]} img/s"),
+            TextColumn("loss {task.fields[loss]}  lr {task.fields[lr]}  {task.fields[speed]}"),
             TimeElapsedColumn(), TimeRemainingColumn(),
         )
         assert self.progress is not None
-        self.task = self.progress.add_task("train", total=total, completed=completed, loss="-", lr="-", ips="-")
+        self.task = self.progress.add_task("train", total=total, completed=completed, loss="-", lr="-", speed="-")
 
     def training_step(self, iteration: int, *, loss: float, lr: float, images_per_s: float) -> None:
         if self.progress is not None and self.task is not None:
             self.progress.update(self.task, completed=iteration, loss=f"{loss:.4f}", lr=f"{lr:.4g}",
-                                 ips=f"{images_per_s:,.0f}")
+                                 speed=f"{images_per_s:,.0f} img/s")
 
     def evaluation(self, record: dict[str, Any]) -> None:
         split = record.get("eval_split", "test")
         text = (f"iter {record['iteration']}: train loss {record['train_loss']:.4f}, "
                 f"train error {record['train_error']:.2f} %, {split} top-1 {record['test_top1']:.2f} % "
                 f"(error {100 - record['test_top1']:.2f} %), top-5 {record['test_top5']:.2f} %")
-        if self.progress is not None:
-            self.progress.console.print(text, markup=False, highlight=False)
-        else:
-            self.message(text)
+        self.message(text)  # the bar's console is ours: rich prints the line above a live bar
 
     def end_training(self) -> None:
         self.end_task()

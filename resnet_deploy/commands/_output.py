@@ -128,6 +128,11 @@ def progress_bar(*columns: ProgressColumn | str, transient: bool = True) -> Prog
     return Progress(*chosen, console=stderr, transient=transient)
 
 
+def training_bar(*columns: ProgressColumn | str) -> Progress:
+    """The trainer's bars (decode, train): kept on screen when done, plain lines in a log."""
+    return progress_bar(*columns, transient=False)
+
+
 class PlainLineProgress(Progress):
     """Progress for a log: every few seconds one line per task (what, done/total and %, elapsed, ETA), and one
     when it ends. --verbose also prints a line whenever the description changes."""
@@ -173,6 +178,8 @@ class PlainLineProgress(Progress):
         parts = [done, f"{_clock(task.elapsed or 0.0)} elapsed"]
         if eta is not None and task.total:
             parts.append(f"ETA {_clock(eta)}")
+        # What a bar shows beside the count (train's loss, lr and img/s), once it has a value.
+        parts += [f"{name} {value}" for name, value in task.fields.items() if value not in ("", "-", None)]
         return f"{task.description}: {', '.join(parts)}"
 
 

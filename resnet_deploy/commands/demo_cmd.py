@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from resnet_deploy.commands._options import ArchOption, JsonOption
-from resnet_deploy.commands._output import emit_json, info, stderr, stdout, warn
+from resnet_deploy.commands._output import emit_json, info, stderr, stdout, training_bar, warn
 from resnet_deploy.errors import CheckFailed, UsageError
 from resnet_deploy.paths import check_io
 
@@ -55,7 +55,8 @@ def demo(
 
     # soft_wrap: the command lines stay whole, so they can be copied and pasted.
     hooks = DemoHooks(announce=lambda text: stderr.print(f"\n{text}", soft_wrap=True),
-                      build=BuildListener(info=info, warn=warn), train_reporter=RichReporter(stderr))
+                      build=BuildListener(info=info, warn=warn),
+                      train_reporter=RichReporter(stderr, make_progress=training_bar))
     result = run_demo(options, hooks)
     report = write_report(result, out / "report.md")
     validate = result.step("validate")

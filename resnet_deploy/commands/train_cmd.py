@@ -11,7 +11,7 @@ from typing import Annotated, Any
 import typer
 
 from resnet_deploy.commands._options import ArchOption, DepthOption, DeviceOption, JsonOption, resolve_arch
-from resnet_deploy.commands._output import emit_json, quiet, stderr, stdout
+from resnet_deploy.commands._output import emit_json, quiet, stderr, stdout, training_bar
 
 PANEL_SCHEDULE = "Recipe and schedule"
 PANEL_SPEED = "Speed and devices"
@@ -118,7 +118,7 @@ def train(  # noqa: PLR0913 - a training command has many knobs
         eval_every=eval_every, save_every=save_every, analyze_responses=analyze_responses,
         deterministic=deterministic, synthetic=synthetic, skip_bad=skip_bad,
     )
-    result = run_training(config, Reporter() if quiet() else RichReporter(stderr))
+    result = run_training(config, Reporter() if quiet() else RichReporter(stderr, make_progress=training_bar))
     if not result.is_main:
         return  # only rank 0 reports
     if json_output:
