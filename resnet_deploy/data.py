@@ -271,14 +271,22 @@ def eval_transform(pre: Preprocessing) -> Callable[[Image.Image], Any]:
 def sample_images(dataset: ImageDataset, pre: Preprocessing, count: int, seed: int) -> np.ndarray:
     """`count` images of `dataset` (evenly across its classes, fixed seed) through the card's eval transform, as one
     float32 NCHW array; an unreadable image is one error naming it."""
+    return sample_labelled(dataset, pre, count, seed)[0]
+
+
+def sample_labelled(dataset: ImageDataset, pre: Preprocessing, count: int, seed: int,
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """`sample_images` and the labels of the same images (int64)."""
     transform = eval_transform(pre)
+    indices = stratified_indices(dataset.labels, count, seed)
     arrays = []
-    for index in stratified_indices(dataset.labels, count, seed):
+    for index in indices:
         try:
             arrays.append(transform(dataset.load(index)).numpy())
         except BadImageError as exc:
             raise UsageError(f"{exc.path}: cannot read this image; fix or remove it") from None
-    return np.stack(arrays).astype(np.float32)
+    labels = np.asarray([dataset.labels[i] for i in indices], dtype=np.int64)
+    return np.stack(arrays).astype(np.float32), labels
 
 
 def check_classes(dataset: ImageDataset, class_names: Sequence[str], artifact: str) -> None:

@@ -106,3 +106,58 @@ def test_cli_bad_scenario_and_missing_extra(onnx_path):
     assert done.returncode == 2, done.stderr
     assert [line for line in done.stderr.splitlines() if line.startswith("error:")] == [
         "error: MLPerf scenarios need MLPerf's LoadGen: pip install 'resnet-deploy[loadgen]'"]
+
+
+def test_mlperf_criterion_is_99_percent_of_the_fp32_row_of_the_same_model():
+    from resnet_deploy.bench.loadgen import judge_mlperf_accuracy
+
+    def row(model: str, precision: str, top1: float) -> ScenarioResult:
+        return ScenarioResult("offline", model, "onnxruntime", precision, None, True, True, {}, None, None,
+                              top1=top1, images=1000)
+
+    rows = [row("a", "fp32", 80.0), row("a", "int8", 79.2), row("a", "fp16", 79.1), row("b", "int8", 50.0)]
+    judge_mlperf_accuracy(rows)
+    assert [r.meets_mlperf_accuracy for r in rows] == [True, True, False, None]  # 79.2 = 0.99 * 80 exactly
+    assert rows[1].reference_top1 == 80.0 and rows[3].reference_top1 is None
+    assert "no FP32 row" in rows[3].notes[0]
+
+
+def test_cli_accuracy_mode_on_trained_artifacts(trained_digits):
+    """bench --accuracy: each artifact's top-1 over LoadGen equals a direct count on the same images."""
+    import torch
+
+    from resnet_deploy.data import open_dataset, sample_labelled
+
+    images, labels = sample_labelled(open_dataset(trained_digits["data"]), trained_digits["model_card"].preprocessing,
+                                     60, 0)
+    with torch.no_grad():
+        expected = 100.0 * float((trained_digits["model"](torch.from_numpy(images)).argmax(1).numpy() == labels)
+                                 .mean())
+    done = subprocess.run(
+        [sys.executable, "-m", "resnet_deploy", "bench", str(trained_digits["card"]), str(trained_digits["onnx"]),
+         "--batch-sizes", "4", "--iters", "3", "--rounds", "1", "--threads", "1", "--accuracy", "--data",
+         str(trained_digits["data"]), "--accuracy-images", "60", "--json"],
+        capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert done.returncode == 0, done.stderr
+    rows = json.loads(done.stdout)["scenarios"]
+    assert {(r["backend"], r["images"]) for r in rows} == {("torch", 60), ("onnxruntime", 60)}
+    for row in rows:
+        assert row["top1"] == pytest.approx(expected, abs=100 / 60 + 1e-9)  # ONNX may flip one near-tie
+        assert row["reference_top1"] is not None and row["meets_mlperf_accuracy"] is (
+            row["top1"] >= 0.99 * row["reference_top1"])
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    (["--accuracy"], "error: --accuracy needs labelled images: --data DIR"),
+    (["--data", "."], "error: --data is the labelled images of --accuracy"),
+])
+def test_cli_accuracy_options_are_checked(onnx_path, extra, message):
+    done = subprocess.run([sys.executable, "-m", "resnet_deploy", "bench", str(onnx_path), *extra],
+                          capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert done.returncode == 2 and message in done.stderr, done.stderr
+
+
+def test_cli_accuracy_refuses_random_weights():
+    done = subprocess.run([sys.executable, "-m", "resnet_deploy", "bench", "--depth", "20", "--accuracy", "--data",
+                           "."], capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert done.returncode == 2 and "random weights have no accuracy" in done.stderr, done.stderr

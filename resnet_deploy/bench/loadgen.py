@@ -58,6 +58,9 @@ class ScenarioResult:
     settings: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     top1: float | None = None  # accuracy mode
+    images: int | None = None  # accuracy mode: how many labelled images LoadGen issued
+    reference_top1: float | None = None  # accuracy mode: the FP32 row of the same model, when the run has one
+    meets_mlperf_accuracy: bool | None = None  # top1 >= 99 % of reference_top1; None without a reference
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -224,7 +227,43 @@ def _result(scenario: str, engine: Engine, summary: str, options: ScenarioSettin
         settings={"min_duration_s": options.duration_s, "min_queries": options.min_queries,
                   "batch": {"single-stream": 1, "offline": options.offline_batch,
                             "server": options.server_batch}[scenario]},
-        notes=notes, top1=top1)
+        notes=notes, top1=top1, images=len(labels) if labels is not None else None)
+
+
+def judge_mlperf_accuracy(results: Sequence[ScenarioResult]) -> None:
+    """MLPerf's criterion: a result keeps at least 99 % of the FP32 reference's top-1. The reference is the first
+    FP32 row of the same model in this run; a model without one is left unjudged (None) and says so."""
+    reference: dict[str, float] = {}
+    for r in results:
+        if r.precision == "fp32" and r.top1 is not None:
+            reference.setdefault(r.model, r.top1)
+    for r in results:
+        if r.top1 is None:
+            continue
+        r.reference_top1 = reference.get(r.model)
+        if r.reference_top1 is None:
+            r.notes.append(f"{r.model}: no FP32 row in this run, so MLPerf's 99 % criterion was not judged")
+        else:
+            r.meets_mlperf_accuracy = r.top1 >= MLPERF_ACCURACY_FRACTION * r.reference_top1
+
+
+def run_plan_accuracy(cases: Sequence[Any], labelled: Callable[[Any], tuple[np.ndarray, np.ndarray]],
+                      options: ScenarioSettings, *, progress: Callable[[str], None] = lambda message: None,
+                      ) -> list[ScenarioResult]:
+    """LoadGen's accuracy mode on every bench case: every labelled image once, Offline (batched), top-1 from the
+    answers, then MLPerf's criterion against the FP32 row. `labelled(case)` gives the case's images, already
+    through its own preprocessing, and their labels."""
+    _loadgen()
+    results = []
+    for case in cases:
+        samples, labels = labelled(case)
+        progress(f"LoadGen accuracy: {case.model} {case.backend} {case.precision} on {len(labels)} images")
+        with case.open() as engine:
+            results.append(run_scenario(engine, samples, "offline", options, model=case.model,
+                                        artifact=case.artifact, expected_ms=expected_latency_ms(engine, samples),
+                                        labels=labels))
+    judge_mlperf_accuracy(results)
+    return results
 
 
 def find_peak_qps(run: Callable[[float], ScenarioResult], start_qps: float, *, steps: int = 6) -> ScenarioResult:

@@ -321,9 +321,46 @@ def scenario_rows(results: Sequence[Any]) -> list[list[str]]:
     return rows
 
 
-def scenario_markdown(results: Sequence[Any]) -> list[str]:
+ACCURACY_COLUMNS = ("model", "backend", "precision", "images", "top-1 %", "FP32 top-1 %", "MLPerf 99 %")
+
+
+def accuracy_rows(results: Sequence[Any]) -> list[list[str]]:
+    verdict = {True: "PASS", False: "FAIL", None: "–"}
+    return [[r.model, r.backend, r.precision, str(r.images), f"{r.top1:.2f}",
+             f"{r.reference_top1:.2f}" if r.reference_top1 is not None else "–", verdict[r.meets_mlperf_accuracy]]
+            for r in results]
+
+
+def accuracy_table(results: Sequence[Any]) -> Any:
+    from rich.markup import escape
+    from rich.table import Table
+
+    table = Table(title="LoadGen accuracy mode (Offline, each image once)", title_justify="left")
+    for column in ACCURACY_COLUMNS:
+        table.add_column(column, justify="left" if column in ("model", "backend", "precision") else "right",
+                         no_wrap=True)
+    for row in accuracy_rows(results):
+        table.add_row(*(escape(cell) for cell in row))
+    return table
+
+
+def accuracy_markdown(results: Sequence[Any]) -> list[str]:
     if not results:
         return []
+    out = ["## LoadGen accuracy mode", "",
+           "LoadGen's AccuracyOnly mode in the Offline scenario: every labelled image once, top-1 from the answers. "
+           "MLPerf's criterion: at least 99 % of the FP32 row's top-1 (same model, same images).", "",
+           "| " + " | ".join(ACCURACY_COLUMNS) + " |", "| " + " | ".join(["---"] * len(ACCURACY_COLUMNS)) + " |"]
+    out += ["| " + " | ".join(row) + " |" for row in accuracy_rows(results)]
+    notes = sorted({note for r in results for note in r.notes if "not a valid MLPerf" not in note})
+    return [*out, "", *[f"- {note}" for note in notes], ""]
+
+
+def scenario_markdown(results: Sequence[Any]) -> list[str]:
+    judged = [r for r in results if r.top1 is not None]
+    results = [r for r in results if r.top1 is None]
+    if not results:
+        return accuracy_markdown(judged)
     out = ["## MLPerf LoadGen scenarios", "",
            "Driven by MLPerf's LoadGen (SingleStream: one sample per query, next query when the last completes; "
            "Offline: all samples at once, run in batches; Server: Poisson arrivals at the target QPS, queued samples "
@@ -334,7 +371,7 @@ def scenario_markdown(results: Sequence[Any]) -> list[str]:
     out += ["| " + " | ".join(SCENARIO_COLUMNS) + " |", "| " + " | ".join(["---"] * len(SCENARIO_COLUMNS)) + " |"]
     out += ["| " + " | ".join(row) + " |" for row in scenario_rows(results)]
     notes = sorted({note for r in results for note in r.notes})
-    return [*out, "", *[f"- {note}" for note in notes], ""]
+    return [*out, "", *[f"- {note}" for note in notes], "", *accuracy_markdown(judged)]
 
 
 def scenario_table(results: Sequence[Any]) -> Any:

@@ -69,6 +69,14 @@ def bench(
         "--target-latency-ms", help="Server scenario: the p99 latency bound (MLPerf ResNet-50: 15 ms).")] = 15.0,
     peak_qps: Annotated[bool, typer.Option(
         "--peak-qps", help="Server scenario: search the highest target QPS LoadGen judges VALID.")] = False,
+    accuracy: Annotated[bool, typer.Option(
+        "--accuracy", help="Also run LoadGen's accuracy mode on the labelled images of --data (Offline, each image "
+                           "once) and judge MLPerf's criterion: top-1 at least 99 % of the FP32 row's.")] = False,
+    data: Annotated[Path | None, typer.Option(
+        "--data", help="Labelled images for --accuracy (ImageFolder or CIFAR batches; test split first).",
+        show_default=False)] = None,
+    accuracy_images: Annotated[int, typer.Option(
+        "--accuracy-images", help="Images taken from --data, evenly across classes.")] = 1000,
     wide: Annotated[bool, typer.Option(
         "--wide", help="Show every latency column (std, p90, p95, min, max); the default fits 100 columns.")]
         = False,
@@ -99,6 +107,7 @@ def bench(
     if plot is not None and plot.suffix.lower() != ".png":
         raise UsageError(f"--plot {plot}: the plot is a PNG; give a path ending in .png")
     check_io(inputs=artifacts, outputs=[("--report", report), ("--plot", plot)])
+    _check_accuracy_options(accuracy, data, accuracy_images, from_artifacts=bool(artifacts))
     if artifacts:
         for path in artifacts:
             if not path.is_file():
@@ -129,7 +138,7 @@ def bench(
         cache_dir=cache_dir or default_cache_dir(), calib_data=calib_data, calib_samples=calib_samples,
         progress=_say)
     scenarios = _parse_scenarios(scenario)
-    if scenarios:
+    if scenarios or accuracy:
         from resnet_deploy.bench.loadgen import _loadgen
 
         _loadgen()  # a missing extra is one error line before anything is measured
@@ -137,6 +146,8 @@ def bench(
     scenario_results = [] if report_doc.interrupted else _run_scenarios(
         plan, scenarios, duration=duration, target_qps=target_qps, target_latency_ms=target_latency_ms,
         peak_qps=peak_qps, batch_sizes=sizes)
+    if accuracy and data is not None and not report_doc.interrupted:
+        scenario_results += _run_accuracy(plan, data, accuracy_images, batch=max(sizes))
 
     command = "resnet-deploy " + " ".join(shlex.quote(arg) for arg in sys.argv[1:])
     noisy = report_doc.noisy()
@@ -167,13 +178,18 @@ def bench(
         _say(f"report written to {report}")
     if json_output:
         emit_json({"command": command, **report_doc.to_dict(),
-                   **({"scenarios": [r.to_dict() for r in scenario_results]} if scenarios else {})})
+                   **({"scenarios": [r.to_dict() for r in scenario_results]} if scenarios or accuracy else {})})
     else:
         _print_tables(report_doc, wide=wide)
         if scenario_results:
-            from resnet_deploy.bench.report import scenario_table
+            from resnet_deploy.bench.report import accuracy_table, scenario_table
 
-            stdout.print(scenario_table(scenario_results))
+            performance = [r for r in scenario_results if r.top1 is None]
+            judged = [r for r in scenario_results if r.top1 is not None]
+            if performance:
+                stdout.print(scenario_table(performance))
+            if judged:
+                stdout.print(accuracy_table(judged))
     if report_doc.interrupted:
         raise Interrupted(f"interrupted ({len(report_doc.results)} of {report_doc.planned_rows} rows measured)")
     if not report_doc.results:
@@ -205,6 +221,32 @@ def _run_scenarios(plan: BenchPlan, scenarios: list[str], *, duration: float | N
                                target_qps=target_qps, target_latency_ms=target_latency_ms, offline_batch=largest,
                                server_batch=largest)
     return run_plan_scenarios(plan.cases, scenarios, options, peak_qps=peak_qps, progress=_say)
+
+
+def _check_accuracy_options(accuracy: bool, data: Path | None, images: int, *, from_artifacts: bool) -> None:
+    if data is not None and not accuracy:
+        raise UsageError("--data is the labelled images of --accuracy; add --accuracy (or drop --data)")
+    if not accuracy:
+        return
+    if data is None:
+        raise UsageError("--accuracy needs labelled images: --data DIR")
+    if not data.is_dir():
+        raise UsageError(f"--data {data}: no such folder")
+    if not from_artifacts:
+        raise UsageError("--accuracy measures trained artifacts; give their paths instead of --depth/--arch "
+                         "(random weights have no accuracy to keep)")
+    if images < 1:
+        raise UsageError(f"--accuracy-images must be at least 1, got {images}")
+
+
+def _run_accuracy(plan: BenchPlan, data: Path, images: int, *, batch: int) -> list:
+    from resnet_deploy.bench.accuracy import labelled_images
+    from resnet_deploy.bench.loadgen import ScenarioSettings, run_plan_accuracy
+
+    # Only the artifacts given: the PyTorch baseline bench builds from a card has random weights.
+    cases = [case for case in plan.cases if case.artifact and Path(case.artifact).is_file()]
+    options = ScenarioSettings(offline_batch=batch)
+    return run_plan_accuracy(cases, labelled_images(data, images), options, progress=_say)
 
 
 def _run(plan: BenchPlan, sizes: list[int], timing: TimingConfig, include_copies: bool) -> BenchReport:
