@@ -20,9 +20,11 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
     tmp = Path(tmp_name)
-    tmp.chmod(0o666 & ~_umask())  # mkstemp creates 0600; an artifact gets the usual permissions
     try:
         yield tmp
+        # mkstemp creates 0600, and writers that replace the file themselves (safetensors) do too: an artifact
+        # gets the usual permissions, set on what the block left there.
+        tmp.chmod(0o666 & ~_umask())
         os.replace(tmp, target)
     finally:
         with contextlib.suppress(FileNotFoundError):

@@ -135,3 +135,13 @@ def test_import_weights_writes_a_card_with_preprocessing(tmp_path: Path, cli) ->
                  "--output", str(tmp_path / "bad.safetensors"))
     assert result.returncode == 2 and result.stderr.startswith("error:")
     assert not (tmp_path / "bad.safetensors").exists()
+
+
+def test_a_card_gets_the_umask_permissions_like_every_artifact(tmp_path: Path) -> None:
+    """safetensors replaces the file it writes (mode 0600); the atomic write sets the usual mode after it."""
+    previous = os.umask(0o022)
+    try:
+        path = save_card(tmp_path / "m.safetensors", create_model("resnet20"), ModelCard.default_for("resnet20"))
+    finally:
+        os.umask(previous)
+    assert path.stat().st_mode & 0o777 == 0o644
