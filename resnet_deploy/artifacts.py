@@ -39,6 +39,7 @@ FP16_REMAINDER_KEY = "resnet_deploy.fp16_remainder"  # INT8 with the unquantized
 QUANTIZATION_KEY = "resnet_deploy.quantization"
 CALIBRATION_KEY = "resnet_deploy.calibration"
 VERIFICATION_KEY = "resnet_deploy.verification"  # the precision model's check against FP32
+MIXED_PRECISION_KEY = "resnet_deploy.mixed_precision"  # INT8: the budget search's steps and the layers kept out
 ONNXRUNTIME_KEY = "resnet_deploy.onnxruntime"  # how the ONNX Runtime artifact was optimized
 
 # --- suffixes -----------------------------------------------------------------------------------------------------
@@ -134,6 +135,7 @@ class Manifest:
     artifact_check: dict[str, Any] | None = None  # how the artifact itself was checked
     precision_check: dict[str, Any] | None = None  # the precision model's check against FP32 (from its metadata)
     fp16_remainder: bool = False
+    mixed_precision: dict[str, Any] | None = None  # INT8 layers kept out of INT8 and the search's steps
     built_at: str = field(default_factory=now_iso)
     build_seconds: float | None = None
     versions: dict[str, Any] = field(default_factory=manifest_versions)
@@ -142,7 +144,7 @@ class Manifest:
     schema_version: int = MANIFEST_SCHEMA_VERSION
 
     COMMON = ("backend", "artifact", "sha256", "precision", "source_onnx", "card", "artifact_check",
-              "precision_check", "fp16_remainder", "built_at", "build_seconds", "versions", "notes",
+              "precision_check", "fp16_remainder", "mixed_precision", "built_at", "build_seconds", "versions", "notes",
               "schema_version")
 
     def to_dict(self) -> dict[str, Any]:

@@ -44,11 +44,25 @@ def card_rows(card: dict[str, Any] | None) -> list[tuple[str, str]]:
     return rows
 
 
+def mixed_precision_rows(record: Any) -> list[tuple[str, str]]:
+    """INT8 layers kept out of INT8 by the budget search, with the agreement before and after."""
+    if not isinstance(record, dict) or not record.get("kept_out"):
+        return []
+    kept = ", ".join(str(item.get("block") or item.get("node")) for item in record["kept_out"])
+    before = record.get("full_int8_agreement")
+    confirmation = record.get("confirmation")
+    after = confirmation.get("agreement") if isinstance(confirmation, dict) else None
+    gain = (f" (top-1 agreement {before:.2f} % at full INT8; {after:.2f} % with these kept out, on images the "
+            "search did not use)" if isinstance(before, (int, float)) and isinstance(after, (int, float)) else "")
+    return [("kept out of INT8", f"{kept} in {record.get('remainder', 'fp32')}{gain}")]
+
+
 def manifest_rows(manifest_file: Path, manifest: dict[str, Any], checks: dict[str, bool]) -> list[tuple[str, str]]:
     """The rows every manifest shares; the kind-specific ones are the caller's."""
     rows = [("manifest", f"{manifest_file.name} ({manifest.get('format', 'unknown format')})")]
     if manifest.get("precision"):
         rows.append(("precision", str(manifest["precision"])))
+    rows += mixed_precision_rows(manifest.get("mixed_precision"))
     rows += card_rows(manifest.get("card"))
     source = manifest.get("source_onnx") or {}
     if isinstance(source, dict) and source:

@@ -105,6 +105,16 @@ def test_budget_search_meets_the_gate_full_int8_misses(sensitive, digits, tmp_pa
     artifact = build_onnxruntime_artifact(result.path, tmp_path / "s.int8.cpu.onnx")
     manifest = json.loads(manifest_path(artifact.path).read_text())
     assert manifest["mixed_precision"]["kept_out"] == recorded["kept_out"]
+    from resnet_deploy.manifest_summary import mixed_precision_rows
+
+    (label, text), = mixed_precision_rows(manifest["mixed_precision"])  # what `inspect` shows
+    assert label == "kept out of INT8" and text.startswith("conv1 in fp32 (top-1 agreement ")
+    # So does OpenVINO's (one common manifest field; TensorRT's reads the same metadata).
+    pytest.importorskip("openvino", reason="OpenVINO is an optional extra")
+    from resnet_deploy.targets.openvino import build_openvino_ir
+
+    built = build_openvino_ir(result.path, tmp_path / "s.int8.xml", precision="int8")
+    assert json.loads(manifest_path(built.path).read_text())["mixed_precision"]["steps"] == recorded["steps"]
 
 
 def test_strict_mode_fails_with_exit_1_and_writes_no_artifact(cli, sensitive, digits, tmp_path) -> None:  # noqa: F811

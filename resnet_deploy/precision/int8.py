@@ -11,6 +11,7 @@ from typing import Any
 from resnet_deploy.artifacts import (
     CALIBRATION_KEY,
     FP16_REMAINDER_KEY,
+    MIXED_PRECISION_KEY,
     QUANTIZATION_KEY,
     SOURCE_ONNX_SHA256_KEY,
     VERIFICATION_KEY,
@@ -169,7 +170,7 @@ def quantize_int8(
             VERIFICATION_KEY: json.dumps(_verification(comparison, data)),
         })
         if mixed is not None:
-            props["resnet_deploy.mixed_precision"] = json.dumps(mixed.to_dict())
+            props[MIXED_PRECISION_KEY] = json.dumps(mixed.to_dict())
         set_metadata(model, props)
         drop_unused_opsets(model)
         with atomic_path(output) as final:

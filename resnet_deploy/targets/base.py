@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from resnet_deploy.artifacts import SUFFIXES, VERIFICATION_KEY, Manifest
+from resnet_deploy.artifacts import MIXED_PRECISION_KEY, SUFFIXES, VERIFICATION_KEY, Manifest
 from resnet_deploy.errors import BackendUnavailable, UsageError
 
 if TYPE_CHECKING:
@@ -117,9 +117,18 @@ def resolve_target(name: str, device: str = "cpu") -> tuple[Target, str]:
 
 def precision_check_of(model: Path) -> dict[str, Any] | None:
     """The precision model's own check against FP32, as recorded in its ONNX metadata (None for FP32)."""
+    return _metadata_json(model, VERIFICATION_KEY)
+
+
+def mixed_precision_of(model: Path) -> dict[str, Any] | None:
+    """An INT8 model's mixed-precision record (layers kept out of INT8, the search's steps), or None."""
+    return _metadata_json(model, MIXED_PRECISION_KEY)
+
+
+def _metadata_json(model: Path, key: str) -> dict[str, Any] | None:
     from resnet_deploy.artifacts import Artifact
 
-    text = Artifact(model).metadata.get(VERIFICATION_KEY)
+    text = Artifact(model).metadata.get(key)
     if not text:
         return None
     try:

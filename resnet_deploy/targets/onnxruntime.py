@@ -40,6 +40,7 @@ from resnet_deploy.artifacts import (
     CALIBRATION_KEY,
     CARD_KEY,
     FP16_REMAINDER_KEY,
+    MIXED_PRECISION_KEY,
     ONNXRUNTIME_KEY,
     PRECISION_KEY,
     QUANTIZATION_KEY,
@@ -154,11 +155,11 @@ def build_onnxruntime_artifact(
         backend="onnxruntime", artifact=output.name, sha256=sha256_file(output), precision=precision,
         source_onnx={"path": str(source), "sha256": sha256_file(source), "precision": precision},
         card=card.to_dict(), artifact_check=check, precision_check=_json_prop(props, VERIFICATION_KEY),
+        mixed_precision=_json_prop(props, MIXED_PRECISION_KEY),
         fp16_remainder=fp16_remainder, build_seconds=round(seconds, 3), versions=manifest_versions(), notes=notes,
         target={"device": device, "providers": providers, "optimization_level": OPTIMIZATION_LEVEL,
                 "s8_to_u8_pairs": rewritten, "calibration": _json_prop(props, CALIBRATION_KEY),
                 "quantization": _json_prop(props, QUANTIZATION_KEY),
-                "mixed_precision": _json_prop(props, "resnet_deploy.mixed_precision"),  # layers kept out of INT8
                 "fp32_source_sha256": props.get(SOURCE_ONNX_SHA256_KEY) or sha256_file(source)},
     )
     manifest_file = manifest.write(output)

@@ -37,7 +37,7 @@ from resnet_deploy.artifacts import SUFFIXES, Manifest, manifest_versions, onnx_
 from resnet_deploy.atomic import sha256_file
 from resnet_deploy.card import ModelCard
 from resnet_deploy.errors import BackendUnavailable, CheckFailed, UsageError
-from resnet_deploy.targets.base import BuildResult, Target, TargetRequest, precision_check_of
+from resnet_deploy.targets.base import BuildResult, Target, TargetRequest, mixed_precision_of, precision_check_of
 
 INSTALL_HINT = "OpenVINO is not installed (pip install 'resnet-deploy[openvino]')"
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
@@ -151,7 +151,8 @@ def build_openvino_ir(
     manifest = Manifest(
         backend="openvino", artifact=output.name, sha256=xml_sha256, precision=precision,
         source_onnx={"path": str(source), "sha256": sha256_file(source), "precision": source_precision},
-        card=card_dict, precision_check=precision_check_of(source), build_seconds=round(seconds, 3),
+        card=card_dict, precision_check=precision_check_of(source), mixed_precision=mixed_precision_of(source),
+        build_seconds=round(seconds, 3),
         artifact_check={"images": CHECK_IMAGES, "max_abs_logit_diff": max_diff, "agreement": agreement,
                         "reference": "source ONNX on ONNX Runtime (CPU), random images"},
         versions=manifest_versions(), notes=notes,

@@ -25,7 +25,7 @@ from typing import Any
 from resnet_deploy.artifacts import SUFFIXES, Manifest, manifest_versions
 from resnet_deploy.atomic import sha256_file, write_bytes
 from resnet_deploy.errors import BackendUnavailable, CheckFailed, UsageError
-from resnet_deploy.targets.base import BuildResult, Target, TargetRequest, precision_check_of
+from resnet_deploy.targets.base import BuildResult, Target, TargetRequest, mixed_precision_of, precision_check_of
 
 PRECISIONS = ("fp32", "fp16", "int8")
 PLAN_SUFFIXES = SUFFIXES["tensorrt"]
@@ -219,6 +219,7 @@ def _manifest(built: Any, onnx_path: Path, output: Path, precision: str, options
         backend="tensorrt", artifact=output.name, sha256=plan_sha256, precision=precision,
         source_onnx={"path": str(onnx_path), "sha256": sha256_file(onnx_path), "precision": precision},
         card=card, artifact_check=check, precision_check=precision_check_of(onnx_path),
+        mixed_precision=mixed_precision_of(onnx_path),
         build_seconds=round(built.build_seconds, 3),
         versions=manifest_versions(("tensorrt", built.tensorrt_version), ("nvidia_driver", driver)),
         target={
