@@ -9,6 +9,7 @@ library never prints: progress, notes and warnings go to the `BuildListener` the
 from __future__ import annotations
 
 import tempfile
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -114,6 +115,10 @@ class BuildReport:
                 kept = ", ".join(item["block"] for item in precision.mixed.kept_out)
                 rows.append(("mixed precision", f"full INT8 {precision.mixed.full_int8_agreement:.2f}%; kept out of "
                                                 f"INT8 ({precision.mixed.remainder}): {kept}"))
+            if precision.float_by_rule:
+                counts = Counter(node.op_type for node in precision.float_by_rule)
+                rows.append(("kept in float", "by rule (transformer attention and normalization): " + ", ".join(
+                    f"{op} ×{n}" for op, n in counts.items())))
             calib = precision.calibration
             if calib is not None:
                 caches = ", ".join(f"{m}: {s['cache']['status']}" for m, s in calib.scores.items())

@@ -74,6 +74,7 @@ class PrecisionResult:
     warnings: list[str] = field(default_factory=list)
     gate_override: float | None = None  # --min-agreement, when given
     mixed: Any = None  # INT8: the mixed-precision search (int8.MixedPrecision) when full INT8 missed its gate
+    float_by_rule: list[Any] = field(default_factory=list)  # INT8: nodes never quantized (float_by_rule.FloatNode)
 
     @property
     def informational(self) -> str | None:

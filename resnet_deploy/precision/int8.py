@@ -165,6 +165,7 @@ def quantize_int8(
                 "format": "QDQ", "weights": "int8, per-channel (output channel), symmetric",
                 "activations": "int8, per-tensor, symmetric (zero point 0)", "bias": "float",
                 "remainder": "fp16" if fp16_remainder else "fp32", "tool": f"onnxruntime {_version('onnxruntime')}",
+                "float_by_rule": [node.to_dict() for node in best_quantizer.float_nodes],
             }),
             CALIBRATION_KEY: json.dumps(_calibration_prop(report)),
             VERIFICATION_KEY: json.dumps(_verification(comparison, data)),
@@ -182,7 +183,7 @@ def quantize_int8(
         sha256=sha256_file(output), agreement=comparison.agreement, max_abs_logit_diff=comparison.max_abs_logit_diff,
         mean_abs_logit_diff=comparison.mean_abs_logit_diff, check_images=comparison.images, check_data=data,
         gate=gate, random_weights=src.random_weights, calibration=report, seconds=time.perf_counter() - started,
-        warnings=warnings, gate_override=min_agreement, mixed=mixed,
+        warnings=warnings, gate_override=min_agreement, mixed=mixed, float_by_rule=best_quantizer.float_nodes,
     )
 
 
@@ -221,7 +222,8 @@ def _pre_process(source: Path, prepared: Path) -> None:
 
 
 def _quantize(prepared: Path, output: Path, ranges: dict[str, Any], method: str, tmp: Path,
-              exclude: list[str] | None = None) -> None:
+              exclude: list[str] | None = None, op_types: list[str] | None = None) -> None:
+    """`op_types` None: every op ONNX Runtime can quantize (its default)."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     cache = tmp / f"ranges-{method}.json"
@@ -233,7 +235,7 @@ def _quantize(prepared: Path, output: Path, ranges: dict[str, Any], method: str,
             str(prepared), str(output), None, quant_format=QuantFormat.QDQ, per_channel=True, reduce_range=False,
             activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, calibrate_method=ort_method,
             extra_options=dict(INT8_EXTRA_OPTIONS), calibration_cache_path=str(cache),
-            nodes_to_exclude=list(exclude or []),
+            nodes_to_exclude=list(exclude or []), op_types_to_quantize=op_types,
         )
 
 

@@ -32,6 +32,14 @@ class Quantizer:
     tmp: Path
     fp16_remainder: bool = False
     _built: dict[tuple[str, ...], Path] = field(default_factory=dict)
+    float_nodes: list[Any] = field(default_factory=list, init=False)  # kept out by rule (`float_by_rule`), always
+
+    def __post_init__(self) -> None:
+        import onnx
+
+        from resnet_deploy.precision.float_by_rule import float_by_rule
+
+        self.float_nodes = float_by_rule(onnx.load(str(self.prepared), load_external_data=False))
 
     @classmethod
     def prepare(cls, src: Any, calib: Any, method: str, tmp: Path, base: Path, batch: int, static: bool,
@@ -46,12 +54,15 @@ class Quantizer:
 
     def build(self, exclude: list[str]) -> Path:
         """The Q/DQ model with the `exclude`d nodes left in higher precision (built once per set)."""
+        from resnet_deploy.precision.float_by_rule import WEIGHT_OPS
         from resnet_deploy.precision.int8 import _fp16_remainder, _quantize
 
         key = tuple(sorted(exclude))
         if key not in self._built:
             output = self.tmp / f"{self.method}-{len(self._built)}.onnx"
-            _quantize(self.prepared, output, self.ranges, self.method, self.tmp, exclude=list(key))
+            by_rule = [n.node for n in self.float_nodes if n.node not in key]
+            _quantize(self.prepared, output, self.ranges, self.method, self.tmp, exclude=[*key, *by_rule],
+                      op_types=list(WEIGHT_OPS) if self.float_nodes else None)
             if self.fp16_remainder:
                 _fp16_remainder(output)
             self._built[key] = output
