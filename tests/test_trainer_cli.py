@@ -156,7 +156,7 @@ def test_unwritable_output_is_one_error_naming_the_path(tiny, tmp_path, capsys):
     (out / "last.safetensors" / "keep").write_text("x")
     code, _, err = run_train(capsys, "--data", str(tiny), "--out", str(out), *FAST, "--iters", "2")
     line = one_error(err)
-    assert code == 1 and f"cannot write {out / 'last.safetensors'}" in line and "last.pt holds iteration 2" in line
+    assert code == 2 and f"cannot write {out / 'last.safetensors'}" in line and "last.pt holds iteration 2" in line
 
 
 def test_divergence_stops_with_a_resume_hint_and_no_non_finite_file(tiny, tmp_path, capsys):

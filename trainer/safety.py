@@ -22,7 +22,10 @@ class TrainingInterrupted(ResnetDeployError):
 
 
 class WriteFailed(ResnetDeployError):
-    """A file of the run could not be written (disk full, permissions, a read-only folder)."""
+    """A file of the run could not be written (disk full, permissions, a read-only folder): the machine's state,
+    the user's to fix, so exit 2 like every other command's write failure (`runner.run_command`)."""
+
+    exit_code = 2
 
 
 @contextlib.contextmanager
