@@ -246,3 +246,19 @@ def test_missing_package_cli_build_and_validate(model, onnx_fp32, tmp_path):
         assert errors == ["error: OpenVINO is not installed (pip install 'resnet-deploy[openvino]')"], done.stderr
         assert "Traceback" not in done.stderr
     assert not (tmp_path / "x.xml").exists()
+
+
+def test_a_failed_ir_write_is_one_error_naming_the_output(tmp_path):
+    """OpenVINO's own write failure (here: the staging folder gone) is a RuntimeError with a C++ message; the
+    build says which output could not be written, and why, in one line."""
+    from openvino import opset13 as ops
+
+    from resnet_deploy.targets.openvino import _save_ir
+
+    x = ops.parameter([1, 3], np.float32, name="x")
+    model = ov.Model([ops.relu(x)], [x])
+    with pytest.raises(UsageError) as caught:
+        _save_ir(ov, model, Path("/proc/no-such-folder/m.xml"), False, tmp_path / "m.xml")
+    message = str(caught.value)
+    assert message.startswith(f"cannot write {tmp_path / 'm.xml'}: ") and "nothing was written" in message
+    assert "\n" not in message and caught.value.exit_code == 2

@@ -91,6 +91,17 @@ def default_ir_path(onnx_path: str | Path, precision: str) -> Path:
     return source.with_name(f"{stem}.xml")
 
 
+def _save_ir(ov: Any, model: Any, staged_xml: Path, compress: bool, output: Path) -> None:
+    """`ov.save_model`, whose failures to write (a full disk, a folder gone) come as a RuntimeError with a C++
+    trace: one line naming the output instead, the exit of any other write failure (2)."""
+    try:
+        ov.save_model(model, str(staged_xml), compress_to_fp16=compress)
+    except RuntimeError as exc:
+        free = shutil.disk_usage(staged_xml.parent).free if staged_xml.parent.is_dir() else 0
+        reason = "no space left on the device" if free < 1 << 20 else str(exc).strip().splitlines()[-1][:200]
+        raise UsageError(f"cannot write {output}: {reason}; nothing was written") from None
+
+
 def build_openvino_ir(
     onnx_path: str | Path,
     output: str | Path,
@@ -134,7 +145,7 @@ def build_openvino_ir(
     staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent))
     try:
         staged_xml = staging / output.name
-        ov.save_model(model, str(staged_xml), compress_to_fp16=compress)
+        _save_ir(ov, model, staged_xml, compress, output)
         runtime, describe, max_diff, agreement = _check_against_source(staged_xml, source, OpenVINOEngine)
         if precision == "int8" and runtime != "int8":
             raise CheckFailed(f"{source}: OpenVINO runs this model as {runtime}, not int8 (its Q/DQ nodes were not "
