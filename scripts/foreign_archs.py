@@ -37,10 +37,9 @@ from PIL import Image
 SIZE = 64
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
 ARCHS = ("mobilenet_v3_small", "efficientnet_b0", "vit_tiny")
-# Builds that would kill the process: ONNX Runtime 1.31.1 segfaults creating an ORT_ENABLE_ALL session
-# on the FP16 ViT graph (ORT_ENABLE_EXTENDED and below load it); build-engine's FP16 check opens one.
-KNOWN_CRASHES = {("vit_tiny", "fp16"): "not built: onnxruntime 1.31.1 segfaults opening the FP16 ViT graph at "
-                                       "ORT_ENABLE_ALL (EXTENDED and below load it)"}
+# Builds that would kill the process. (ONNX Runtime 1.31.1 segfaulted on the FP16 ViT while its LayerNorm ran in
+# FP16; precision/fp16.py keeps LayerNorm in FP32 since, and the ViT's FP16 build is measured.)
+KNOWN_CRASHES: dict[tuple[str, str], str] = {}
 IO_NAMES = {"mobilenet_v3_small": ("pixel_values", "logits_out"), "efficientnet_b0": ("x", "y"),
             "vit_tiny": ("image", "scores")}
 

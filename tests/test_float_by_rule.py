@@ -84,3 +84,21 @@ def test_int8_leaves_them_in_float_and_records_them(vit_onnx: Path, tmp_path: Pa
     assert weight_matmuls and all(any(i in dequantized for i in n.input) for n in weight_matmuls)  # still INT8
     recorded = json.loads({p.key: p.value for p in model.metadata_props}["resnet_deploy.quantization"])
     assert {item["node"] for item in recorded["float_by_rule"]} == kept
+
+
+def test_fp16_keeps_layernorm_in_fp32_and_onnxruntime_opens_it(vit_onnx: Path, tmp_path: Path) -> None:
+    """onnxruntime 1.31.1 died (SIGSEGV) opening an FP16 ViT whose LayerNormalization ran in FP16; in a
+    subprocess, so a crash fails this test instead of the whole run."""
+    import subprocess
+    import sys
+
+    output = tmp_path / "vit.fp16.cpu.onnx"
+    done = subprocess.run([sys.executable, "-m", "resnet_deploy", "build-engine", "--onnx", str(vit_onnx), "--fp16",
+                           "--target", "onnxruntime", "--output", str(output), "--json"],
+                          capture_output=True, text=True, timeout=600,
+                          cwd=Path(__file__).resolve().parent.parent)
+    assert done.returncode == 0, (done.returncode, done.stderr[-2000:])
+    assert json.loads(done.stdout)["precision"] == "fp16"
+    model = onnx.load(str(output))
+    recorded = json.loads({p.key: p.value for p in model.metadata_props}["resnet_deploy.fp16"])
+    assert "LayerNormalization" in recorded["fp32_ops"]

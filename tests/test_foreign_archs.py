@@ -41,8 +41,7 @@ def test_non_resnet_through_the_pipeline(script, digits, arch, tmp_path) -> None
     assert ("onnxruntime", "fp32") in rows and ("openvino", "int8") in rows
     # ViT: the ONNX Runtime CPU INT8 artifact may be refused by its own check (then it says why)
     assert ("onnxruntime", "int8") in rows or "ort-int8" in result["not_built"]
-    if arch != "vit_tiny":  # script.KNOWN_CRASHES: no FP16 ViT on onnxruntime 1.31.1
-        assert rows[("onnxruntime", "fp16")]["passed"], rows[("onnxruntime", "fp16")]
+    assert rows[("onnxruntime", "fp16")]["passed"], rows[("onnxruntime", "fp16")]
     for row in rows.values():  # INT8 parity is reported, pass or fail (docs/BENCHMARKS.md has its gates)
         assert row["images"] == 60 and 0 <= row["agreement"] <= 100
         assert row["precision"] == "int8" or row["passed"], row

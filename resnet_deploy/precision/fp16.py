@@ -30,6 +30,11 @@ from resnet_deploy.precision.common import (
     set_metadata,
 )
 
+# Kept in FP32 in every FP16 model. LayerNorm's mean and variance over a wide row lose precision and can
+# overflow in FP16 (TensorRT warns of the same), and onnxruntime 1.31.1 crashes (SIGSEGV) opening an FP16
+# ViT with FP16 LayerNormalization at its default optimization level. A ResNet has none.
+FP32_OPS = ("LayerNormalization", "SimplifiedLayerNormalization", "GroupNormalization")
+
 
 def convert_fp16(
     source_onnx: str | Path,
@@ -63,13 +68,14 @@ def convert_fp16(
             warnings.append(f"{len(blocked)} node(s) kept in FP32 (their values would overflow FP16): "
                             + ", ".join(blocked[:5]) + (" …" if len(blocked) > 5 else ""))
     with _quiet():
-        model16 = float16.convert_float_to_float16(src.model, keep_io_types=True, node_block_list=blocked or None)
+        model16 = float16.convert_float_to_float16(src.model, keep_io_types=True, node_block_list=blocked or None,
+                                                   op_block_list=[*float16.DEFAULT_OP_BLOCK_LIST, *FP32_OPS])
     props = dict(src.props)
     props.update({
         PRECISION_KEY: "fp16",
         SOURCE_ONNX_SHA256_KEY: src.sha256,
         FP16_KEY: json.dumps({"converter": f"onnxconverter-common {_version('onnxconverter-common')}",
-                                          "io": "float32", "fp32_nodes": blocked}),
+                                          "io": "float32", "fp32_nodes": blocked, "fp32_ops": list(FP32_OPS)}),
     })
     with atomic_path(output) as tmp:
         import onnx
