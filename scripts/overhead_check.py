@@ -142,7 +142,7 @@ def check_openvino(arch: str, precision: str, *, warmup: int, iters: int, rounds
                    cache_dir: Path) -> dict[str, object]:
     """bench's OpenVINO row (its engine, its timed call) against benchmark_app on the same ONNX, by rounds."""
     from engines.openvino_engine import OpenVINOEngine
-    from resnet_deploy.bench.plan import ArtifactCache
+    from resnet_deploy.bench.cache import ArtifactCache
     from resnet_deploy.bench.timing import make_runner, random_batch
     from resnet_deploy.checkpoints import random_model
 
@@ -212,7 +212,7 @@ def main() -> int:
     parser.add_argument("--json", action="store_true", help="print one JSON document")
     args = parser.parse_args()
 
-    from resnet_deploy.bench.plan import default_cache_dir
+    from resnet_deploy.bench.cache import default_cache_dir
     from resnet_deploy.environment import capture_environment, machine_load
     from resnet_deploy.models import arch_from_depth
 

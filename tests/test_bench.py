@@ -158,6 +158,6 @@ def test_json_document_follows_the_design_contract(resnet20) -> None:
 
 def test_bench_cache_is_keyed_on_every_version_that_changes_its_files() -> None:
     """Issue 17 point 3: a TensorRT upgrade must rebuild the cached plans, not only a GPU change."""
-    from resnet_deploy.bench.plan import _versions_key
+    from resnet_deploy.bench.cache import versions_key
 
-    assert {"resnet_deploy", "torch", "onnx", "onnxruntime", "tensorrt"} <= set(_versions_key())
+    assert {"resnet_deploy", "torch", "onnx", "onnxruntime", "tensorrt"} <= set(versions_key())

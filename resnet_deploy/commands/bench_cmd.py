@@ -120,11 +120,8 @@ def bench(
     if calib_samples is not None and calib_samples < 1:
         raise UsageError(f"--calib-samples must be at least 1, got {calib_samples}")
 
-    from resnet_deploy.bench.plan import (
-        check_requested_backends,
-        default_cache_dir,
-        plan_for_architecture_or_artifacts,
-    )
+    from resnet_deploy.bench.cache import default_cache_dir
+    from resnet_deploy.bench.plan import check_requested_backends, plan_for_architecture_or_artifacts
 
     check_requested_backends(backend_list or (), explicit=backend_list is not None)
     device_name = _resolve_device(device)
