@@ -60,10 +60,12 @@ def test_quiet_and_verbose_are_on_every_command() -> None:
         assert {"--quiet", "-q", "--verbose", "-v"} <= options, name
 
 
-def _interrupt_bench(sig: int, *extra: str) -> subprocess.CompletedProcess:
-    """Start a long bench; once the second round has begun (every row has a round), send `sig`."""
-    proc = subprocess.Popen([sys.executable, "-m", "resnet_deploy", *BENCH, "--iters", "900", *extra],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO, env=_env())
+def _signal_at_line(args: list[str], sig: int, starts_with: str, *, settle: float = 0.0,
+                    ) -> subprocess.CompletedProcess:
+    """Run `resnet_deploy *args`; once a stderr line starts with `starts_with` (and `settle` seconds on), send
+    `sig` and wait for the process to end. stderr is read line by line as it comes, in a thread."""
+    proc = subprocess.Popen([sys.executable, "-m", "resnet_deploy", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=REPO, env=_env())
     lines: list[str] = []
     started = threading.Event()
 
@@ -71,14 +73,14 @@ def _interrupt_bench(sig: int, *extra: str) -> subprocess.CompletedProcess:
         assert proc.stderr is not None
         for line in proc.stderr:
             lines.append(line)
-            if line.startswith("round 2/3"):
+            if line.startswith(starts_with):
                 started.set()
 
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
     try:
         assert started.wait(300), "".join(lines)
-        time.sleep(0.3)
+        time.sleep(settle)
         proc.send_signal(sig)
         assert proc.stdout is not None
         stdout = proc.stdout.read()  # not communicate(): the reader thread owns stderr
@@ -88,6 +90,11 @@ def _interrupt_bench(sig: int, *extra: str) -> subprocess.CompletedProcess:
             proc.kill()
     reader.join(timeout=10)
     return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, "".join(lines))
+
+
+def _interrupt_bench(sig: int, *extra: str) -> subprocess.CompletedProcess:
+    """Start a long bench; once the second round has begun (every row has a round), send `sig`."""
+    return _signal_at_line([*BENCH, "--iters", "900", *extra], sig, "round 2/3", settle=0.3)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
@@ -113,31 +120,10 @@ def test_interrupted_bench_prints_its_table() -> None:
 def test_interrupted_build_engine_says_what_it_completed_and_leaves_nothing_half_written(tmp_path) -> None:
     out = tmp_path / "out"
     out.mkdir()
-    proc = subprocess.Popen([sys.executable, "-m", "resnet_deploy", "build-engine", "--depth", "20", "--int8",
-                             "--random-calibration", "--target", "onnxruntime", "-o", str(out / "m.onnx")],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO, env=_env())
-    lines: list[str] = []
-    started = threading.Event()
-
-    def read() -> None:
-        assert proc.stderr is not None
-        for line in proc.stderr:
-            lines.append(line)
-            if line.startswith("exporting"):
-                started.set()
-
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
-    try:
-        assert started.wait(300), "".join(lines)
-        proc.send_signal(signal.SIGINT)
-        proc.wait(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    reader.join(timeout=10)
-    assert proc.returncode == 130, "".join(lines)
-    last = "".join(lines).strip().splitlines()[-1]
+    proc = _signal_at_line(["build-engine", "--depth", "20", "--int8", "--random-calibration", "--target",
+                            "onnxruntime", "-o", str(out / "m.onnx")], signal.SIGINT, "exporting")
+    assert proc.returncode == 130, proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("error: interrupted (") and "nothing half-written was left" in last, last
-    assert "Traceback" not in "".join(lines)
+    assert "Traceback" not in proc.stderr
     assert not [p.name for p in out.iterdir() if ".tmp" in p.name or p.name.startswith(".")]
