@@ -1,6 +1,7 @@
 """Shared fixtures. Tests make their own small data; nothing is downloaded.
 
-Session fixtures built once for the whole run: `digits_folder` (scikit-learn's handwritten digits as
+Session fixtures built once for the whole run: `digits` (a resnet20 trained on 8x8 digits, exported; the
+FP16/INT8/sensitivity tests start from it), `digits_folder` (scikit-learn's handwritten digits as
 train/test ImageFolder PNGs), `trained_digits` (a resnet20 card trained on digits for a few seconds,
 its FP32 ONNX export and a held-out test folder), and `calibrate_batchnorm` (gives a random model
 BatchNorm statistics, so its logits look like a trained model's). Test modules never import each other.
@@ -13,6 +14,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -174,3 +176,86 @@ def trained_digits(tmp_path_factory: pytest.TempPathFactory) -> dict:
     export_onnx(load_model(card_path), onnx_path)
     return {"root": root, "data": root / "data", "card": card_path, "onnx": onnx_path, "model": model,
             "model_card": card}
+
+
+# --- `digits`: the FP16/INT8 model (test_precision, test_sensitivity) --------------------------------------------
+
+PRECISION_DIGITS_SIZE = 8  # digits are 8x8; a CIFAR ResNet-20 runs at any size divisible by 4
+
+
+@dataclass
+class PrecisionDigits:
+    root: Path  # train/ and test/ ImageFolder trees of PNG files
+    onnx: Path  # the exported FP32 model (card in its metadata)
+    images: np.ndarray  # test split, preprocessed
+    labels: np.ndarray
+    fp32_top1: float
+
+
+def _write_digit_pngs(root: Path) -> None:
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    pixels = (digits.images / 16.0 * 255).astype(np.uint8)
+    order = np.random.default_rng(0).permutation(len(pixels))
+    for split, indices in (("train", order[:1300]), ("test", order[1300:])):
+        for i in indices:
+            folder = root / split / str(digits.target[i])
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(pixels[i]).convert("RGB").save(folder / f"{i}.png")
+
+
+def _train_precision_digits(root: Path, card_path: Path) -> None:
+    import torch
+
+    from resnet_deploy.card import ModelCard, Preprocessing, save_card
+    from resnet_deploy.data import eval_transform, open_dataset
+    from resnet_deploy.models import create_model
+
+    pre = Preprocessing(input_size=PRECISION_DIGITS_SIZE, resize_size=None, mean=(0.5, 0.5, 0.5),
+                        std=(0.25, 0.25, 0.25))
+    card = ModelCard(arch="resnet20", num_classes=10, class_names=[str(i) for i in range(10)], preprocessing=pre,
+                     dataset="sklearn digits")
+    train = open_dataset(root, split="train")
+    transform = eval_transform(pre)
+    x = torch.stack([transform(train.load(i)) for i in range(len(train))])
+    y = torch.tensor(train.labels)
+    torch.manual_seed(0)
+    model = create_model("resnet20", num_classes=10)
+    epochs, batch = 3, 64
+    steps = epochs * (len(x) // batch)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4, nesterov=True)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, 0.2, total_steps=steps)
+    model.train()
+    for _ in range(epochs):
+        order = torch.randperm(len(x))
+        for b in range(len(x) // batch):
+            index = order[b * batch:(b + 1) * batch]
+            loss = torch.nn.functional.cross_entropy(model(x[index]), y[index])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+    save_card(card_path, model.eval(), card)
+
+
+@pytest.fixture(scope="session")
+def digits(tmp_path_factory) -> PrecisionDigits:
+    from resnet_deploy.checkpoints import load_model
+    from resnet_deploy.data import eval_transform, open_dataset
+    from resnet_deploy.export import export_onnx
+    from resnet_deploy.onnx_check import run_logits, session
+
+    root = tmp_path_factory.mktemp("digits")
+    _write_digit_pngs(root)
+    _train_precision_digits(root, root / "digits.safetensors")
+    loaded = load_model(root / "digits.safetensors")
+    onnx_path = export_onnx(loaded, root / "models" / "digits.onnx").path
+    test = open_dataset(root, split="test")
+    transform = eval_transform(loaded.card.preprocessing)
+    images = np.stack([transform(test.load(i)).numpy() for i in range(len(test))]).astype(np.float32)
+    labels = np.array(test.labels)
+    top1 = 100.0 * float((run_logits(session(onnx_path), images).argmax(axis=1) == labels).mean())
+    assert top1 > 80, f"the fixture model did not learn ({top1:.1f}% top-1)"
+    return PrecisionDigits(root, Path(onnx_path), images, labels, top1)

@@ -9,90 +9,12 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
-
-SIZE = 8  # digits are 8x8; a CIFAR ResNet-20 runs at any size divisible by 4
-
-
-@dataclass
-class Digits:
-    root: Path  # train/ and test/ ImageFolder trees of PNG files
-    onnx: Path  # the exported FP32 model (card in its metadata)
-    images: np.ndarray  # test split, preprocessed
-    labels: np.ndarray
-    fp32_top1: float
-
-
-def _write_images(root: Path) -> None:
-    from PIL import Image
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    pixels = (digits.images / 16.0 * 255).astype(np.uint8)
-    order = np.random.default_rng(0).permutation(len(pixels))
-    for split, indices in (("train", order[:1300]), ("test", order[1300:])):
-        for i in indices:
-            folder = root / split / str(digits.target[i])
-            folder.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(pixels[i]).convert("RGB").save(folder / f"{i}.png")
-
-
-def _train(root: Path, card_path: Path) -> None:
-    import torch
-
-    from resnet_deploy.card import ModelCard, Preprocessing, save_card
-    from resnet_deploy.data import eval_transform, open_dataset
-    from resnet_deploy.models import create_model
-
-    pre = Preprocessing(input_size=SIZE, resize_size=None, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
-    card = ModelCard(arch="resnet20", num_classes=10, class_names=[str(i) for i in range(10)], preprocessing=pre,
-                     dataset="sklearn digits")
-    train = open_dataset(root, split="train")
-    transform = eval_transform(pre)
-    x = torch.stack([transform(train.load(i)) for i in range(len(train))])
-    y = torch.tensor(train.labels)
-    torch.manual_seed(0)
-    model = create_model("resnet20", num_classes=10)
-    epochs, batch = 3, 64
-    steps = epochs * (len(x) // batch)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4, nesterov=True)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, 0.2, total_steps=steps)
-    model.train()
-    for _ in range(epochs):
-        order = torch.randperm(len(x))
-        for b in range(len(x) // batch):
-            index = order[b * batch:(b + 1) * batch]
-            loss = torch.nn.functional.cross_entropy(model(x[index]), y[index])
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-    save_card(card_path, model.eval(), card)
-
-
-@pytest.fixture(scope="module")
-def digits(tmp_path_factory) -> Digits:
-    from resnet_deploy.checkpoints import load_model
-    from resnet_deploy.data import eval_transform, open_dataset
-    from resnet_deploy.export import export_onnx
-    from resnet_deploy.onnx_check import run_logits, session
-
-    root = tmp_path_factory.mktemp("digits")
-    _write_images(root)
-    _train(root, root / "digits.safetensors")
-    loaded = load_model(root / "digits.safetensors")
-    onnx_path = export_onnx(loaded, root / "models" / "digits.onnx").path
-    test = open_dataset(root, split="test")
-    transform = eval_transform(loaded.card.preprocessing)
-    images = np.stack([transform(test.load(i)).numpy() for i in range(len(test))]).astype(np.float32)
-    labels = np.array(test.labels)
-    top1 = _top1(run_logits(session(onnx_path), images), labels)
-    assert top1 > 80, f"the fixture model did not learn ({top1:.1f}% top-1)"
-    return Digits(root, Path(onnx_path), images, labels, top1)
+from conftest import PRECISION_DIGITS_SIZE as SIZE
+from conftest import PrecisionDigits as Digits
 
 
 def _top1(logits: np.ndarray, labels: np.ndarray) -> float:

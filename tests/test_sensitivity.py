@@ -15,7 +15,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from test_precision import Digits, digits  # noqa: F401 - the module-scoped fixture
+from conftest import PrecisionDigits as Digits
 
 FACTOR = 300.0
 
@@ -44,7 +44,7 @@ def _make_sensitive(source: Path, output: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def sensitive(digits: Digits, tmp_path_factory) -> Path:  # noqa: F811
+def sensitive(digits: Digits, tmp_path_factory) -> Path:
     import numpy as np
 
     from resnet_deploy.onnx_check import run_logits, session
@@ -58,7 +58,7 @@ def sensitive(digits: Digits, tmp_path_factory) -> Path:  # noqa: F811
     return path
 
 
-def test_sensitivity_ranks_the_fragile_first_conv_first(sensitive, digits, tmp_path) -> None:  # noqa: F811
+def test_sensitivity_ranks_the_fragile_first_conv_first(sensitive, digits, tmp_path) -> None:
     from resnet_deploy.precision.sensitivity import analyse, markdown_report, write_plot
 
     result = analyse(sensitive, calib_data=digits.root / "train", samples=128, images=128,
@@ -78,7 +78,7 @@ def test_sensitivity_ranks_the_fragile_first_conv_first(sensitive, digits, tmp_p
     assert "| 1 | `conv1` | Conv |" in report and "s.png" in report
 
 
-def test_budget_search_meets_the_gate_full_int8_misses(sensitive, digits, tmp_path) -> None:  # noqa: F811
+def test_budget_search_meets_the_gate_full_int8_misses(sensitive, digits, tmp_path) -> None:
     import onnx
 
     from resnet_deploy.precision import quantize_int8
@@ -117,7 +117,7 @@ def test_budget_search_meets_the_gate_full_int8_misses(sensitive, digits, tmp_pa
     assert json.loads(manifest_path(built.path).read_text())["mixed_precision"]["steps"] == recorded["steps"]
 
 
-def test_strict_mode_fails_with_exit_1_and_writes_no_artifact(cli, sensitive, digits, tmp_path) -> None:  # noqa: F811
+def test_strict_mode_fails_with_exit_1_and_writes_no_artifact(cli, sensitive, digits, tmp_path) -> None:
     source = tmp_path / "s.onnx"
     shutil.copy(sensitive, source)
     result = cli("build-engine", "--onnx", str(source), "--int8", "--calib-data", str(digits.root / "train"),
@@ -130,7 +130,7 @@ def test_strict_mode_fails_with_exit_1_and_writes_no_artifact(cli, sensitive, di
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.int8.cpu.onnx.calib-percentile.json", "s.onnx"]
 
 
-def test_cli_sensitivity_json_plot_report(cli, sensitive, digits, tmp_path) -> None:  # noqa: F811
+def test_cli_sensitivity_json_plot_report(cli, sensitive, digits, tmp_path) -> None:
     result = cli("sensitivity", str(sensitive), "--calib-data", str(digits.root / "train"), "--calib-samples", "64",
                  "--images", "64", "--plot", str(tmp_path / "s.png"), "--report", str(tmp_path / "s.md"), "--json")
     assert result.returncode == 0, result.stderr
@@ -141,7 +141,7 @@ def test_cli_sensitivity_json_plot_report(cli, sensitive, digits, tmp_path) -> N
     assert bad.returncode == 2 and bad.stderr.startswith("error:") and "no such calibration folder" in bad.stderr
 
 
-def test_random_weights_build_with_real_images_is_informational(cli, digits, tmp_path) -> None:  # noqa: F811
+def test_random_weights_build_with_real_images_is_informational(cli, digits, tmp_path) -> None:
     """Random weights checked on real images: the agreement is noise, so it is reported and never refuses."""
     output = tmp_path / "r20.int8.cpu.onnx"
     result = cli("build-engine", "--arch", "resnet20", "--int8", "--calib-data", str(digits.root / "train"),
@@ -155,7 +155,7 @@ def test_random_weights_build_with_real_images_is_informational(cli, digits, tmp
     assert output.is_file()
 
 
-def test_validate_reports_intervals_and_the_gate_in_builds_words(cli, digits, tmp_path) -> None:  # noqa: F811
+def test_validate_reports_intervals_and_the_gate_in_builds_words(cli, digits, tmp_path) -> None:
     from resnet_deploy.gates import gate_for, render_gate
     from resnet_deploy.precision import quantize_int8
     from resnet_deploy.validate.confidence import wilson_percent
