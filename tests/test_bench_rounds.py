@@ -15,6 +15,7 @@ from engines.torch_engine import TorchEngine
 from resnet_deploy.bench.plan import BenchCase, BenchPlan, run_plan, total_steps
 from resnet_deploy.bench.report import render_markdown, results_tables
 from resnet_deploy.bench.timing import (
+    BenchReport,
     BenchResult,
     LatencyStats,
     TimingConfig,
@@ -138,3 +139,31 @@ def test_flags_rounds_that_disagree_and_a_batch_slower_than_a_larger_one() -> No
     assert base8.speedup == pytest.approx(1.0)
     data = json.loads(json.dumps(base1.to_dict()))
     assert data["flags"] == base1.flags
+
+
+def test_two_artifacts_on_one_backend_and_precision_are_two_cases(tmp_path) -> None:
+    """Full and mixed INT8 of one model: their rows say which artifact they are, and one is never judged
+    against the other (the mixed model at batch 1 is not 'slower than a larger batch' of the full one)."""
+    full1, full8 = _row("onnxruntime", "int8", 1, 1.0, [1.0] * 3), _row("onnxruntime", "int8", 8, 4.0, [4.0] * 3)
+    mixed1, mixed8 = _row("onnxruntime", "int8", 1, 1.2, [1.2] * 3), _row("onnxruntime", "int8", 8, 5.0, [5.0] * 3)
+    for row, path in ((full1, "full/r20.int8.cpu.onnx"), (full8, "full/r20.int8.cpu.onnx"),
+                      (mixed1, "mixed/r20.int8.cpu.onnx"), (mixed8, "mixed/r20.int8.cpu.onnx")):
+        row.artifact = path
+    fp32 = _row("onnxruntime", "fp32", 1, 2.0, [2.0] * 3)
+    fp32.artifact = "r20.onnx"
+    results = [full1, full8, mixed1, mixed8, fp32]
+    flag_results(results)
+    assert not any(r.flags for r in results)
+    report = BenchReport(environment={}, results=results, skipped=[], timing=TimingConfig(iterations=9))
+    text = render_markdown(report)
+    assert "| onnxruntime (full/r20.int8.cpu.onnx) | int8 | 1 |" in text
+    assert "| onnxruntime (mixed/r20.int8.cpu.onnx) | int8 | 8 |" in text
+    assert "| onnxruntime | fp32 | 1 |" in text  # alone on its backend and precision: no tag
+    console = Console(record=True, width=160)
+    for table in results_tables(report):
+        console.print(table)
+    assert "onnxruntime (mixed/r20.int8.cpu.onnx)" in console.export_text()
+    from resnet_deploy.bench.report import _series, write_plot
+
+    assert len(_series(results)) == 3  # the plot draws each artifact as its own series
+    assert write_plot(report, tmp_path / "bench.png").read_bytes()[:4] == b"\x89PNG"

@@ -109,7 +109,7 @@ def test_bench_table_fits(bench_report, width):
     shown = {str(column.header) for column in tables[0].columns}
     numbers = set()
     for r in bench_report.results:
-        cells = _table_cells(r)
+        cells = _table_cells(r, {})
         numbers |= _numbers([Text.from_markup(cells[name]).plain.removesuffix(" ⚠") for name in shown])
     assert {"3796.12", "6111.76", "830×", "5120000", "31.0%"} <= numbers  # the widest values are checked
     assert_numbers_whole(render(tables, width), numbers, width)

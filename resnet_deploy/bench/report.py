@@ -28,7 +28,7 @@ def series_key(result: BenchResult) -> tuple[int, int, str, str]:
 
 
 def ordered_results(results: Sequence[BenchResult]) -> list[BenchResult]:
-    return sorted(results, key=lambda r: (r.model, r.batch_size, series_key(r)))
+    return sorted(results, key=lambda r: (r.model, r.batch_size, series_key(r), r.artifact or ""))
 
 
 def models_of(report: BenchReport) -> list[str]:
@@ -52,12 +52,29 @@ TABLE_COLUMNS = (("backend", False), ("prec.", False), ("batch", False), ("mean"
                  ("CV", False), ("img/s", False), ("vs torch\nfp32", False))
 
 
-def _table_cells(r: BenchResult) -> dict[str, str]:
+def artifact_tags(rows: Sequence[BenchResult]) -> dict[str | None, str]:
+    """A short name for each artifact that shares its model, backend and precision with another artifact
+    (full and mixed INT8 of one model): the file name, or parent/name when the names are the same too."""
+    by_case: dict[tuple[str, str, str], set[str | None]] = {}
+    for r in rows:
+        by_case.setdefault((r.model, r.backend, r.precision), set()).add(r.artifact)
+    shared = {a for artifacts in by_case.values() if len(artifacts) > 1 for a in artifacts if a}
+    names = [Path(a).name for a in shared]
+    return {a: Path(a).name if names.count(Path(a).name) == 1 else "/".join(Path(a).parts[-2:]) for a in shared}
+
+
+def row_label(r: BenchResult, tags: dict[str | None, str]) -> str:
+    """backend, and the artifact's tag when another artifact runs on the same backend and precision."""
+    tag = tags.get(r.artifact)
+    return f"{r.backend} ({tag})" if tag else r.backend
+
+
+def _table_cells(r: BenchResult, tags: dict[str | None, str]) -> dict[str, str]:
     from rich.markup import escape
 
     s = r.latency_ms
     cv = f"[yellow]{r.cv:.1%} ⚠[/yellow]" if r.noisy else f"{r.cv:.1%}"
-    return {"backend": escape(r.backend), "prec.": escape(r.precision), "batch": str(r.batch_size),
+    return {"backend": escape(row_label(r, tags)), "prec.": escape(r.precision), "batch": str(r.batch_size),
             "mean": fmt_ms(s.mean), "std": fmt_ms(s.std), "p50": fmt_ms(s.p50), "p90": fmt_ms(s.p90),
             "p95": fmt_ms(s.p95), "p99": fmt_ms(s.p99), "min": fmt_ms(s.min), "max": fmt_ms(s.max), "CV": cv,
             "img/s": _compact(r.throughput_ips, "", 1),
@@ -85,6 +102,7 @@ def results_tables(report: BenchReport, *, wide: bool = False) -> list[Any]:
     tables = []
     for model in models_of(report):
         rows = ordered_results([r for r in report.results if r.model == model])
+        tags = artifact_tags(rows)
         if rows:
             table = Table(title=escape(f"{model} on {machine} (latency per call, ms)"), **style)
             for name in columns:  # text folds first when the terminal is narrow; numbers never wrap
@@ -92,7 +110,7 @@ def results_tables(report: BenchReport, *, wide: bool = False) -> list[Any]:
                 table.add_column(name, justify="left" if text else "right", no_wrap=not text,
                                  overflow="fold" if text else "ellipsis")
             for i, r in enumerate(rows):
-                cells = _table_cells(r)
+                cells = _table_cells(r, tags)
                 last_of_batch = i + 1 == len(rows) or rows[i + 1].batch_size != r.batch_size
                 table.add_row(*[cells[name] for name in columns], end_section=last_of_batch)
             tables.append(table)
@@ -180,6 +198,7 @@ def render_markdown(report: BenchReport, *, command: str | None = None, plot: st
     for model in models_of(report):
         out += [f"## {model}", ""]
         rows = ordered_results([r for r in report.results if r.model == model])
+        tags = artifact_tags(rows)
         if rows:
             out += ["| backend | precision | batch | mean ms | std | p50 | p90 | p95 | p99 | min | max | images/s | CV "
                     "| speed-up vs PyTorch FP32 |",
@@ -187,7 +206,7 @@ def render_markdown(report: BenchReport, *, command: str | None = None, plot: st
             for r in rows:
                 s = r.latency_ms
                 cv = f"{r.cv:.1%}" + (" ⚠" if r.noisy else "")
-                out.append(f"| {r.backend} | {r.precision} | {r.batch_size} | {s.mean:.3f} | {s.std:.3f} | "
+                out.append(f"| {row_label(r, tags)} | {r.precision} | {r.batch_size} | {s.mean:.3f} | {s.std:.3f} | "
                            f"{s.p50:.3f} | {s.p90:.3f} | {s.p95:.3f} | {s.p99:.3f} | {s.min:.3f} | {s.max:.3f} | "
                            f"{r.throughput_ips:.1f} | {cv} | {_markdown_speedup(r)} |")
             out.append("")
@@ -250,15 +269,24 @@ def write_plot(report: BenchReport, path: str | Path) -> Path:
     return target
 
 
-def _series(results: Sequence[BenchResult]) -> dict[tuple[str, str], list[BenchResult]]:
-    series: dict[tuple[str, str], list[BenchResult]] = {}
-    for r in sorted(results, key=series_key):
-        series.setdefault((r.backend, r.precision), []).append(r)
+def _series(results: Sequence[BenchResult]) -> dict[tuple[str, str, str], list[BenchResult]]:
+    """Rows by (backend, precision, artifact tag): full and mixed INT8 of one model are two series."""
+    tags = artifact_tags(results)
+    series: dict[tuple[str, str, str], list[BenchResult]] = {}
+    for r in sorted(results, key=lambda r: (series_key(r), r.artifact or "")):
+        series.setdefault((r.backend, r.precision, tags.get(r.artifact, "")), []).append(r)
     return series
 
 
+def _series_label(backend: str, precision: str, tag: str) -> str:
+    return f"{backend} {precision}" + (f" ({tag})" if tag else "")
+
+
 def _plot_latency(ax: Any, model: str, results: Sequence[BenchResult]) -> None:
-    for (backend, precision), rows in _series(results).items():
+    seen: set[tuple[str, str]] = set()
+    for (backend, precision, tag), rows in _series(results).items():
+        hollow = (backend, precision) in seen  # a second artifact of the same backend/precision: open markers
+        seen.add((backend, precision))
         rows = sorted(rows, key=lambda r: r.batch_size)
         xs = [r.batch_size for r in rows]
         means = [r.latency_ms.mean for r in rows]
@@ -266,7 +294,8 @@ def _plot_latency(ax: Any, model: str, results: Sequence[BenchResult]) -> None:
         lower = [0.0 for _ in rows]
         ax.errorbar(xs, means, yerr=[lower, [max(u, 0.0) for u in upper]], capsize=3,
                     color=BACKEND_COLORS.get(backend, "gray"), marker=PRECISION_MARKERS.get(precision, "x"),
-                    linestyle=PRECISION_LINES.get(precision, "-"), label=f"{backend} {precision}")
+                    linestyle=PRECISION_LINES.get(precision, "-"), label=_series_label(backend, precision, tag),
+                    markerfacecolor="white" if hollow else None)
     batch_sizes = sorted({r.batch_size for r in results})
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
@@ -282,13 +311,13 @@ def _plot_throughput(ax: Any, model: str, results: Sequence[BenchResult]) -> Non
     series = _series(results)
     batch_sizes = sorted({r.batch_size for r in results})
     width = 0.8 / max(len(series), 1)
-    for i, ((backend, precision), rows) in enumerate(series.items()):
+    for i, ((backend, precision, tag), rows) in enumerate(series.items()):
         by_batch = {r.batch_size: r for r in rows}
         xs = [j + (i - (len(series) - 1) / 2) * width for j, b in enumerate(batch_sizes) if b in by_batch]
         present = [by_batch[b] for b in batch_sizes if b in by_batch]
         bars = ax.bar(xs, [r.throughput_ips for r in present], width=width * 0.95,
                       color=BACKEND_COLORS.get(backend, "gray"), hatch=_HATCHES.get(precision, ""),
-                      edgecolor="white", label=f"{backend} {precision}")
+                      edgecolor="white", label=_series_label(backend, precision, tag))
         labels = [fmt_speedup(r.speedup) if r.speedup is not None else "" for r in present]
         ax.bar_label(bars, labels=labels, fontsize=7, rotation=90, padding=2)
     ax.set_xticks(range(len(batch_sizes)), [str(b) for b in batch_sizes])

@@ -273,7 +273,8 @@ def flag_results(results: Sequence[BenchResult], *, spread_limit: float = ROUND_
                                f"limit {spread_limit:g}x)")
     cases: dict[tuple[str, str, str, str], list[BenchResult]] = {}
     for r in results:
-        cases.setdefault((r.model, r.backend, r.precision, r.device), []).append(r)
+        # Two artifacts of one model on the same backend and precision (full and mixed INT8) are two cases.
+        cases.setdefault((r.model, r.backend, r.precision, r.device, r.artifact), []).append(r)
     for rows in cases.values():
         rows = sorted([r for r in rows if _enough_calls(r)], key=lambda r: r.batch_size)
         for i, small in enumerate(rows):
