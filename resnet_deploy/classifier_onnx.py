@@ -1,4 +1,4 @@
-"""Any image-classifier ONNX, from any exporter: read its I/O, clean its graph, give it a model card.
+"""Any image-classifier ONNX, from any exporter: read its I/O and clean its graph.
 
 An image classifier here is a graph with one NCHW float32 input (any name, static or dynamic batch)
 and one output of class scores [N, C] (any name). `classifier_io` reads that contract from the graph
@@ -12,8 +12,8 @@ ONNX Runtime's offline optimizer at its basic, provider-independent level (turns
 fuses Conv+BatchNorm) run in turns until the graph stops changing. The cleaned graph is run against
 the original on ONNX Runtime and refused if its logits moved; what changed comes back as lines.
 
-`attach_card` writes the model card (preprocessing, classes, lineage) into `metadata_props` under the
-key export uses, so every later step reads the file as if `resnet-deploy export` had written it.
+The model card such a graph gets (`import-onnx`, or the preprocessing flags of build-engine, validate and
+bench) is `classifier_card.py`'s.
 """
 
 from __future__ import annotations
@@ -31,15 +31,14 @@ from typing import Any
 
 import numpy as np
 
-from resnet_deploy.atomic import atomic_path, sha256_file
-from resnet_deploy.card import CARD_METADATA_KEY, ModelCard, Preprocessing, stamp_lineage
+from resnet_deploy.atomic import atomic_path
+from resnet_deploy.card import ModelCard
 from resnet_deploy.errors import CheckFailed, UsageError
 
 MIN_OPSET = 19  # FP16 Q/DQ scales need opset 19 (precision/common.py)
 TARGET_OPSET = 20  # what `resnet-deploy export` writes; raised to when below MIN_OPSET
 MAX_CLEAN_ROUNDS = 4  # onnxslim + ORT passes until nothing changes (two suffice for torch's exporters)
 VERIFY_TOLERANCE = 1e-4  # relative to max(1, |logit|): cleaning only reorders float32 arithmetic
-INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
 # Why an op type disappears when cleaned (default: folded into constants or fused).
 _REASONS = {"BatchNormalization": "folded into the preceding convolutions", "Identity": "removed",
             "Dropout": "removed (inference)", "Constant": "folded into initializers"}
@@ -323,12 +322,12 @@ def clean_graph(source: str | Path, output: str | Path, *, input_size: int | Non
     model = load_onnx(source)
     io = classifier_io(model, source)
     cleaned, changes = clean_model(model, source)
-    report = _checked(model, cleaned, io, changes, source, input_size=input_size)
+    report = checked_clean(model, cleaned, io, changes, source, input_size=input_size)
     save_onnx(cleaned, output)
     return report
 
 
-def _checked(original: Any, cleaned: Any, io: ClassifierIO, changes: list[str], source: str | Path,
+def checked_clean(original: Any, cleaned: Any, io: ClassifierIO, changes: list[str], source: str | Path,
              *, input_size: int | None) -> CleanReport:
     import onnx
 
@@ -353,172 +352,3 @@ def save_onnx(model: Any, output: str | Path) -> Path:
     with atomic_path(target) as tmp:
         onnx.save(model, str(tmp))
     return target
-
-
-# --- the model card --------------------------------------------------------------------------------------------
-
-
-def preprocessing_for(
-    io: ClassifierIO,
-    *,
-    mean: tuple[float, float, float] | None,
-    std: tuple[float, float, float] | None,
-    input_size: int | None = None,
-    resize_size: int | None = None,
-    interpolation: str | None = None,
-) -> Preprocessing:
-    """The preprocessing contract from flags, checked against the graph; nothing is guessed."""
-    if mean is None or std is None:
-        raise UsageError("--mean and --std are needed: an ONNX graph does not say how its input was normalized "
-                         "(ImageNet-trained: --mean 0.485,0.456,0.406 --std 0.229,0.224,0.225)")
-    if any(s <= 0 for s in std):
-        raise UsageError("--std values must be positive")
-    if input_size is None:
-        if io.input_size is None:
-            raise UsageError("--input-size is needed: the graph's input height and width are dynamic")
-        input_size = io.input_size
-    elif io.input_size is not None and input_size != io.input_size:
-        raise UsageError(f"--input-size {input_size} disagrees with the graph's fixed input {io.height}x{io.width}")
-    if input_size <= 0:
-        raise UsageError("--input-size must be positive")
-    resize = None if not resize_size else int(resize_size)
-    if resize is not None and resize < input_size:
-        raise UsageError(f"--resize-size {resize} is smaller than the crop ({input_size}); 0 means no resize")
-    interpolation = interpolation or "bilinear"
-    if interpolation not in INTERPOLATIONS:
-        raise UsageError(f"--interpolation must be {', '.join(INTERPOLATIONS)}, got {interpolation!r}")
-    return Preprocessing(input_size, resize, tuple(mean), tuple(std), interpolation)  # type: ignore[arg-type]
-
-
-def foreign_card(
-    io: ClassifierIO,
-    preprocessing: Preprocessing,
-    *,
-    name: str,
-    class_names: list[str] | None = None,
-    dataset: str | None = None,
-    source_file: str | None = None,
-    source_sha256: str | None = None,
-) -> ModelCard:
-    """A card for a classifier that was not built here: `arch` is its name (not a registered ResNet), and
-    the lineage says it is a foreign ONNX with these I/O names."""
-    if class_names is not None and len(class_names) != io.num_classes:
-        raise UsageError(f"{len(class_names)} class names given; the graph's output has {io.num_classes} classes")
-    names = list(class_names) if class_names is not None else [f"class_{i}" for i in range(io.num_classes)]
-    card = ModelCard(arch=name, num_classes=io.num_classes, class_names=names, preprocessing=preprocessing,
-                     dataset=dataset)
-    return stamp_lineage(card, source_sha256=source_sha256, source_file=source_file, foreign_onnx=True,
-                         onnx_io={"input": io.input_name, "output": io.output_name, "opset": io.opset})
-
-
-def card_metadata(card: ModelCard, io: ClassifierIO, *, source_sha256: str = "") -> dict[str, str]:
-    """The same keys `resnet-deploy export` writes."""
-    from resnet_deploy.export import card_metadata_props
-
-    return card_metadata_props(card, source_sha256=source_sha256, batch=io.batch)
-
-
-def attach_card(model: Any, card: ModelCard, io: ClassifierIO, *, source_sha256: str = "") -> None:
-    """Write the card into `model.metadata_props` (in memory); other keys the model carries are kept."""
-    props = card_metadata(card, io, source_sha256=source_sha256)
-    kept = [(p.key, p.value) for p in model.metadata_props if p.key not in props]
-    del model.metadata_props[:]
-    for key, value in [*kept, *props.items()]:
-        entry = model.metadata_props.add()
-        entry.key, entry.value = key, value
-
-
-# --- the whole import ------------------------------------------------------------------------------------------
-
-
-def import_onnx(
-    source: str | Path,
-    output: str | Path,
-    *,
-    mean: tuple[float, float, float] | None,
-    std: tuple[float, float, float] | None,
-    input_size: int | None = None,
-    resize_size: int | None = None,
-    interpolation: str | None = None,
-    class_names: list[str] | None = None,
-    name: str | None = None,
-    dataset: str | None = None,
-) -> ImportResult:
-    """Read a classifier ONNX, clean it, verify it, attach a card and write it to `output` (never the source)."""
-    source, output = Path(source), Path(output)
-    if output.resolve() == source.resolve():
-        raise UsageError(f"-o {output}: is the input; import-onnx writes a copy and never modifies its input")
-    model = load_onnx(source)
-    io = classifier_io(model, source)
-    pre = preprocessing_for(io, mean=mean, std=std, input_size=input_size, resize_size=resize_size,
-                            interpolation=interpolation)
-    digest = sha256_file(source)
-    card = foreign_card(io, pre, name=name or source.name.split(".")[0], class_names=class_names, dataset=dataset,
-                        source_file=source.name, source_sha256=digest)
-    had_card = any(p.key == CARD_METADATA_KEY for p in model.metadata_props)
-    cleaned, changes = clean_model(model, source)
-    report = _checked(model, cleaned, io, changes, source, input_size=pre.input_size)
-    if had_card:
-        report.changes.append("replaced the model card the source carried")
-    attach_card(cleaned, card, io, source_sha256=digest)
-    save_onnx(cleaned, output)
-    return ImportResult(source=source, output=output, io=io, card=card, clean=report)
-
-
-# --- for build-engine / validate / bench on a card-less ONNX -------------------------------------------------
-
-
-def is_foreign_card(card: ModelCard) -> bool:
-    """A card made here for a graph built elsewhere: `card.arch` names no registered ResNet, so there is no
-    PyTorch twin to build (bench's torch baseline, `card.build_model()`)."""
-    return bool(card.lineage.get("foreign_onnx"))
-
-
-def card_or_flags(
-    model: Any,
-    source: str | Path,
-    *,
-    mean: tuple[float, float, float] | None = None,
-    std: tuple[float, float, float] | None = None,
-    input_size: int | None = None,
-    resize_size: int | None = None,
-    interpolation: str | None = None,
-    class_names: list[str] | None = None,
-) -> ModelCard:
-    """The card an ONNX carries, or one from the preprocessing flags for a card-less graph (refused, naming
-    the flags, when they are missing); the graph's classifier contract is checked either way."""
-    io = classifier_io(model, source)
-    text = next((p.value for p in model.metadata_props if p.key == CARD_METADATA_KEY), None)
-    if text:
-        return ModelCard.from_json(text)
-    pre = preprocessing_for(io, mean=mean, std=std, input_size=input_size, resize_size=resize_size,
-                            interpolation=interpolation)
-    return foreign_card(io, pre, name=Path(source).name.split(".")[0], class_names=class_names,
-                        source_file=Path(source).name)
-
-
-@dataclass(frozen=True)
-class CardFlags:
-    """The preprocessing flags build-engine, validate and import-onnx take for a graph without a card."""
-
-    mean: tuple[float, float, float] | None = None
-    std: tuple[float, float, float] | None = None
-    input_size: int | None = None
-    resize_size: int | None = None
-    interpolation: str | None = None
-    class_names: tuple[str, ...] | None = None
-
-    def given(self) -> bool:
-        return any(v is not None for v in dataclasses.astuple(self))
-
-
-def has_card(model: Any) -> bool:
-    return any(p.key == CARD_METADATA_KEY and p.value for p in model.metadata_props)
-
-
-def card_from_flags(model: Any, source: str | Path, flags: CardFlags | None) -> ModelCard:
-    """`card_or_flags` with the flags as one value (None: no flags given)."""
-    flags = flags or CardFlags()
-    return card_or_flags(model, source, mean=flags.mean, std=flags.std, input_size=flags.input_size,
-                         resize_size=flags.resize_size, interpolation=flags.interpolation,
-                         class_names=list(flags.class_names) if flags.class_names is not None else None)

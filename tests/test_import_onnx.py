@@ -22,13 +22,8 @@ from onnx import TensorProto, helper
 
 from resnet_deploy.artifacts import artifact_card
 from resnet_deploy.atomic import sha256_file
-from resnet_deploy.classifier_onnx import (
-    MIN_OPSET,
-    classifier_io,
-    clean_graph,
-    import_onnx,
-    load_onnx,
-)
+from resnet_deploy.classifier_card import import_onnx
+from resnet_deploy.classifier_onnx import MIN_OPSET, classifier_io, clean_graph, load_onnx
 from resnet_deploy.errors import UsageError
 
 SIZE = 64
@@ -196,7 +191,7 @@ def test_import_onnx_is_a_command() -> None:
 
 
 def test_card_or_flags_for_a_card_less_graph(foreign: dict) -> None:
-    from resnet_deploy.classifier_onnx import card_or_flags, is_foreign_card
+    from resnet_deploy.classifier_card import card_or_flags, is_foreign_card
 
     source = foreign["folder"] / "legacy.onnx"
     model = load_onnx(source)

@@ -291,7 +291,7 @@ def _no_baseline(card: Any) -> str | None:
     """Why there is no PyTorch FP32 baseline for `card` (None: one is built from it)."""
     if card is None:
         return "no model card: a card-less ONNX has no PyTorch twin to build a baseline from"
-    from resnet_deploy.classifier_onnx import is_foreign_card
+    from resnet_deploy.classifier_card import is_foreign_card
 
     if is_foreign_card(card):
         return (f"{card.arch} was imported from a foreign ONNX (import-onnx): there is no PyTorch twin to build a "

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 if TYPE_CHECKING:
-    from resnet_deploy.classifier_onnx import CardFlags
+    from resnet_deploy.classifier_card import CardFlags
 
 _PANEL = "Card-less ONNX (a model exported elsewhere)"
 MeanOption = Annotated[str | None, typer.Option(
@@ -33,7 +33,7 @@ ClassesFromOption = Annotated[Path | None, typer.Option(
 def card_flags(mean: str | None, std: str | None, input_size: int | None, resize_size: int | None,
                interpolation: str | None, classes: str | None, classes_from: Path | None) -> CardFlags | None:
     """The flags as one value; None when none was given."""
-    from resnet_deploy.classifier_onnx import CardFlags
+    from resnet_deploy.classifier_card import CardFlags
     from resnet_deploy.commands._options import parse_class_names, parse_floats3
 
     names = parse_class_names(classes, classes_from)

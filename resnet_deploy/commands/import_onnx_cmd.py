@@ -42,7 +42,7 @@ def import_onnx(
     Cleans it (BatchNorm folded, Identity dropped, constants folded, opset raised), verifies it against the
     original, and writes a copy with a model card; the input is never modified.
     """
-    from resnet_deploy.classifier_onnx import import_onnx as run_import
+    from resnet_deploy.classifier_card import import_onnx as run_import
 
     check_io(inputs=[source], outputs=[("--output", output)])
     if output.suffix.lower() != ".onnx":

@@ -35,7 +35,7 @@ from resnet_deploy.validate.parity import (
 if TYPE_CHECKING:
     from resnet_deploy.artifacts import Artifact
     from resnet_deploy.card import ModelCard
-    from resnet_deploy.classifier_onnx import CardFlags
+    from resnet_deploy.classifier_card import CardFlags
 
 TOPK = 5
 SKIPPED_PATHS_KEPT = 100  # the JSON/report lists this many skipped files, then counts the rest
@@ -236,7 +236,8 @@ def artifact_card_or_flags(artifact: Artifact, flags: CardFlags | None) -> Model
     artifact.require_file()
     if artifact.backend != "onnxruntime" or artifact.metadata.get(CARD_KEY):
         return artifact.card
-    from resnet_deploy.classifier_onnx import card_from_flags, load_onnx
+    from resnet_deploy.classifier_card import card_from_flags
+    from resnet_deploy.classifier_onnx import load_onnx
 
     artifact.card = card_from_flags(load_onnx(artifact.path), artifact.path, flags)  # type: ignore[misc]
     return artifact.card
