@@ -161,3 +161,22 @@ def test_bench_cache_is_keyed_on_every_version_that_changes_its_files() -> None:
     from resnet_deploy.bench.cache import versions_key
 
     assert {"resnet_deploy", "torch", "onnx", "onnxruntime", "tensorrt"} <= set(versions_key())
+
+
+def test_an_onnxruntime_artifact_is_not_given_to_openvino(resnet20, tmp_path) -> None:
+    """`bench x.onnx x.int8.cpu.onnx --backends onnxruntime,openvino`: the plain ONNX runs on both; the ONNX Runtime
+    artifact (optimized offline, uint8 activations; OpenVINO cannot compile it) is skipped on OpenVINO with
+    the reason instead of failing the run."""
+    pytest.importorskip("openvino", reason="OpenVINO is an optional extra")
+    from resnet_deploy.bench.plan import plan_for_artifacts
+    from resnet_deploy.export import export_onnx
+    from resnet_deploy.targets.onnxruntime import build_onnxruntime_artifact
+
+    plain = export_onnx(resnet20, tmp_path / "r20.onnx", verify=False).path
+    artifact = build_onnxruntime_artifact(plain, tmp_path / "r20.cpu.onnx").path
+    plan = plan_for_artifacts([plain, artifact], backends=["onnxruntime", "openvino"], precisions=None,
+                              device="cpu", threads=1, include_copies=True)
+    runs = {(case.backend, case.artifact) for case in plan.cases}
+    assert runs == {("onnxruntime", str(plain)), ("openvino", str(plain)), ("onnxruntime", str(artifact))}
+    (skip,) = plan.skipped
+    assert skip.backend == "openvino" and "r20.cpu.onnx is an ONNX Runtime artifact" in skip.reason

@@ -225,8 +225,13 @@ def plan_for_artifacts(
         label, card, static = _label_and_card(artifact, notes)  # raises UsageError for a missing file or bad graph
         cards.setdefault(label, card)
         runners = [native]
+        ort_only = _runtime_artifact(artifact)
         if native == "onnxruntime" and wanted_backends and "openvino" in wanted_backends:
-            runners.append("openvino")  # OpenVINO reads ONNX directly
+            if ort_only:  # what OpenVINO cannot compile is skipped with its reason, not a failed run
+                skipped.append(Skipped(label, "openvino", artifact.precision, f"{path.name} is {ort_only}: "
+                                       "give OpenVINO the ONNX model it was built from, or its IR"))
+            else:
+                runners.append("openvino")  # OpenVINO reads ONNX directly
         if wanted_backends:
             runners = [b for b in runners if b in wanted_backends]
             if not runners:
@@ -261,6 +266,15 @@ def plan_for_artifacts(
             notes.append(f"{label}: the PyTorch FP32 baseline is built from the artifact's card with random weights "
                          "(latency does not depend on weight values).")
     return BenchPlan(cases, skipped, notes)
+
+
+def _runtime_artifact(artifact: Any) -> str | None:
+    """Why an ONNX file runs on ONNX Runtime only (an ONNX Runtime target's artifact: optimized offline for
+    its CPU kernels, activations rewritten to uint8), or None for a plain ONNX model."""
+    from resnet_deploy.artifacts import ARTIFACT_KEY
+
+    kind = artifact.metadata.get(ARTIFACT_KEY) if artifact.backend == "onnxruntime" else None
+    return f"an ONNX Runtime artifact ({kind}, optimized for ONNX Runtime's kernels)" if kind else None
 
 
 def _label_and_card(artifact: Any, notes: list[str]) -> tuple[str, Any, int | None]:
