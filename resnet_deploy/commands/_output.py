@@ -128,6 +128,37 @@ def progress_bar(*columns: ProgressColumn | str, transient: bool = True) -> Prog
     return Progress(*chosen, console=stderr, transient=transient)
 
 
+class PhaseProgress:
+    """`progress_bar` fed by a library's `(phase, done, total)` callback (one task per phase), started on the
+    first call; `completed()` says how far it got, for an interrupted run's message."""
+
+    def __init__(self) -> None:
+        self._bar: Any = None
+        self._tasks: dict[str, Any] = {}
+        self._done: dict[str, tuple[int, int]] = {}
+
+    def update(self, phase: str, done: int, total: int) -> None:
+        if self._bar is None:
+            self._bar = progress_bar(transient=False)
+            self._bar.start()
+        task = self._tasks.get(phase)
+        if task is None:
+            task = self._tasks[phase] = self._bar.add_task(plain(phase), total=max(total, 1))
+        self._bar.update(task, completed=done, total=max(total, 1))
+        self._done[phase] = (done, max(total, 1))
+
+    def completed(self) -> str:
+        """What the interrupted build had done: the phases finished, and how far the current one got."""
+        finished = [phase for phase, (done, total) in self._done.items() if done >= total]
+        current = [f"{phase} {done}/{total}" for phase, (done, total) in self._done.items() if done < total]
+        text = f"completed: {', '.join(finished)}" if finished else "no phase completed"
+        return text + (f"; stopped during {', '.join(current)}" if current else "")
+
+    def stop(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+
+
 def training_bar(*columns: ProgressColumn | str) -> Progress:
     """The trainer's bars (decode, train): kept on screen when done, plain lines in a log."""
     return progress_bar(*columns, transient=False)

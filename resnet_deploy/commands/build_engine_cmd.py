@@ -31,7 +31,7 @@ from resnet_deploy.commands._options import (
     OutputOption,
     resolve_arch,
 )
-from resnet_deploy.commands._output import emit_json, info, plain, progress_bar, stdout, warn
+from resnet_deploy.commands._output import PhaseProgress, emit_json, info, stdout, warn
 from resnet_deploy.errors import Interrupted
 from resnet_deploy.paths import check_io
 
@@ -123,7 +123,7 @@ def build_engine(
                   "workspace_bytes": workspace, "opt_level": opt_level, "timing_cache": timing_cache,
                   "version_compatible": version_compatible, "hardware_compatibility": hardware_compatibility},
         card_flags=card_flags(mean, std, input_size, resize_size, interpolation, classes, classes_from))
-    bar = _ProgressBar()
+    bar = PhaseProgress()
     try:
         report = build(request, BuildListener(info=info, warn=warn, progress=bar.update))
     except KeyboardInterrupt:
@@ -135,36 +135,6 @@ def build_engine(
         emit_json(report.to_dict())
         return
     _print_summary(report)
-
-
-class _ProgressBar:
-    """A rich progress bar on stderr, started on the library's first `(phase, done, total)`."""
-
-    def __init__(self) -> None:
-        self._bar: Any = None
-        self._tasks: dict[str, Any] = {}
-        self._done: dict[str, tuple[int, int]] = {}
-
-    def update(self, phase: str, done: int, total: int) -> None:
-        if self._bar is None:
-            self._bar = progress_bar(transient=False)
-            self._bar.start()
-        task = self._tasks.get(phase)
-        if task is None:
-            task = self._tasks[phase] = self._bar.add_task(plain(phase), total=max(total, 1))
-        self._bar.update(task, completed=done, total=max(total, 1))
-        self._done[phase] = (done, max(total, 1))
-
-    def completed(self) -> str:
-        """What the interrupted build had done: the phases finished, and how far the current one got."""
-        finished = [phase for phase, (done, total) in self._done.items() if done >= total]
-        current = [f"{phase} {done}/{total}" for phase, (done, total) in self._done.items() if done < total]
-        text = f"completed: {', '.join(finished)}" if finished else "no phase completed"
-        return text + (f"; stopped during {', '.join(current)}" if current else "")
-
-    def stop(self) -> None:
-        if self._bar is not None:
-            self._bar.stop()
 
 
 def _print_summary(report: Any) -> None:

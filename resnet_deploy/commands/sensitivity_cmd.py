@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from resnet_deploy.commands._options import JsonOption
-from resnet_deploy.commands._output import emit_json, info, stderr, stdout, warn
+from resnet_deploy.commands._output import PhaseProgress, emit_json, info, stdout, warn
 from resnet_deploy.errors import UsageError
 
 if TYPE_CHECKING:
@@ -52,9 +52,12 @@ def sensitivity(
     if not calib_data.is_dir():
         raise UsageError(f"{calib_data}: no such calibration folder")
     info(f"sensitivity of {model.name}: calibrating once on {calib_data} ({calib_method}), then one model per layer")
-    with _Progress() as progress:
+    bar = PhaseProgress()
+    try:
         result = analyse(model, calib_data=calib_data, data=data, samples=calib_samples, images=images,
-                         method=calib_method, seed=calib_seed, progress=progress)
+                         method=calib_method, seed=calib_seed, progress=bar.update)
+    finally:
+        bar.stop()
     for note in result.notes:
         warn(note)
     if plot is not None:
@@ -84,25 +87,3 @@ def _print_table(result: SensitivityResult, top: int) -> None:
         table.add_row(str(i), escape(layer.block), layer.op_type, f"{layer.agreement:.2f}",
                       f"{layer.delta_agreement:+.2f}", f"{layer.mean_abs_logit_diff:.4g}", f"{layer.sqnr_db:.1f}")
     stdout.print(table)
-
-
-class _Progress:
-    """A rich progress bar on stderr; the library reports `(phase, done, total)`."""
-
-    def __enter__(self):  # noqa: ANN204
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-        self._bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                             console=stderr, transient=False)
-        self._tasks: dict[str, int] = {}
-        self._bar.start()
-        return self.update
-
-    def update(self, phase: str, done: int, total: int) -> None:
-        task = self._tasks.get(phase)
-        if task is None:
-            task = self._tasks[phase] = self._bar.add_task(phase, total=max(total, 1))
-        self._bar.update(task, completed=done, total=max(total, 1))
-
-    def __exit__(self, *exc: object) -> None:
-        self._bar.stop()
