@@ -63,6 +63,10 @@ class PreparedRun:
     copies: str  # "included": host arrays in and out; "excluded": inputs and outputs pre-bound
     timer: str = "host"  # "host" (wall clock around a synchronized call) or "cuda-events"
     keep: tuple[Any, ...] = ()  # buffers the bound run reads without owning them: alive as long as the run
+    # The host array every call reads in place (CPU runs that share it, no cast): write the next batch into it
+    # to run on new data without a copy of the engine's own (LoadGen's SingleStream). None: the run reads a
+    # copy made when it was bound (a GPU, a cast to bf16), so new data needs `infer`.
+    input: np.ndarray | None = None
 
     def __call__(self) -> float:
         return self.timed_call()

@@ -109,7 +109,8 @@ class OnnxRuntimeEngine(Engine):
         binding.bind_ortvalue_input(self._input.name, value)
         binding.bind_output(self._output.name, device, index)
         return PreparedRun(host_timed(lambda: session.run_with_iobinding(binding), self.synchronize),
-                           copies="excluded", keep=(staged, value))  # on the CPU the input shares staged's memory
+                           copies="excluded", keep=(staged, value),  # on the CPU the input shares staged's memory
+                           input=staged if device == "cpu" else None)
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "onnxruntime": self._ort.__version__, "providers": self.providers,

@@ -307,7 +307,8 @@ class OpenVINOEngine(Engine):
                 raise EngineError(f"{self.path}: OpenVINO inference failed ({ov_message(exc)})") from None
 
         # keep: the shared input memory, and the request (its `latency` is OpenVINO's own timing of the last call)
-        return PreparedRun(host_timed(run, self.synchronize), copies="excluded", keep=(staged, request))
+        return PreparedRun(host_timed(run, self.synchronize), copies="excluded", keep=(staged, request),
+                           input=staged)  # the request's input tensor shares staged's memory
 
     def _static_compiled(self, batch_size: int) -> Any:
         """The model compiled for exactly this batch size, as `benchmark_app -b N` runs it: on a dynamic batch

@@ -320,3 +320,24 @@ def test_close_and_context_manager(factory: EngineFactory, contract_model: Contr
     with pytest.raises(EngineError, match="closed"):
         opened.prepare_run(inputs[1])
     opened.close()  # closing twice is harmless
+
+
+# The engines whose copy-free run reads a host array in place (CPU, no cast or relayout of the input).
+IN_PLACE_INPUT = {"torch-fp32", "torch-card-file", "onnxruntime-cpu", "openvino-onnx-fp32", "openvino-onnx-bf16",
+                  "openvino-ir-fp32"}
+
+
+def test_prepared_input_is_the_array_the_run_reads(factory: EngineFactory, engine: Engine,
+                                                   inputs: dict[int, np.ndarray]) -> None:
+    """`PreparedRun.input`: where LoadGen's SingleStream writes each sample; None where the run reads a copy."""
+    prepared = engine.prepare_run(inputs[7].copy(), copy_free=True)
+    if factory.id not in IN_PLACE_INPUT:
+        assert prepared.input is None
+        return
+    assert prepared.input is not None and prepared.input.shape == inputs[7].shape
+    assert prepared.input.dtype == np.float32 and prepared.input.flags.writeable
+    held = [k for k in prepared.keep if hasattr(k, "data_ptr")]  # ONNX Runtime's OrtValue
+    if held:
+        assert held[0].data_ptr() == prepared.input.ctypes.data  # the bound OrtValue is that memory
+    np.copyto(prepared.input, inputs[7][::-1])
+    assert prepared() >= 0.0

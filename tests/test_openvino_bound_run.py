@@ -25,3 +25,10 @@ def test_bound_run_is_static_and_agrees_with_infer(tmp_path) -> None:
         assert list(request.get_compiled_model().inputs[0].get_partial_shape().to_shape()) == [2, 3, 32, 32]
         bound = np.array(request.get_output_tensor(0).data, copy=True)
         np.testing.assert_allclose(bound, engine.infer(batch), rtol=1e-4, atol=1e-4)
+        # New data written into the run's input array is what the next call computes on (LoadGen's SingleStream).
+        other = np.random.default_rng(1).standard_normal((2, 3, 32, 32), dtype=np.float32)
+        assert prepared.input is not None
+        np.copyto(prepared.input, other)
+        prepared()
+        np.testing.assert_allclose(np.array(request.get_output_tensor(0).data, copy=True), engine.infer(other),
+                                   rtol=1e-4, atol=1e-4)
