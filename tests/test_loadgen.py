@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from resnet_deploy.checkpoints import random_model
+from resnet_deploy.errors import UsageError
 
 pytest.importorskip("mlperf_loadgen", reason="MLPerf LoadGen is an optional extra (resnet-deploy[loadgen])")
 from resnet_deploy.bench.loadgen import (  # noqa: E402
@@ -90,6 +91,30 @@ def test_peak_qps_search_brackets_the_limit():
     peak = find_peak_qps(run, 10.0, steps=6)
     assert 30.0 < peak.target_qps <= 37.0 and peak.valid
     assert tried[:3] == [10.0, 20.0, 40.0]
+
+
+def test_an_invalid_run_says_which_constraint_failed():
+    from resnet_deploy.bench.loadgen import unmet_constraints
+
+    text = ("Result is : INVALID\n  Performance constraints satisfied : NO\n  Min duration satisfied : Yes\n"
+            "  Min queries satisfied : Yes\n  Early stopping satisfied: NO\n")
+    notes = unmet_constraints(parse_summary(text))
+    assert len(notes) == 2 and "latency bound was exceeded" in notes[0] and "Early stopping" in notes[1]
+
+
+def test_peak_search_that_finds_nothing_says_why():
+    def run(qps: float) -> ScenarioResult:
+        result = _result(qps, False)
+        result.latency_ms = {"p99": 80.3}
+        result.notes = ["LoadGen: too few queries to certify the percentile bound statistically (run longer) "
+                        "(Early stopping satisfied: NO)"]
+        return result
+
+    with pytest.raises(UsageError) as caught:
+        find_peak_qps(run, 10.0, steps=3)
+    message = str(caught.value)
+    assert "down to 1.25 was VALID" in message and "p99 80.3 ms" in message and "Early stopping" in message
+    assert "--duration" in message
 
 
 def _cli(code: str) -> subprocess.CompletedProcess:

@@ -227,6 +227,7 @@ def _result(scenario: str, engine: Engine, summary: str, options: ScenarioSettin
     shortened = options.duration_s is not None or options.min_queries is not None
     if shortened:
         notes.append("shorter than LoadGen's minimum duration/query count: not a valid MLPerf result")
+    notes += unmet_constraints(fields)
     rate_key = {"single-stream": "QPS w/o loadgen overhead", "offline": "Samples per second",
                 "server": "Completed samples per second"}[scenario]
     top1 = None
@@ -244,6 +245,21 @@ def _result(scenario: str, engine: Engine, summary: str, options: ScenarioSettin
                   "batch": {"single-stream": 1, "offline": options.offline_batch,
                             "server": options.server_batch}[scenario]},
         notes=notes, top1=top1, images=len(labels) if labels is not None else None)
+
+
+# LoadGen's summary lines that make a run INVALID when they say NO, and what each means to a user.
+CONSTRAINTS = {
+    "Performance constraints satisfied": "the latency bound was exceeded",
+    "Min duration satisfied": "the run was shorter than its minimum duration",
+    "Min queries satisfied": "too few queries were issued",
+    "Early stopping satisfied": "too few queries to certify the percentile bound statistically (run longer)",
+}
+
+
+def unmet_constraints(fields: dict[str, str]) -> list[str]:
+    """Why LoadGen judged a run INVALID, one note per constraint its summary says NO to."""
+    return [f"LoadGen: {meaning} ({name}: NO)" for name, meaning in CONSTRAINTS.items()
+            if fields.get(name, "").upper().startswith("NO")]
 
 
 def judge_mlperf_accuracy(results: Sequence[ScenarioResult]) -> None:
@@ -300,7 +316,11 @@ def find_peak_qps(run: Callable[[float], ScenarioResult], start_qps: float, *, s
         else:
             high_qps = middle
     if low is None:
-        raise UsageError(f"no target QPS down to {start_qps / 2 ** steps:.3g} met the Server latency bound")
+        why = "; ".join(note for note in result.notes if note.startswith("LoadGen:")) or "INVALID"
+        p99 = result.latency_ms.get("p99")
+        measured = f", p99 {p99:.1f} ms" if p99 is not None else ""
+        raise UsageError(f"no Server target QPS down to {high_qps:.3g} was VALID (last run{measured}: {why}); "
+                         "give a longer --duration (LoadGen's default is 600 s) or a looser --target-latency-ms")
     low.notes.append(f"peak QPS: highest VALID target found by doubling and bisection (INVALID at {high_qps:.4g})")
     return low
 
