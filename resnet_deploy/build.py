@@ -64,6 +64,7 @@ class BuildRequest:
     random_calibration: bool = False
     min_agreement: float | None = None
     max_fallback_layers: int = 8  # INT8 mixed precision: layers that may stay out of INT8 (0: strict)
+    check_images: int | None = None  # real images the FP16/INT8 check runs on (None: 128 FP16, 256 INT8)
     target: str = "auto"
     device: str = "cpu"
     output: Path | None = None
@@ -240,6 +241,9 @@ def check_request(request: BuildRequest) -> None:
         raise UsageError(f"--calib-method must be one of {', '.join(CALIB_METHODS)}, got {request.calib_method!r}")
     if request.calib_samples < 1:
         raise UsageError(f"--calib-samples must be positive, got {request.calib_samples}")
+    if request.check_images is not None and request.check_images < 2:
+        raise UsageError(f"--check-images must be at least 2 (the budget search splits them in two), "
+                         f"got {request.check_images}")
     if request.bf16 and (request.fp16 or request.int8):
         raise UsageError("--bf16 is the OpenVINO inference precision of the FP32 model; it does not combine with "
                          "--fp16 or --int8")
@@ -378,11 +382,13 @@ def make_precision(src: Any, path: Path, request: BuildRequest, say: BuildListen
                                method=request.calib_method, fp16_remainder=request.fp16, seed=request.calib_seed,
                                random_calibration=request.random_calibration, cache_base=cache_base,
                                min_agreement=request.min_agreement,
-                               max_fallback_layers=request.max_fallback_layers, progress=say.progress)
+                               max_fallback_layers=request.max_fallback_layers, progress=say.progress,
+                               **({"check_samples": request.check_images} if request.check_images else {}))
     else:
         images = None
         if request.calib_data is not None:
-            images = real_images(request.calib_data, src.card, CHECK_IMAGES, request.calib_seed)
+            images = real_images(request.calib_data, src.card, request.check_images or CHECK_IMAGES,
+                                 request.calib_seed)
         else:
             say.warn("FP16 is checked on random inputs only (no gate); pass --calib-data DIR to check it on real "
                      "images")

@@ -177,3 +177,18 @@ def test_validate_reports_intervals_and_the_gate_in_builds_words(cli, digits, tm
                "--report", str(tmp_path / "v.md"))
     assert f"gate (int8): {render_gate(gate_for('int8'))}" in text.stdout
     assert render_gate(gate_for("int8")) in (tmp_path / "v.md").read_text()
+
+
+def test_check_images_sets_how_many_images_the_int8_check_uses(cli, sensitive, digits, tmp_path) -> None:
+    """--check-images: the INT8 check (and the budget search's two halves) on more or fewer held-out images."""
+    output = tmp_path / "s.int8.cpu.onnx"
+    result = cli("build-engine", "--onnx", str(sensitive), "--int8", "--calib-data", str(digits.root / "train"),
+                 "--calib-samples", "64", "--check-images", "200", "--target", "onnxruntime", "-o", str(output),
+                 "--json")
+    assert result.returncode == 0, result.stderr
+    check = json.loads(result.stdout)["precision_check"]
+    assert check["check_images"] == 100  # the search's confirmation half of 200: what the result reports
+    assert check["mixed"]["selection_images"] == check["mixed"]["confirmation_images"] == 100
+    bad = cli("build-engine", "--onnx", str(sensitive), "--int8", "--calib-data", str(digits.root / "train"),
+              "--check-images", "1")
+    assert bad.returncode == 2 and "error: --check-images must be at least 2" in bad.stderr
