@@ -44,4 +44,4 @@ def float_by_rule(model: Any) -> list[FloatNode]:
             chosen.append(FloatNode(node.name, node.op_type, "normalization/softmax of a transformer block"))
         elif node.op_type == "MatMul" and len(node.input) >= 2 and not any(i in constants for i in node.input[:2]):
             chosen.append(FloatNode(node.name, node.op_type, "MatMul of two activations (attention)"))
-    return [node for node in chosen if node.node]  # ONNX Runtime excludes by name; unnamed nodes cannot be
+    return [node for node in chosen if node.node]  # ONNX Runtime excludes by name: an unnamed node cannot be
