@@ -259,3 +259,27 @@ def digits(tmp_path_factory) -> PrecisionDigits:
     top1 = 100.0 * float((run_logits(session(onnx_path), images).argmax(axis=1) == labels).mean())
     assert top1 > 80, f"the fixture model did not learn ({top1:.1f}% top-1)"
     return PrecisionDigits(root, Path(onnx_path), images, labels, top1)
+
+
+# --- a classifier as other tools export it (test_foreign_onnx, test_import_onnx) --------------------------------
+
+
+def export_with_both_exporters(model: Any, size: int, legacy: Path, dynamo: Path) -> None:
+    """`model` (`images` → `out`, dynamic batch) as torch's two exporters write it, unoptimized: the legacy one
+    at opset 17 leaves Identity nodes and unfused BatchNormalization; the dynamo one without its optimizer leaves
+    BatchNormalization and Shape/Expand/CastLike chains."""
+    import warnings
+
+    import torch
+
+    example = (torch.zeros(2, 3, size, size),)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, example, str(legacy), dynamo=False, opset_version=17,
+                          input_names=["images"], output_names=["out"],
+                          dynamic_axes={"images": {0: "batch"}, "out": {0: "batch"}},
+                          do_constant_folding=False, training=torch.onnx.TrainingMode.PRESERVE)
+        program = torch.onnx.export(model, example, dynamo=True, optimize=False, input_names=["images"],
+                                    output_names=["out"], dynamic_shapes=({0: torch.export.Dim("batch")},),
+                                    external_data=False, verbose=False)
+        program.save(str(dynamo))

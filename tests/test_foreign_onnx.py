@@ -21,6 +21,7 @@ import onnx
 import pytest
 import torch
 import torchvision
+from conftest import export_with_both_exporters
 from PIL import Image
 
 SIZE = 64
@@ -84,18 +85,8 @@ def fitted_resnet18(data: Path, ridge_scale: float = 1e-3) -> torch.nn.Module:
 
 def export_foreign(model: torch.nn.Module, folder: Path) -> dict[str, Path]:
     """The model as a user's tool would write it: both exporters, `images` → `out`, BatchNorm left in."""
-    example = (torch.zeros(2, 3, SIZE, SIZE),)
     paths = {"legacy": folder / "tv18_legacy.onnx", "dynamo": folder / "tv18_dynamo.onnx"}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(model, example, str(paths["legacy"]), dynamo=False, opset_version=17,
-                          input_names=["images"], output_names=["out"],
-                          dynamic_axes={"images": {0: "batch"}, "out": {0: "batch"}},
-                          do_constant_folding=False, training=torch.onnx.TrainingMode.PRESERVE)
-        program = torch.onnx.export(model, example, dynamo=True, optimize=False, input_names=["images"],
-                                    output_names=["out"], dynamic_shapes=({0: torch.export.Dim("batch")},),
-                                    external_data=False, verbose=False)
-        program.save(str(paths["dynamo"]))
+    export_with_both_exporters(model, SIZE, paths["legacy"], paths["dynamo"])
     return paths
 
 

@@ -8,7 +8,6 @@ constants left unfolded. Small bad graphs are built with onnx.helper.
 from __future__ import annotations
 
 import json
-import warnings
 from collections import Counter
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import onnxruntime as ort
 import pytest
 import torch
 import torchvision
+from conftest import export_with_both_exporters
 from onnx import TensorProto, helper
 
 from resnet_deploy.artifacts import artifact_card
@@ -50,19 +50,7 @@ def foreign(tmp_path_factory) -> dict:
     images = torch.from_numpy(np.random.default_rng(0).standard_normal((3, 3, SIZE, SIZE), dtype=np.float32))
     with torch.no_grad():
         logits = model(images).numpy()
-    example = (torch.zeros(2, 3, SIZE, SIZE),)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        # Legacy exporter, opset 17: Identity nodes and unfused BatchNormalization (no eval-mode peephole).
-        torch.onnx.export(model, example, str(folder / "legacy.onnx"), dynamo=False, opset_version=17,
-                          input_names=["images"], output_names=["out"],
-                          dynamic_axes={"images": {0: "batch"}, "out": {0: "batch"}},
-                          do_constant_folding=False, training=torch.onnx.TrainingMode.PRESERVE)
-        # Dynamo exporter without its optimizer: BatchNormalization and Shape/Expand/CastLike chains left in.
-        program = torch.onnx.export(model, example, dynamo=True, optimize=False, input_names=["images"],
-                                    output_names=["out"], dynamic_shapes=({0: torch.export.Dim("batch")},),
-                                    external_data=False, verbose=False)
-        program.save(str(folder / "dynamo.onnx"))
+    export_with_both_exporters(model, SIZE, folder / "legacy.onnx", folder / "dynamo.onnx")
     return {"folder": folder, "images": images.numpy(), "logits": logits}
 
 
