@@ -283,3 +283,13 @@ def export_with_both_exporters(model: Any, size: int, legacy: Path, dynamo: Path
                                     output_names=["out"], dynamic_shapes=({0: torch.export.Dim("batch")},),
                                     external_data=False, verbose=False)
         program.save(str(dynamo))
+
+
+def resnet20_engine(loaded: Any, precision: str = "fp32") -> Any:
+    """A one-thread TorchEngine on a copy of a loaded CIFAR ResNet-20 (the engine casts its module in place)."""
+    import copy
+
+    from engines.torch_engine import TorchEngine
+
+    return TorchEngine(copy.deepcopy(loaded.model), input_shape=(3, 32, 32), num_classes=10, precision=precision,
+                       threads=1)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import resnet20_engine
 
-from engines.torch_engine import TorchEngine
 from resnet_deploy.bench.report import render_markdown, write_markdown, write_plot
 from resnet_deploy.bench.timing import (
     BenchReport,
@@ -26,13 +26,6 @@ FEW = TimingConfig(warmup=1, iterations=4, duration_s=None)
 @pytest.fixture(scope="module")
 def resnet20():
     return random_model("resnet20")
-
-
-def torch_engine(loaded, precision: str = "fp32") -> TorchEngine:
-    import copy
-
-    return TorchEngine(copy.deepcopy(loaded.model), input_shape=(3, 32, 32), num_classes=10, precision=precision,
-                       threads=1)
 
 
 def test_latency_stats_are_ordered_and_match_numpy() -> None:
@@ -84,7 +77,7 @@ def test_measure_excludes_warmup_and_counts_calls() -> None:
 
 
 def test_time_engine_on_torch(resnet20) -> None:
-    with torch_engine(resnet20) as engine:
+    with resnet20_engine(resnet20) as engine:
         result = time_engine(engine, 2, FEW, model="resnet20")
     assert (result.backend, result.precision, result.batch_size) == ("torch", "fp32", 2)
     assert result.iterations == 4 and result.warmup == 1
@@ -101,7 +94,7 @@ def test_time_engine_on_torch(resnet20) -> None:
 def test_speedups_are_relative_to_torch_fp32_at_the_same_batch(resnet20) -> None:
     results = []
     for precision in ("fp32", "bf16"):
-        with torch_engine(resnet20, precision) as engine:
+        with resnet20_engine(resnet20, precision) as engine:
             results += [time_engine(engine, b, FEW, model="resnet20") for b in (1, 2)]
     add_speedups(results)
     for r in results:
@@ -111,7 +104,7 @@ def test_speedups_are_relative_to_torch_fp32_at_the_same_batch(resnet20) -> None
 
 
 def _report(resnet20) -> BenchReport:
-    with torch_engine(resnet20) as engine:
+    with resnet20_engine(resnet20) as engine:
         results = [time_engine(engine, b, FEW, model="resnet20") for b in (1, 2)]
     add_speedups(results)
     skipped = [Skipped("resnet20", "tensorrt", "fp16", "TensorRT needs an NVIDIA GPU; bench it with --device cuda")]

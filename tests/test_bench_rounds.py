@@ -8,10 +8,10 @@ import time
 
 import numpy as np
 import pytest
+from conftest import resnet20_engine
 from rich.console import Console
 
 from engines.base import Engine, PreparedRun
-from engines.torch_engine import TorchEngine
 from resnet_deploy.bench.plan import BenchCase, BenchPlan, run_plan, total_steps
 from resnet_deploy.bench.report import render_markdown, results_tables
 from resnet_deploy.bench.timing import (
@@ -68,13 +68,6 @@ def resnet20():
     return random_model("resnet20")
 
 
-def _torch(loaded, precision: str = "fp32") -> TorchEngine:
-    import copy
-
-    return TorchEngine(copy.deepcopy(loaded.model), input_shape=(3, 32, 32), num_classes=10, precision=precision,
-                       threads=1)
-
-
 def test_slices_share_the_calls_and_the_duration() -> None:
     config = TimingConfig(warmup=4, iterations=10, duration_s=None, rounds=3)
     slices = [config.slice(i) for i in range(3)]
@@ -89,8 +82,8 @@ def test_slices_share_the_calls_and_the_duration() -> None:
 def test_a_slow_round_is_flagged_and_gets_no_speedup(resnet20) -> None:
     # 3 rounds of 6 timed calls; warm-up 1 then 1 re-warming call per later round: round 2 is calls 9..14.
     timing = TimingConfig(warmup=1, iterations=18, duration_s=None, rounds=3)
-    cases = [BenchCase("resnet20", "torch", "fp32", lambda: _torch(resnet20), artifact="(in memory)"),
-             BenchCase("resnet20", "torch", "bf16", lambda: SlowRound(_torch(resnet20, "bf16"), range(9, 15)),
+    cases = [BenchCase("resnet20", "torch", "fp32", lambda: resnet20_engine(resnet20), artifact="(in memory)"),
+             BenchCase("resnet20", "torch", "bf16", lambda: SlowRound(resnet20_engine(resnet20, "bf16"), range(9, 15)),
                        artifact="(in memory, slowed)")]
     plan = BenchPlan(cases, skipped=[])
     steps: list[int] = []
