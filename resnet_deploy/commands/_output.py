@@ -174,6 +174,7 @@ class PlainLineProgress(Progress):
         self._last_line: dict[TaskID, float] = {}
         self._last_text: dict[TaskID, str] = {}
         self._described: dict[TaskID, str] = {}
+        self._final: set[TaskID] = set()  # tasks whose finished line is printed: never a second time at stop
 
     def update(self, task_id: TaskID, **kwargs: Any) -> None:  # type: ignore[override]
         described = kwargs.get("description")
@@ -188,15 +189,22 @@ class PlainLineProgress(Progress):
         self._maybe_line(task_id)
 
     def stop(self) -> None:
+        # A task that stopped short of its total gets its last state; a finished one was printed when it finished.
         for task in self.tasks:
-            if task.completed and self._last_text.get(task.id) != self._line(task.id):
+            if task.completed and task.id not in self._final and self._last_text.get(task.id) != self._line(task.id):
                 stderr.print(self._line(task.id), soft_wrap=True)
         super().stop()
 
     def _maybe_line(self, task_id: TaskID, *, changed: bool = False) -> None:
         now = time.monotonic()
         last = self._last_line.get(task_id)
-        if last is None or now - last >= self._interval or (changed and _verbosity > 0):
+        task = self._tasks[task_id]
+        finished = bool(task.total) and task.completed >= task.total
+        if finished and task_id in self._final and not changed:
+            return
+        if finished:
+            self._final.add(task_id)
+        if finished or last is None or now - last >= self._interval or (changed and _verbosity > 0):
             self._last_line[task_id] = now
             line = self._line(task_id)
             self._last_text[task_id] = line
@@ -206,8 +214,10 @@ class PlainLineProgress(Progress):
         task = self._tasks[task_id]
         done = f"{task.completed:g}" + (f"/{task.total:g} ({task.percentage:.0f}%)" if task.total else "")
         eta = task.time_remaining
-        parts = [done, f"{_clock(task.elapsed or 0.0)} elapsed"]
-        if eta is not None and task.total:
+        # rich keeps a finished task's clock running until the bar stops; its finished_time is when it ended.
+        elapsed = task.finished_time if task.finished_time is not None else task.elapsed
+        parts = [done, f"{_clock(elapsed or 0.0)} elapsed"]
+        if eta is not None and task.total and task.finished_time is None:
             parts.append(f"ETA {_clock(eta)}")
         # What a bar shows beside the count (train's loss, lr and img/s), once it has a value.
         parts += [f"{name} {value}" for name, value in task.fields.items() if value not in ("", "-", None)]
