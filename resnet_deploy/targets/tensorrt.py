@@ -2,12 +2,12 @@
 
 The precision was decided (and proven on ONNX Runtime) in the ONNX model: FP32, FP16-typed, or Q/DQ
 INT8. This step compiles it as a strongly typed network (`engines.tensorrt_build`), reads back the
-engine inspector's per-layer precisions and refuses an FP16/INT8 engine that ended up mostly FP32
-(`CheckFailed`), then writes `<output>` and `<output>.json` atomically. The manifest records the
-TensorRT and CUDA versions, the GPU and its compute capability, the precision and per-precision layer
-counts, the batch profile, the build options, the source ONNX's sha256, the model card (preprocessing
-and class names) and the build time; `engines.tensorrt_engine.TensorRTEngine` refuses the plan on
-another TensorRT version or GPU.
+engine inspector's per-layer precisions and refuses an FP16/INT8 engine that ended up mostly FP32, or
+whose precision could not be read ("unknown" is not verified), with `CheckFailed`, then writes
+`<output>` and `<output>.json` atomically. The manifest records the TensorRT and CUDA versions, the GPU
+and its compute capability, the precision and per-precision layer counts, the batch profile, the build
+options, the source ONNX's sha256, the model card (preprocessing and class names) and the build time;
+`engines.tensorrt_engine.TensorRTEngine` refuses the plan on another TensorRT version or GPU.
 
 Without TensorRT or a CUDA GPU, `build_tensorrt_engine` raises `BackendUnavailable("TensorRT is not
 available (...)")` (exit 2) before doing any work; `tensorrt_usable()` lets `--target auto` choose.
