@@ -527,8 +527,64 @@ def test_names_only_inspector_cannot_verify():
     summary = summarize_engine_information(TRT_NAMES_ONLY)
     assert not summary.detailed and summary.counts == {}
     verdict = precision_verdict(summary, "fp16")
-    assert verdict.passed and not verdict.verified
-    assert "could not be verified" in verdict.message
+    assert not verdict.passed and not verdict.verified  # not verified is not a pass
+    assert "could not be verified" in verdict.message and "DETAILED" in verdict.message
+
+
+def _without_types(engine: dict, *names: str) -> dict:
+    """`engine` with the data types (tensor formats, weights) of the named layers removed (all when none named)."""
+    text = json.loads(json.dumps(engine))
+    for layer in text["Layers"]:
+        if names and layer["Name"] not in names:
+            continue
+        for key in ("Weights", "Bias"):
+            layer.pop(key, None)
+        for tensor in layer.get("Inputs", []) + layer.get("Outputs", []):
+            for key in ("Format/Datatype", "Format", "DataType", "Datatype"):
+                tensor.pop(key, None)
+    return text
+
+
+def test_unknown_precision_on_every_layer_is_not_verified():
+    summary = summarize_engine_information(_without_types(TRT10_FP16))
+    assert summary.detailed and summary.counts == {"unknown": 5}
+    verdict = precision_verdict(summary, "fp16")
+    assert not verdict.passed and not verdict.verified
+    assert verdict.unknown_fraction == 1.0 and verdict.to_dict()["unknown_fraction"] == 1.0
+    assert "could not be verified: 5 of its 5 compute layers report no data type" in verdict.message
+    int8 = precision_verdict(summarize_engine_information(_without_types(TRT11_INT8)), "int8")
+    assert not int8.passed and not int8.verified  # not "no INT8 layer": the unknowns may well be INT8
+    assert "could not be verified" in int8.message
+    assert precision_verdict(summary, "fp32").passed and not precision_verdict(summary, "fp32").verified
+
+
+def test_unknown_layers_that_could_make_fp32_the_majority_are_not_verified():
+    convs = ["/conv1/Conv + /relu/Relu", "/layer1/layer1.0/conv1/Conv + /layer1/layer1.0/relu/Relu",
+             "/ReduceMean"]
+    summary = summarize_engine_information(_without_types(TRT10_FP16, *convs))
+    assert summary.counts == {"unknown": 3, "fp16": 2}
+    verdict = precision_verdict(summary, "fp16")  # 3 of 5 unknown: FP32 could be the majority
+    assert not verdict.passed and not verdict.verified and "3 of its 5 compute layers" in verdict.message
+    one = precision_verdict(summarize_engine_information(_without_types(TRT10_FP16, "/ReduceMean")), "fp16")
+    assert one.passed and one.verified  # 1 of 5: FP16 holds whatever it runs in
+    mostly_fp32 = summarize_engine_information(_without_types(_all_fp32(TRT10_FP16), "/ReduceMean"))
+    failed = precision_verdict(mostly_fp32, "fp16")  # 4 of 5 FP32: a verified failure, unknowns or not
+    assert not failed.passed and failed.verified and "in FP32" in failed.message
+
+
+def test_the_build_step_refuses_an_unverified_engine_with_check_failed(tmp_path: Path):
+    from resnet_deploy.errors import CheckFailed
+    from resnet_deploy.targets.tensorrt import check_realized_precision
+
+    output = tmp_path / "m.fp16.plan"
+    for info in (_without_types(TRT10_FP16), TRT_NAMES_ONLY):
+        with pytest.raises(CheckFailed, match="could not be verified") as err:
+            check_realized_precision(json.dumps(info), "fp16", output)
+        assert str(err.value).startswith(f"{output}: ") and str(err.value).endswith("no engine was written")
+        assert err.value.exit_code == 1
+    summary, verdict = check_realized_precision(json.dumps(TRT10_FP16), "fp16", output)
+    assert verdict.passed and verdict.verified and summary.counts == {"fp16": 5}
+    assert check_realized_precision(json.dumps(_without_types(TRT10_FP16)), "fp32", output)[1].passed
 
 
 def _all_fp32(engine: dict) -> dict:
@@ -574,8 +630,8 @@ class _Recorder:
 
 
 class _Inspector:
-    def __init__(self, rec: _Recorder) -> None:
-        self._rec = rec
+    def __init__(self, rec: _Recorder, attach: bool = True) -> None:
+        self._rec, self._attach = rec, attach
         self._context = None
 
     @property
@@ -585,7 +641,8 @@ class _Inspector:
     @execution_context.setter
     def execution_context(self, context) -> None:  # pybind property: IEngineInspector::setExecutionContext
         self._rec.calls.append(("inspector.execution_context", context.shapes.copy()))
-        self._context = context
+        if self._attach:  # a refusal (setExecutionContext returned false) leaves no context; the setter says nothing
+            self._context = context
 
     def get_engine_information(self, fmt) -> str:
         shapes = self._context.shapes if self._context is not None else None
@@ -608,8 +665,10 @@ class _Context:
 
 
 class _Engine:
-    def __init__(self, rec: _Recorder, *, context: bool = True, accept: bool = True) -> None:
+    def __init__(self, rec: _Recorder, *, context: bool = True, accept: bool = True, inspector: bool = True,
+                 attach: bool = True) -> None:
         self._rec, self._context, self._accept = rec, context, accept
+        self._inspector, self._attach = inspector, attach
 
     def create_execution_context(self):
         self._rec.calls.append(("create_execution_context",))
@@ -617,7 +676,7 @@ class _Engine:
 
     def create_engine_inspector(self):
         self._rec.calls.append(("create_engine_inspector",))
-        return _Inspector(self._rec)
+        return _Inspector(self._rec, self._attach) if self._inspector else None
 
 
 class _TRT:
@@ -644,6 +703,35 @@ def test_inspector_without_a_context_or_shape_is_a_build_error():
     with pytest.raises(TensorRTBuildError, match=r"refused input shape \[64, 3, 32, 32\]"):
         engine_information(_TRT, _Engine(rec, accept=False), "input", (64, 3, 32, 32))
     assert "get_engine_information" not in [call[0] for call in rec.calls]
+
+
+def test_a_refused_inspector_attach_is_a_build_error():
+    rec = _Recorder()
+    with pytest.raises(TensorRTBuildError, match="refused to attach the execution context to the engine inspector"):
+        engine_information(_TRT, _Engine(rec, attach=False), "input", (8, 3, 32, 32))
+    names = [call[0] for call in rec.calls]
+    assert "inspector.execution_context" in names and "get_engine_information" not in names
+    assert names[-1] == "inspector released"
+    with pytest.raises(TensorRTBuildError, match="could not create an engine inspector"):
+        engine_information(_TRT, _Engine(_Recorder(), inspector=False), "input", (8, 3, 32, 32))
+
+
+def test_the_build_asks_for_detailed_profiling_verbosity():
+    from engines.tensorrt.build import BuildSettings, _configure
+
+    class Trt:
+        class ProfilingVerbosity:
+            LAYER_NAMES_ONLY, DETAILED = "LAYER_NAMES_ONLY", "DETAILED"
+
+        class BuilderFlag:
+            pass
+
+    class Config:
+        profiling_verbosity = Trt.ProfilingVerbosity.LAYER_NAMES_ONLY  # TensorRT's default
+
+    config = Config()
+    _configure(Trt, version_plan(parse_version("10.13.3.9")), config, BuildSettings(), "none")
+    assert config.profiling_verbosity == "DETAILED"  # the per-layer formats the precision check reads
 
 
 class _Message:

@@ -287,8 +287,18 @@ def engine_information(trt: Any, engine: Any, input_name: str, shape: tuple[int,
         raise TensorRTBuildError(f"TensorRT refused input shape {list(shape)} for {input_name!r} while inspecting "
                                  f"the engine. {format_log_tail(log_tail())}")
     inspector = engine.create_engine_inspector()
-    inspector.execution_context = context
+    if inspector is None:
+        raise TensorRTBuildError(f"TensorRT could not create an engine inspector to check the realized precision. "
+                                 f"{format_log_tail(log_tail())}")
     try:
+        # The property setter calls IEngineInspector::setExecutionContext and drops its bool: read the
+        # context back, since a refused attach leaves none and the inspector then prints no formats.
+        inspector.execution_context = context
+        if inspector.execution_context is None:
+            raise TensorRTBuildError(
+                "TensorRT refused to attach the execution context to the engine inspector "
+                "(IEngineInspector::setExecutionContext failed), so it would print no per-layer formats and the "
+                f"realized precision could not be checked. {format_log_tail(log_tail())}")
         return str(inspector.get_engine_information(trt.LayerInformationFormat.JSON))
     finally:
         del inspector, context  # inspector before context (before the caller's engine and runtime)

@@ -19,6 +19,12 @@ Formats documented by NVIDIA and accepted here:
   `Format` and `DataType` (also seen spelled `Datatype`).
 * Without DETAILED verbosity, `Layers` is a list of names only: nothing can be verified.
 
+Unknown is not verified: a compute layer whose data type cannot be read ("unknown": no format text and no
+weights) may run in FP32, so an FP16/INT8 verdict is only `verified` when it holds whatever the unknown
+layers run in (all of them counted as FP32, and none as INT8). Otherwise it is `passed=False,
+verified=False` with the reason, and the build refuses the engine: it asks for DETAILED verbosity and
+attaches a shaped execution context, so at that verbosity the docs promise per-layer formats.
+
 Pages: Engine Inspector, https://docs.nvidia.com/deeplearning/tensorrt/latest/inference-library/advanced.html
 (10.x) and "Migrating IEngineInspector Usage from TensorRT 10.x to 11.x",
 https://docs.nvidia.com/deeplearning/tensorrt/11.3.0/api/migration/tensorrt-10x-to-11x-IEngineInspector.html;
@@ -163,42 +169,58 @@ def summarize_engine_information(info: str | dict[str, Any] | list[Any]) -> Prec
 class PrecisionVerdict:
     requested: str
     passed: bool
-    verified: bool  # False: no per-layer details to judge from
+    verified: bool  # False: the realized precision could not be read (names only, or too many unknown layers)
     fp32_fraction: float
     reduced_fraction: float
     counts: dict[str, int]
     message: str
+    unknown_fraction: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return {"requested": self.requested, "passed": self.passed, "verified": self.verified,
                 "fp32_fraction": round(self.fp32_fraction, 4), "reduced_fraction": round(self.reduced_fraction, 4),
-                "counts": self.counts, "message": self.message}
+                "unknown_fraction": round(self.unknown_fraction, 4), "counts": self.counts, "message": self.message}
 
 
 def precision_verdict(summary: PrecisionSummary, requested: str,
                       max_fp32_fraction: float = MAX_FP32_FRACTION) -> PrecisionVerdict:
-    """Did an fp16/int8 engine end up mostly FP32? (fp32 requests always pass.)"""
+    """Did an fp16/int8 engine end up mostly FP32? (fp32 requests always pass.)
+
+    An fp16/int8 verdict is `verified` only when it holds whatever the "unknown" layers run in; when it
+    does not (or the inspector gave names only), it is `passed=False, verified=False`: not verified is
+    not a pass.
+    """
     counts = summary.counts
     total = summary.compute_layers
     fp32 = summary.fraction("fp32")
+    unknown = summary.fraction("unknown")
     reduced = summary.fraction(*REDUCED_PRECISIONS)
     shown = ", ".join(f"{n} {p.upper()}" for p, n in counts.items()) or "none"
+    label = requested.upper()
 
     def verdict(passed: bool, verified: bool, message: str) -> PrecisionVerdict:
-        return PrecisionVerdict(requested, passed, verified, fp32, reduced, counts, message)
+        return PrecisionVerdict(requested, passed, verified, fp32, reduced, counts, message, unknown)
 
     if requested == "fp32":
-        return verdict(True, total > 0, f"FP32 engine; compute layers: {shown}")
+        return verdict(True, total > 0 and unknown < 1.0, f"FP32 engine; compute layers: {shown}")
     if not summary.detailed or total == 0:
-        return verdict(True, False, "the engine inspector gave no per-layer details, so the realized precision "
-                                    "could not be verified")
-    if fp32 > max_fp32_fraction:
+        return verdict(False, False, f"the realized precision of this {label} engine could not be verified: the "
+                                     "engine inspector gave layer names only, no per-layer data types (the plan "
+                                     "was not built with ProfilingVerbosity.DETAILED)")
+    if fp32 > max_fp32_fraction:  # FP32 alone is the majority, whatever the unknown layers are
         return verdict(False, True,
-                       f"a {requested.upper()} build ran {fp32:.0%} of its {total} compute layers in FP32 "
-                       f"({shown}): TensorRT did not honour the {requested.upper()} graph; check that the ONNX "
-                       f"really is {requested.upper()} (FP16-typed tensors or Q/DQ nodes) before shipping it")
+                       f"a {label} build ran {fp32:.0%} of its {total} compute layers in FP32 "
+                       f"({shown}): TensorRT did not honour the {label} graph; check that the ONNX "
+                       f"really is {label} (FP16-typed tensors or Q/DQ nodes) before shipping it")
+    unverified = (f"the realized precision of this {label} engine could not be verified: "
+                  f"{counts.get('unknown', 0)} of its {total} compute layers report no data type ({shown}) "
+                  "and may run in FP32; the inspector prints formats only for a plan built with "
+                  "ProfilingVerbosity.DETAILED and an execution context whose input shapes are set")
     if requested == "int8" and counts.get("int8", 0) == 0:
+        if unknown:
+            return verdict(False, False, unverified)
         return verdict(False, True, f"an INT8 build has no INT8 compute layer ({shown}): the Q/DQ nodes were not "
                                     "used; check the quantized ONNX")
-    return verdict(True, True, f"{requested.upper()} engine; {reduced:.0%} of {total} compute layers below FP32 "
-                               f"({shown})")
+    if fp32 + unknown > max_fp32_fraction:  # the unknown layers could make FP32 the majority
+        return verdict(False, False, unverified)
+    return verdict(True, True, f"{label} engine; {reduced:.0%} of {total} compute layers below FP32 ({shown})")

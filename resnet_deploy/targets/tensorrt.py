@@ -2,12 +2,12 @@
 
 The precision was decided (and proven on ONNX Runtime) in the ONNX model: FP32, FP16-typed, or Q/DQ
 INT8. This step compiles it as a strongly typed network (`engines.tensorrt_build`), reads back the
-engine inspector's per-layer precisions and refuses an FP16/INT8 engine that ended up mostly FP32
-(`CheckFailed`), then writes `<output>` and `<output>.json` atomically. The manifest records the
-TensorRT and CUDA versions, the GPU and its compute capability, the precision and per-precision layer
-counts, the batch profile, the build options, the source ONNX's sha256, the model card (preprocessing
-and class names) and the build time; `engines.tensorrt_engine.TensorRTEngine` refuses the plan on
-another TensorRT version or GPU.
+engine inspector's per-layer precisions and refuses an FP16/INT8 engine that ended up mostly FP32, or
+whose precision could not be read ("unknown" is not verified), with `CheckFailed`, then writes
+`<output>` and `<output>.json` atomically. The manifest records the TensorRT and CUDA versions, the GPU
+and its compute capability, the precision and per-precision layer counts, the batch profile, the build
+options, the source ONNX's sha256, the model card (preprocessing and class names) and the build time;
+`engines.tensorrt_engine.TensorRTEngine` refuses the plan on another TensorRT version or GPU.
 
 Without TensorRT or a CUDA GPU, `build_tensorrt_engine` raises `BackendUnavailable("TensorRT is not
 available (...)")` (exit 2) before doing any work; `tensorrt_usable()` lets `--target auto` choose.
@@ -20,12 +20,15 @@ from __future__ import annotations
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from resnet_deploy.artifacts import SUFFIXES, Manifest, manifest_versions
 from resnet_deploy.atomic import sha256_file, write_bytes
 from resnet_deploy.errors import BackendUnavailable, CheckFailed, UsageError
 from resnet_deploy.targets.base import BuildResult, Target, TargetRequest, mixed_precision_of, precision_check_of
+
+if TYPE_CHECKING:  # engines.tensorrt is imported lazily at run time
+    from engines.tensorrt.inspect import PrecisionSummary, PrecisionVerdict
 
 PRECISIONS = ("fp32", "fp16", "int8")
 PLAN_SUFFIXES = SUFFIXES["tensorrt"]
@@ -125,7 +128,8 @@ def build_tensorrt_engine(onnx_path: str | Path, output: str | Path, *, precisio
 
     `card` is the model card (a `ModelCard` or its dict); None reads it from the ONNX metadata.
     Raises BackendUnavailable without TensorRT/GPU (exit 2), UsageError for bad input (exit 2),
-    CheckFailed when an fp16/int8 engine is mostly FP32 (exit 1; no plan is written).
+    CheckFailed when an fp16/int8 engine is mostly FP32 or its realized precision could not be verified
+    (exit 1; no plan is written).
     """
     usable, reason = tensorrt_usable()
     if not usable:
@@ -142,7 +146,6 @@ def build_tensorrt_engine(onnx_path: str | Path, output: str | Path, *, precisio
     card_dict = _card_dict(card, onnx_path, warnings)
 
     from engines.tensorrt.build import BuildSettings, build_plan
-    from engines.tensorrt.inspect import precision_verdict, summarize_engine_information
 
     cache_path = Path(options.timing_cache) if options.timing_cache is not None else None
     cache_in = cache_path.read_bytes() if cache_path is not None and cache_path.is_file() else None
@@ -154,12 +157,7 @@ def build_tensorrt_engine(onnx_path: str | Path, output: str | Path, *, precisio
     if cache_path is not None and built.timing_cache:
         write_bytes(cache_path, built.timing_cache)  # worth keeping even if the check below fails
 
-    summary = summarize_engine_information(built.engine_information)
-    verdict = precision_verdict(summary, precision)
-    if not verdict.passed:
-        raise CheckFailed(f"{output}: {verdict.message}; no engine was written")
-    if not verdict.verified and precision != "fp32":
-        warnings.append(verdict.message)
+    summary, verdict = check_realized_precision(built.engine_information, precision, output)
     warnings.extend(built.warnings[-10:])
 
     gpu_name, capability, driver = _current_gpu()
@@ -174,6 +172,23 @@ def build_tensorrt_engine(onnx_path: str | Path, output: str | Path, *, precisio
         build_seconds=round(built.build_seconds, 3), timing_cache=cache_path,
         timing_cache_status=built.timing_cache_status, warnings=warnings,
     )
+
+
+def check_realized_precision(engine_information: str, precision: str,
+                             output: str | Path) -> tuple[PrecisionSummary, PrecisionVerdict]:
+    """(summary, verdict) of the inspector's JSON; CheckFailed (exit 1) unless the verdict passed.
+
+    An fp16/int8 engine whose precision could not be verified (names only, or layers reading "unknown")
+    is refused like one that ran in FP32: the build asked for DETAILED verbosity and a shaped context, so
+    missing formats mean the check could not run, and an unchecked engine is not shipped.
+    """
+    from engines.tensorrt.inspect import precision_verdict, summarize_engine_information
+
+    summary = summarize_engine_information(engine_information)
+    verdict = precision_verdict(summary, precision)
+    if not verdict.passed:
+        raise CheckFailed(f"{output}: {verdict.message}; no engine was written")
+    return summary, verdict
 
 
 def _card_dict(card: Any, onnx_path: Path, warnings: list[str]) -> dict[str, Any] | None:
