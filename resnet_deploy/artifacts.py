@@ -142,10 +142,14 @@ class Manifest:
     notes: list[str] = field(default_factory=list)
     target: dict[str, Any] = field(default_factory=dict)
     schema_version: int = MANIFEST_SCHEMA_VERSION
+    # The CPU the artifact was verified on (precision/isa.py: class, flags) and, for INT8, the class its weights
+    # were made for and their bits; None for GPU targets.
+    isa: dict[str, Any] | None = None
+    self_check: dict[str, Any] | None = None  # inputs and reference logits, run on another CPU class (selfcheck.py)
 
     COMMON = ("backend", "artifact", "sha256", "precision", "source_onnx", "card", "artifact_check",
               "precision_check", "fp16_remainder", "mixed_precision", "built_at", "build_seconds", "versions", "notes",
-              "schema_version")
+              "schema_version", "isa", "self_check")
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -289,7 +293,8 @@ def open_engine(
     if backend == "onnxruntime":
         from engines.onnxruntime_engine import OnnxRuntimeEngine
 
-        return OnnxRuntimeEngine(artifact, device=device, providers=providers, threads=threads)
+        return _self_checked(artifact, OnnxRuntimeEngine(artifact, device=device, providers=providers,
+                                                         threads=threads))
     if backend == "tensorrt":
         from engines.tensorrt.engine import TensorRTEngine
 
@@ -297,5 +302,18 @@ def open_engine(
                               include_copies=include_copies, cuda_graph=cuda_graph)
     from engines.openvino_engine import OpenVINOEngine
 
-    return OpenVINOEngine(artifact, device=device, performance_hint=performance_hint,
-                          inference_precision=precision, threads=threads)
+    return _self_checked(artifact, OpenVINOEngine(artifact, device=device, performance_hint=performance_hint,
+                                                  inference_precision=precision, threads=threads))
+
+
+def _self_checked(path: Path, engine: Engine) -> Engine:
+    """`engine`, after the artifact's self-check passed on this CPU, where it was verified on another class of CPU
+    (`selfcheck.py`); a failed check closes the engine and is refused."""
+    from resnet_deploy.selfcheck import verify_if_needed
+
+    try:
+        verify_if_needed(path, read_manifest(path), engine)
+    except BaseException:
+        engine.close()
+        raise
+    return engine

@@ -29,10 +29,10 @@ if TYPE_CHECKING:
     from resnet_deploy.precision import PrecisionResult
 
 TARGETS = ("auto", "onnxruntime", "tensorrt", "openvino")
+CPU_TARGETS = ("onnxruntime", "openvino")  # judged on this CPU before they are written (verify.py)
 CALIB_METHODS = ("entropy", "minmax", "percentile", "auto")
 DEVICES = ("cpu", "cuda")
 CHECK_IMAGES = 128  # real images an FP16 model is checked on (from calib_data)
-ARTIFACT_CHECK_IMAGES = 64  # real images an ONNX Runtime artifact is checked on against its precision model
 TENSORRT_FLAGS = {"min_batch": "--min-batch", "opt_batch": "--opt-batch", "max_batch": "--max-batch",
                   "workspace_bytes": "--workspace", "opt_level": "--opt-level", "timing_cache": "--timing-cache",
                   "version_compatible": "--version-compatible", "hardware_compatibility": "--hardware-compatibility"}
@@ -64,7 +64,8 @@ class BuildRequest:
     random_calibration: bool = False
     min_agreement: float | None = None
     max_fallback_layers: int = 8  # INT8 mixed precision: layers that may stay out of INT8 (0: strict)
-    check_images: int | None = None  # real images the FP16/INT8 check runs on (None: 128 FP16, 256 INT8)
+    check_images: int | None = None  # real images the FP16/INT8 check runs on (None: 128 FP16, 1000 INT8)
+    cpu: str = "native"  # INT8 for CPU targets: the instruction-set class it is for (precision/isa.py)
     target: str = "auto"
     device: str = "cpu"
     output: Path | None = None
@@ -98,6 +99,7 @@ class BuildReport:
     output: Path
     clean: CleanReport | None = None  # a card-less (foreign) source: what cleaning its graph changed
     cleaned_onnx: Path | None = None  # ... and the cleaned FP32 model with its card (None: it was temporary)
+    here: Any = None  # verify.ArtifactVerdict: the artifact judged on this CPU (None: a GPU target, or no images)
 
     def summary(self) -> list[tuple[str, str]]:
         """(what, value) rows saying what was built, from what, and how each step was checked."""
@@ -109,9 +111,14 @@ class BuildReport:
             rows.append(("cleaned", "; ".join(self.clean.changes) + where))
         precision = self.precision_result
         if precision is not None:
-            rows.append(("vs FP32", f"top-1 agreement {precision.agreement:.2f}%, max |Δ logit| "
-                                    f"{precision.max_abs_logit_diff:.4g} on {precision.check_images} "
-                                    f"{precision.check_data}"))
+            if precision.judged is not None:
+                what = "Q/DQ arithmetic" if precision.precision == "int8" else "model"
+                rows.append(("vs FP32", f"{what}, {precision.check_images} {precision.check_data}: "
+                                        f"{precision.judged.describe()}"))
+            else:
+                rows.append(("vs FP32", f"top-1 agreement {precision.agreement:.2f}%, max |Δ logit| "
+                                        f"{precision.max_abs_logit_diff:.4g} on {precision.check_images} "
+                                        f"{precision.check_data}"))
             rows.append(("gate", precision.gate_text()))
             if precision.mixed is not None:
                 kept = ", ".join(item["block"] for item in precision.mixed.kept_out)
@@ -129,8 +136,13 @@ class BuildReport:
                 rows.append(("calibration", f"{method}, {calib.samples} {where}, seed {calib.seed}; cache {caches}"))
             if self.precision_onnx is not None:
                 rows.append(("precision ONNX", str(self.precision_onnx)))
-        return [*rows, *self.artifact.summary, ("artifact", str(self.output)),
-                ("manifest", str(self.artifact.manifest_path))]
+        target_rows = self.artifact.summary
+        if self.here is not None:
+            rows += self.here.summary()
+            # The target's own load check (random inputs) is informational once the artifact was judged here.
+            target_rows = [(what if what != "artifact check" else "load check", value + (
+                "; informational" if what == "artifact check" else "")) for what, value in target_rows]
+        return [*rows, *target_rows, ("artifact", str(self.output)), ("manifest", str(self.artifact.manifest_path))]
 
     def to_dict(self) -> dict[str, Any]:
         check = None
@@ -150,6 +162,7 @@ class BuildReport:
             "output": str(self.output),
             "clean": self.clean.to_dict() if self.clean is not None else None,
             "cleaned_onnx": str(self.cleaned_onnx) if self.cleaned_onnx is not None else None,
+            "artifact_check_here": self.here.to_dict() if self.here is not None else None,
         }
 
 
@@ -174,6 +187,7 @@ def build(request: BuildRequest, listener: BuildListener | None = None) -> Build
     if request.calib_data is not None and not (request.int8 or request.fp16):
         say.warn("--calib-data ignored: it calibrates --int8 (and checks --fp16)")
 
+    cpu_target = cpu_target_for(request, target.name, say)
     with tempfile.TemporaryDirectory(prefix="resnet-deploy-build-") as tmp:
         # ONNX Runtime ships the precision model itself (optimized): it is a temporary file there.
         keep = target.name != "onnxruntime"
@@ -192,19 +206,88 @@ def build(request: BuildRequest, listener: BuildListener | None = None) -> Build
                 raise UsageError(f"{precision_path}: the {target.name} build keeps its {request.tag} ONNX model "
                                  "there, but that file is a built artifact (it has a manifest); move it, or give "
                                  "the ONNX Runtime artifact its default name (<name>.<precision>.cpu.onnx)")
-            result = make_precision(src, precision_path, request, say, cache_base=precision_path if keep else output)
+            result = make_precision(src, precision_path, request, say, cache_base=precision_path if keep else output,
+                                    cpu_target=cpu_target, shown_as=output if not keep else None)
         model = precision_path if result is not None else source
         say.info(f"building the {target.name} artifact → {output}")
-        images = None
-        if target.name == "onnxruntime" and request.calib_data is not None:
-            images = real_images(request.calib_data, src.card, ARTIFACT_CHECK_IMAGES, 1)
-        built = compile_artifact(target, model, output, precision=request.precision, card=src.card,
-                                 device=request.device, check_images=images, tensorrt=trt_options)
+        if target.name in CPU_TARGETS:
+            built, here = compile_checked(target, model, output, request=request, src=src, result=result,
+                                          cpu_target=cpu_target, rebuild=rebuild_command(request, original, target),
+                                          say=say)
+        else:
+            built, here = compile_artifact(target, model, output, precision=request.precision, card=src.card,
+                                           device=request.device, tensorrt=trt_options), None
         for message in built.warnings:
             say.warn(message)
     return BuildReport(target.name, reason, original, sha256_file(original), exported, request.precision,
                        bool(request.int8 and request.fp16), model if result is not None and keep else None,
-                       result, built, output, clean, source if clean is not None and keep else None)
+                       result, built, output, clean, source if clean is not None and keep else None, here)
+
+
+def cpu_target_for(request: BuildRequest, target: str, say: BuildListener) -> str | None:
+    """The CPU class an INT8 CPU artifact is built for (`--cpu`; native: this machine's); None for other builds."""
+    from resnet_deploy.precision.isa import resolve_cpu_target, this_cpu, weight_bits_for
+
+    if target not in CPU_TARGETS:
+        if request.cpu != "native":
+            say.warn(f"--cpu {request.cpu} ignored: it chooses INT8 weights for CPU targets, the target is {target} "
+                     "(GPU integer kernels accumulate in 32 bits: 8-bit weights)")
+        return None
+    cpu_target = resolve_cpu_target(request.cpu)
+    if request.int8:
+        here = this_cpu()
+        bits = weight_bits_for(cpu_target)
+        whose = "this machine's" if request.cpu == "native" else "asked for"
+        say.info(f"CPU: {here.describe()}; INT8 for {cpu_target} ({whose}): {bits}-bit weights")
+    return cpu_target
+
+
+def rebuild_command(request: BuildRequest, source: Path, target: Target) -> str:
+    """The build-engine command that makes this artifact again (the self-check's error adds `--cpu CLASS`)."""
+    parts = ["resnet-deploy build-engine", f"--onnx {source}"]
+    parts += [flag for flag, on in (("--int8", request.int8), ("--fp16", request.fp16), ("--bf16", request.bf16))
+              if on]
+    if request.calib_data is not None:
+        parts.append(f"--calib-data {request.calib_data}")
+    parts.append(f"--target {target.name}")
+    if request.output is not None:
+        parts.append(f"-o {request.output}")
+    return " ".join(parts)
+
+
+def compile_checked(target: Target, model: Path, output: Path, *, request: BuildRequest, src: Any,
+                    result: PrecisionResult | None, cpu_target: str | None, rebuild: str, say: BuildListener,
+                    ) -> tuple[BuildResult, Any]:
+    """Compile a CPU artifact in a staging folder beside `output`, judge it on this CPU against FP32 on the
+    held-out images (one gate: `verify.judge_here`), record the CPU and the self-check in its manifest, and only
+    then move it into place; a refused artifact leaves nothing behind."""
+    import os
+    import shutil
+
+    from resnet_deploy.verify import check_set_for, judge_here
+
+    output.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent))
+    try:
+        staged = staging / output.name
+        built = compile_artifact(target, model, staged, precision=request.precision, card=src.card,
+                                 device=request.device)
+        check_set = check_set_for(result, request, src, say)
+        here = judge_here(staged, built.manifest, model=model, src=src, precision=request.precision,
+                          check_set=check_set, cpu_target=cpu_target, min_agreement=request.min_agreement,
+                          rebuild=rebuild, shown_as=output, progress=say.progress)
+        built.manifest.write(staged)
+        files = sorted(staging.iterdir(), key=lambda f: (f.name == manifest_path(staged).name, f.name == staged.name))
+        for file in files:  # the artifact's companions (.bin) first, the manifest last
+            os.replace(file, output.parent / file.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    built.path, built.manifest_path = output, manifest_path(output)
+    if isinstance(built.details, dict):
+        for key in ("path", "manifest_path", "bin_path"):
+            if isinstance(built.details.get(key), str):
+                built.details[key] = str(output.parent / Path(built.details[key]).name)
+    return built, here
 
 
 def compile_artifact(target: Target | str, model: Path, output: Path, *, precision: str, card: ModelCard,
@@ -256,6 +339,9 @@ def check_request(request: BuildRequest) -> None:
         raise UsageError("--random-calibration calibrates --int8; add --int8")
     if request.calib_data is not None and not request.calib_data.is_dir():
         raise UsageError(f"{request.calib_data}: no such calibration folder")
+    from resnet_deploy.precision.isa import resolve_cpu_target
+
+    resolve_cpu_target(request.cpu)  # a bad --cpu is refused before any work
 
 
 def check_for_target(request: BuildRequest, target: str) -> list[str]:
@@ -370,9 +456,13 @@ def export_model(loaded: Any, path: Path, say: BuildListener, *, opset: int | No
 
 
 def make_precision(src: Any, path: Path, request: BuildRequest, say: BuildListener, *,
-                   cache_base: Path | None = None) -> PrecisionResult:
-    """The FP16 or calibrated INT8 ONNX of the FP32 source `src` (from `precision.read_source`), at `path`."""
+                   cache_base: Path | None = None, cpu_target: str | None = None,
+                   shown_as: Path | None = None) -> PrecisionResult:
+    """The FP16 or calibrated INT8 ONNX of the FP32 source `src` (from `precision.read_source`), at `path`.
+    INT8 weights take 7 bits when `cpu_target` is a CPU class whose integer kernels saturate (`isa.py`);
+    `shown_as` is what errors call the output (the user's artifact, when `path` is a temporary file)."""
     from resnet_deploy.precision import convert_fp16, quantize_int8
+    from resnet_deploy.precision.isa import weight_bits_for
 
     if request.int8:
         what = "random images" if request.random_calibration else str(request.calib_data)
@@ -383,6 +473,8 @@ def make_precision(src: Any, path: Path, request: BuildRequest, say: BuildListen
                                random_calibration=request.random_calibration, cache_base=cache_base,
                                min_agreement=request.min_agreement,
                                max_fallback_layers=request.max_fallback_layers, progress=say.progress,
+                               weight_bits=weight_bits_for(cpu_target) if cpu_target is not None else 8,
+                               cpu_target=cpu_target, shown_as=shown_as,
                                **({"check_samples": request.check_images} if request.check_images else {}))
     else:
         images = None

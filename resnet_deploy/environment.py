@@ -21,6 +21,7 @@ from typing import Any
 THREAD_ENV_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "ORT_NUM_THREADS")
 # CPU features that decide which precisions run natively (bf16, VNNI int8, AMX).
 CPU_FLAGS_OF_INTEREST = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "avx_vnni", "amx_bf16", "amx_int8")
+# The instruction-set class INT8 results depend on (precision/isa.py): avx2 | vnni | amx | other.
 # Distribution names per library: the same module ships under several names (onnxruntime-gpu, tensorrt-cu13).
 _DISTRIBUTIONS = {
     "torch": ("torch",),
@@ -118,10 +119,20 @@ def cpu_info() -> dict[str, Any]:
         "physical_cores": _physical_cores(),
         "usable_cores": usable,  # the affinity mask: what this process may actually run on
         "flags": [flag for flag in CPU_FLAGS_OF_INTEREST if flag in flags] if flags else None,
+        "isa_class": _isa_class(),
         "governor": _read_text("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor"),
         "memory_gb": _memory_gb(),
         "load_average": load,  # a busy machine explains a noisy result
     }
+
+
+def _isa_class() -> str | None:
+    try:
+        from resnet_deploy.precision.isa import this_cpu
+
+        return this_cpu().cpu_class
+    except Exception:  # best-effort, as every probe here
+        return None
 
 
 def thread_settings() -> dict[str, Any]:

@@ -11,6 +11,14 @@ same distribution. A margin rather than a lower confidence bound because the che
 (128–256 images): a 95 % Wilson lower bound of 98 % needs 256 agreeing images out of 256, which
 would turn every ordinary quantization error into a failure. The margin is printed with the gate.
 
+INT8 judges accuracy, as the field does (MLPerf: 99 % of the FP32 top-1; Intel Neural Compressor: 1 %
+relative loss): the top-1 drop is the gate, and agreement is a floor that only a model computing
+something else falls under. A low-margin model (many near-ties) loses a few points of agreement to
+any quantization and keeps its top-1; a saturating CPU kernel drops agreement to ~90 % (measured on
+an AVX2 CPU with 8-bit weights). A CPU INT8 artifact is also held against the Q/DQ arithmetic of its
+own model (`SATURATION_GAP`): integer kernels that agree with FP32 markedly less often than the
+arithmetic they implement are saturating, whatever the calibration.
+
 When the weights are random (the model card says so) or the check images are random, agreement is
 noise: every check is then informational, it is reported with the reason and never fails a build.
 """
@@ -26,8 +34,11 @@ DEFAULT_GATES: dict[str, tuple[float, float]] = {
     "fp32": (0.1, 99.9),
     "fp16": (0.3, 99.5),
     "bf16": (0.3, 99.5),
-    "int8": (1.0, 98.0),
+    "int8": (1.0, 95.0),
 }
+# INT8 on a CPU: points of top-1 agreement with FP32 by which this machine's integer kernels may trail the Q/DQ
+# arithmetic of the same model (ONNX Runtime with graph optimizations off) before the gap counts as saturation.
+SATURATION_GAP = 0.5
 # Points the build-time agreement check adds to validate's agreement gate (see the module docstring).
 BUILD_MARGIN: dict[str, float] = {"fp32": 0.05, "fp16": 0.2, "bf16": 0.2, "int8": 0.5}
 RANDOM_WEIGHTS_REASON = ("the model card says the weights are random: agreement between two precisions of random "
@@ -81,14 +92,18 @@ def gate_for(precision: str, *, max_top1_drop: float | None = None, min_agreemen
     )
 
 
-def build_gate_for(precision: str, *, min_agreement: float | None = None) -> Gate:
-    """The build-time check: validate's agreement gate plus `BUILD_MARGIN`, or the user's --min-agreement as is."""
-    if min_agreement is not None:
-        return Gate(None, min_agreement, "--min-agreement")
+def build_gate_for(precision: str, *, min_agreement: float | None = None, labelled: bool = False,
+                   max_top1_drop: float | None = None) -> Gate:
+    """The build-time check: validate's agreement gate plus `BUILD_MARGIN` (or the user's --min-agreement as is),
+    and, when the check images have labels (`labelled`), validate's top-1 drop bound (or --max-top1-drop)."""
     validate_gate = gate_for(precision)
+    drop = (validate_gate.max_top1_drop if max_top1_drop is None else max_top1_drop) if labelled else None
+    if min_agreement is not None:
+        return Gate(drop, min_agreement, "--min-agreement")
     margin = BUILD_MARGIN.get(precision, BUILD_MARGIN["fp32"])
-    return Gate(None, min(100.0, validate_gate.min_agreement + margin),
-                f"validate's {precision} gate {validate_gate.min_agreement:g} % + {margin:g} point build margin")
+    return Gate(drop, min(100.0, validate_gate.min_agreement + margin),
+                f"validate's {precision} gate "
+                f"{validate_gate.min_agreement:g} % + {margin:g} point build margin")
 
 
 def render_gate(gate: Gate) -> str:

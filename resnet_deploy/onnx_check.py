@@ -29,6 +29,10 @@ def session(path: str | Path, *, level: str = "all", providers: list[str] | None
     if optimized_path is not None:
         options.optimized_model_filepath = str(optimized_path)
     options.graph_optimization_level = {
+        # "disable": the graph exactly as written. For a Q/DQ model that is the quantization arithmetic itself
+        # (QuantizeLinear/DequantizeLinear and float operators), the same on every CPU: the reference against
+        # which this machine's integer kernels (the other levels) are judged.
+        "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
         "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
         "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
         "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
@@ -39,6 +43,12 @@ def session(path: str | Path, *, level: str = "all", providers: list[str] | None
     except Exception as exc:  # ORT raises its own exception types
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise UsageError(f"{shown_as or path}: ONNX Runtime cannot load this model ({first})") from None
+
+
+def arithmetic_session(path: str | Path) -> Any:
+    """A Q/DQ model exactly as written (graph optimizations off): the quantization arithmetic, the same on every
+    CPU, rather than this machine's integer kernels (which the other levels fuse the Q/DQ pairs into)."""
+    return session(path, level="disable")
 
 
 def input_spec(sess: Any) -> tuple[str, int | None]:

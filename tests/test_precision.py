@@ -182,7 +182,7 @@ def test_calibration_cache_reused_then_rebuilt_when_model_or_images_change(digit
     cache = tmp_path / "model.int8.onnx.calib-minmax.json"
 
     def build() -> tuple[str, str]:
-        result = quantize_int8(source, output, calib_data=calib, samples=64, method="minmax")
+        result = quantize_int8(source, output, calib_data=calib, samples=64, method="minmax", min_agreement=50.0)
         assert result.calibration.samples == 40 and result.check_data == "calibration images"
         return result.calibration.scores["minmax"]["cache"]["status"], result.sha256
 
@@ -320,10 +320,18 @@ def test_build_reports_through_the_listener_and_writes_one_manifest(digits, tmp_
     assert report.precision_onnx is None and report.precision_result.agreement >= 95
     assert [row[0] for row in report.artifact.summary] == ["artifact check"]
     assert [row[0] for row in report.summary()] == ["target", "source", "precision", "vs FP32", "gate", "calibration",
-                                                     "artifact check", "artifact", "manifest"]
+                                                     "CPU", "artifact check", "kernels vs Q/DQ", "artifact gate",
+                                                     "load check", "artifact", "manifest"]
     artifact = Artifact(report.output)
     manifest = artifact.manifest
     assert manifest is not None and manifest.backend == "onnxruntime"
+    # The artifact was judged on this CPU on the held-out images the precision step used, and says which CPU.
+    from resnet_deploy.precision.isa import this_cpu, weight_bits_for
+
+    assert manifest.isa["class"] == this_cpu().cpu_class
+    assert manifest.isa["weight_bits"] == weight_bits_for(this_cpu().cpu_class)
+    assert manifest.artifact_check["images"] == report.precision_result.check_images
+    assert manifest.artifact_check["here"]["passed"] and manifest.self_check["inputs"]["count"] == 8
     assert manifest.schema_version == MANIFEST_SCHEMA_VERSION and manifest.precision == artifact.precision == "int8"
     assert manifest.precision_check["agreement"] == report.precision_result.agreement
     assert artifact.card.arch == "resnet20"

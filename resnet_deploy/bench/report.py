@@ -160,7 +160,8 @@ def environment_lines(env: dict[str, Any]) -> list[str]:
     lines = [f"- Date: {env.get('date', '?')}",
              f"- CPU: {cpu.get('model', '?')}, {cpu.get('usable_cores', '?')} usable of "
              f"{cpu.get('logical_cores', '?')} logical cores"
-             + (f", features {', '.join(cpu['flags'])}" if cpu.get("flags") else "")]
+             + (f", features {', '.join(cpu['flags'])}" if cpu.get("flags") else "")
+             + (f", INT8 class {cpu['isa_class']}" if cpu.get("isa_class") else "")]
     gpu = env.get("gpu")
     if gpu:
         clocks = f", SM clock {gpu['clocks_sm']}/{gpu['clocks_max_sm']} MHz" if gpu.get("clocks_sm") else ""

@@ -39,6 +39,63 @@ INT8_EXTRA_OPTIONS: dict[str, Any] = {
 
 
 @dataclass
+class Judged:
+    """A model's logits on check images against FP32's: agreement (with its 95 % interval), and top-1 of both
+    against the labels when the images have them. What every build-time gate judges."""
+
+    comparison: LogitComparison
+    reference_top1: float | None = None  # FP32's top-1 on the labelled check images, percent
+    top1: float | None = None
+
+    @property
+    def top1_delta(self) -> float | None:
+        return None if self.top1 is None or self.reference_top1 is None else self.top1 - self.reference_top1
+
+    @property
+    def agreement_ci(self) -> tuple[float, float]:
+        from resnet_deploy.validate.confidence import wilson_percent
+
+        n = self.comparison.images
+        return wilson_percent(round(self.comparison.agreement * n / 100), n)
+
+    def describe(self) -> str:
+        low, high = self.agreement_ci
+        text = (f"top-1 agreement {self.comparison.agreement:.2f}% [95% CI {low:.2f}, {high:.2f}], max |Δ logit| "
+                f"{self.comparison.max_abs_logit_diff:.3g}")
+        if self.top1_delta is not None:
+            text += f"; top-1 {self.top1:.2f}% vs FP32 {self.reference_top1:.2f}% (Δ {self.top1_delta:+.2f})"
+        return text
+
+    def to_dict(self) -> dict[str, Any]:
+        low, high = self.agreement_ci
+        return {**self.comparison.to_dict(), "agreement_ci": [low, high], "reference_top1": self.reference_top1,
+                "top1": self.top1, "top1_delta": self.top1_delta}
+
+
+def judged(reference: np.ndarray, candidate: np.ndarray, labels: np.ndarray | None) -> Judged:
+    """`candidate` logits against FP32's `reference` on the same images (`labels`: their classes, or None)."""
+    from resnet_deploy.compare import compare_logits
+
+    comparison = compare_logits(reference, candidate)
+    if labels is None or len(labels) != len(reference):
+        return Judged(comparison)
+    return Judged(comparison, float((reference.argmax(1) == labels).mean() * 100),
+                  float((candidate.argmax(1) == labels).mean() * 100))
+
+
+@dataclass
+class CheckSet:
+    """The held-out images a precision model was judged on, kept for the target's check of its own artifact
+    (the same images, the same FP32 logits, one gate). Not serialized."""
+
+    images: np.ndarray
+    labels: np.ndarray | None
+    reference: np.ndarray  # FP32 logits
+    arithmetic: np.ndarray | None  # INT8: logits of the Q/DQ arithmetic of the model written (optimizations off)
+    data: str  # "held-out images", "calibration images" or "random"
+
+
+@dataclass
 class CalibrationReport:
     requested: str  # entropy | minmax | percentile | auto
     method: str  # the method whose model was kept
@@ -75,6 +132,10 @@ class PrecisionResult:
     gate_override: float | None = None  # --min-agreement, when given
     mixed: Any = None  # INT8: the mixed-precision search (int8.MixedPrecision) when full INT8 missed its gate
     float_by_rule: list[Any] = field(default_factory=list)  # INT8: nodes never quantized (float_by_rule.FloatNode)
+    judged: Judged | None = None  # the check in full: agreement interval, top-1 against labels
+    weight_bits: int | None = None  # INT8: 8, or 7 for CPUs whose integer kernels saturate (precision/isa.py)
+    cpu_target: str | None = None  # INT8: the CPU class the weights were chosen for
+    check_set: CheckSet | None = field(default=None, repr=False)  # for the target's check; not serialized
 
     @property
     def informational(self) -> str | None:
@@ -87,10 +148,17 @@ class PrecisionResult:
         """The build gate in the words validate uses for its own (`gates.render_gate`)."""
         if self.gate is None:
             return f"informational: {self.informational or 'not gated'}"
-        return render_gate(build_gate_for(self.precision, min_agreement=self.gate_override))
+        labelled = self.judged is not None and self.judged.top1_delta is not None
+        return render_gate(build_gate_for(self.precision, min_agreement=self.gate_override, labelled=labelled))
 
     def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
+        check_set, self.check_set = self.check_set, None  # arrays stay out of the JSON
+        try:
+            data = asdict(self)
+        finally:
+            self.check_set = check_set
+        data.pop("check_set", None)
+        data["judged"] = self.judged.to_dict() if self.judged is not None else None
         data["path"], data["source"] = str(self.path), str(self.source)
         data["calibration"] = self.calibration.to_dict() if self.calibration else None
         data["mixed"] = self.mixed.to_dict() if self.mixed is not None else None
@@ -180,19 +248,21 @@ def _gate(min_agreement: float | None, default: float, src: _Source, data: str) 
     return default if min_agreement is None else min_agreement
 
 
-def _enforce(comparison: LogitComparison, gate: float | None, what: str, output: Path, hint: str, *,
+def _enforce(comparison: LogitComparison | Judged, gate: float | None, what: str, output: Path, hint: str, *,
              precision: str = "int8", override: float | None = None) -> None:
     if gate is None:
         return
+    check = comparison if isinstance(comparison, Judged) else Judged(comparison)
+    comparison = check.comparison
     if not comparison.finite:
         raise CheckFailed(f"{output}: the {what} model produces inf/NaN logits on the check images; nothing was "
                           "written")
-    policy = build_gate_for(precision, min_agreement=override)
-    if not judge(policy, agreement=comparison.agreement).passed:
+    policy = build_gate_for(precision, min_agreement=override, labelled=check.top1_delta is not None)
+    verdict = judge(policy, agreement=comparison.agreement, top1_delta=check.top1_delta)
+    if not verdict.passed:
         raise CheckFailed(
-            f"{output}: the {what} model agrees with FP32 on {comparison.agreement:.2f}% of top-1 predictions "
-            f"(max |Δ logit| {comparison.max_abs_logit_diff:.3g}) on {comparison.images} held-out images, below "
-            f"the build gate: {render_gate(policy)}; nothing was written. {hint}")
+            f"{output}: the {what} model on {comparison.images} held-out images: {check.describe()}; below the "
+            f"build gate: {render_gate(policy)}; nothing was written. {hint}")
 
 
 # --- FP16 -----------------------------------------------------------------------------------------------

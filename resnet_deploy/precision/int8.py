@@ -17,10 +17,9 @@ from resnet_deploy.artifacts import (
     VERIFICATION_KEY,
 )
 from resnet_deploy.atomic import atomic_path, sha256_file
-from resnet_deploy.compare import LogitComparison, compare_logits
 from resnet_deploy.errors import CheckFailed, UsageError
 from resnet_deploy.gates import build_gate_for, judge
-from resnet_deploy.onnx_check import run_logits
+from resnet_deploy.onnx_check import arithmetic_session, run_logits
 from resnet_deploy.precision.calibration import (
     DEFAULT_CHECK_SAMPLES,
     DEFAULT_METHOD,
@@ -45,6 +44,8 @@ from resnet_deploy.precision.common import (
     MIN_FP16_QDQ_OPSET,
     PRECISION_KEY,
     CalibrationReport,
+    CheckSet,
+    Judged,
     PrecisionResult,
     _enforce,
     _gate,
@@ -54,6 +55,7 @@ from resnet_deploy.precision.common import (
     _verification,
     _version,
     drop_unused_opsets,
+    judged,
     read_source,
     set_metadata,
 )
@@ -75,19 +77,28 @@ def quantize_int8(
     min_agreement: float | None = None,
     max_fallback_layers: int = DEFAULT_MAX_FALLBACK_LAYERS,
     progress: ProgressFn | None = None,
+    weight_bits: int | None = None,
+    cpu_target: str | None = None,
+    shown_as: str | Path | None = None,
 ) -> PrecisionResult:
     """A Q/DQ INT8 model of the FP32 `source_onnx`, calibrated on `calib_data` and checked against it.
 
     `method` is percentile (the default), entropy, minmax or auto (each method, scored on held-out
     images by top-1 agreement with FP32; the best is kept). Calibration caches live beside `cache_base` (default
     `output`) as `<name>.calib-<method>.json`. Raises UsageError for bad input, CheckFailed (writing
-    nothing) when the model misses the agreement gate.
+    nothing) when the model misses the gate.
+
+    `weight_bits` None: what `cpu_target` needs (None: this machine's class). 7 quantizes weights to [-64, 64] (ONNX Runtime's reduce_range), for CPUs whose u8×s8 integer
+    kernels saturate (`isa.py`; `cpu_target` names the class, recorded in the metadata). Every check here judges
+    the Q/DQ arithmetic (ONNX Runtime with graph optimizations off), which is what a correct kernel computes on
+    any machine; the target then judges its own artifact on this CPU against the same images (`check_set`).
+    With labelled check images (class subfolders named as the card's classes) the gate judges top-1 too.
 
     Mixed precision to a budget: when full INT8 misses the gate on the held-out images, the nodes are
-    ranked by sensitivity (`sensitivity.py`) on one half of those images and the most sensitive are kept
-    out of INT8 one at a time (FP32, or FP16 with `fp16_remainder`), re-checking after each, until the
-    gate is met there or `max_fallback_layers` are out (0: strict full INT8, failing as before); the
-    result is then confirmed on the other half, which the search never saw.
+    ranked by sensitivity (`sensitivity.py`, a continuous logit error) on one half of those images and the
+    most sensitive are kept out of INT8 one at a time (FP32, or FP16 with `fp16_remainder`), re-checking after
+    each, until the gate is met there or `max_fallback_layers` are out (0: strict full INT8, failing as
+    before); the result is then confirmed on the other half, which the search never saw.
     """
     import onnx
 
@@ -98,8 +109,16 @@ def quantize_int8(
         raise UsageError("INT8 needs calibration images: pass --calib-data DIR (any folder of images)")
     if max_fallback_layers < 0:
         raise UsageError(f"--max-fallback-layers must be 0 (strict full INT8) or more, got {max_fallback_layers}")
+    if weight_bits is None:
+        from resnet_deploy.precision.isa import this_cpu, weight_bits_for
+
+        cpu_target = cpu_target or this_cpu().cpu_class
+        weight_bits = weight_bits_for(cpu_target)
+    if weight_bits not in (7, 8):
+        raise UsageError(f"INT8 weights are 8 or 7 bits, got {weight_bits}")
     src = read_source(source_onnx)
     output = Path(output)
+    named = Path(shown_as) if shown_as is not None else output  # what errors call the output: the user's path
     if fp16_remainder and src.opset < MIN_FP16_QDQ_OPSET:
         raise UsageError(f"{src.path}: opset {src.opset}; INT8 with an FP16 remainder needs FP16 Q/DQ scales, "
                          f"which need opset {MIN_FP16_QDQ_OPSET} or newer: re-export with --opset 20")
@@ -109,11 +128,12 @@ def quantize_int8(
     else:
         assert calib_data is not None
         calib = load_calibration_images(calib_data, pre, samples=samples, check_samples=check_samples, seed=seed,
-                                        progress=progress)
+                                        progress=progress, class_names=src.card.class_names)
     batch, static = calibration_batch(src.input_shape, pre.input_size)
     methods = list(METHODS) if method == "auto" else [method]
     base = Path(cache_base) if cache_base is not None else output
     warnings: list[str] = []
+    labels = calib.check_labels
 
     with tempfile.TemporaryDirectory(prefix="resnet-deploy-int8-") as tmp_name:
         tmp = Path(tmp_name)
@@ -122,34 +142,42 @@ def quantize_int8(
         reference = run_logits(_session(src.path), calib.check_images, batch=batch)
         if progress is not None:
             progress("check fp32", len(calib.check_images), len(calib.check_images))
-        candidates: dict[str, tuple[Quantizer, Path, LogitComparison, CacheStatus]] = {}
+        candidates: dict[str, tuple[Quantizer, Path, Judged, CacheStatus]] = {}
         for name in methods:
             ranges, status = _ranges(src, calib, name, prepared, base, batch, static, samples, progress)
-            quantizer = Quantizer(prepared, ranges, name, tmp, fp16_remainder)
+            quantizer = Quantizer(prepared, ranges, name, tmp, fp16_remainder, weight_bits=weight_bits)
             quantized = quantizer.build([])
-            comparison = compare_logits(reference, run_logits(_session(quantized), calib.check_images, batch=batch))
+            arithmetic = run_logits(arithmetic_session(quantized), calib.check_images, batch=batch)
+            check = judged(reference, arithmetic, labels)
             if progress is not None:
                 progress(f"check {name}", len(calib.check_images), len(calib.check_images))
-            candidates[name] = (quantizer, quantized, comparison, status)
-        best = max(methods, key=lambda m: (candidates[m][2].finite, candidates[m][2].agreement,
-                                           -candidates[m][2].max_abs_logit_diff))
-        best_quantizer, best_path, comparison, _ = candidates[best]
+            candidates[name] = (quantizer, quantized, check, status)
+        # The best method: finite first, then the smallest top-1 drop where labels tell it, then agreement.
+        best = max(methods, key=lambda m: (candidates[m][2].comparison.finite,
+                                           -(max(0.0, -(candidates[m][2].top1_delta or 0.0))),
+                                           candidates[m][2].comparison.agreement,
+                                           -candidates[m][2].comparison.max_abs_logit_diff))
+        best_quantizer, best_path, check, _ = candidates[best]
+        comparison = check.comparison
         data = "random" if calib.random else ("held-out images" if calib.check_held_out else "calibration images")
         gate = _gate(min_agreement, INT8_MIN_AGREEMENT, src, data)
-        policy = build_gate_for("int8", min_agreement=min_agreement)
+        policy = build_gate_for("int8", min_agreement=min_agreement, labelled=check.top1_delta is not None)
         mixed = None
         if gate is not None and comparison.finite and max_fallback_layers > 0 \
-                and not judge(policy, agreement=comparison.agreement).passed:
+                and not judge(policy, agreement=comparison.agreement, top1_delta=check.top1_delta).passed:
             mixed = search_mixed(best_quantizer, src, reference, calib.check_images, comparison, policy,
-                                 max_fallback_layers=max_fallback_layers, batch=batch, progress=progress)
+                                 max_fallback_layers=max_fallback_layers, batch=batch, progress=progress,
+                                 labels=labels)
             if not mixed.passed:
-                raise CheckFailed(f"{output}: {mixed.failure}; nothing was written. Try --calib-method auto, "
-                                  "a larger --max-fallback-layers, or lower --min-agreement if this difference is "
-                                  "acceptable.")
-            best_path, comparison = mixed.path, mixed.confirmation
-        _enforce(comparison, gate, f"INT8 ({best})", output, "Try --calib-method auto (or another method), "
-                 "more --calib-samples, --max-fallback-layers N (mixed precision), or lower --min-agreement if this "
-                 "difference is acceptable.", override=min_agreement)
+                raise CheckFailed(f"{named}: {mixed.failure}; nothing was written. {_remedies(method, src.path)}")
+            best_path = mixed.path
+            arithmetic = run_logits(arithmetic_session(best_path), calib.check_images, batch=batch)
+            check, comparison = judged(reference, arithmetic, labels), mixed.confirmation
+        else:
+            arithmetic = run_logits(arithmetic_session(best_path), calib.check_images, batch=batch)
+        _enforce(check if mixed is None else Judged(comparison), gate, f"INT8 ({best})", named,
+                 _remedies(method, src.path, candidates={m: c[2] for m, c in candidates.items()}),
+                 override=min_agreement)
         report = CalibrationReport(
             requested=method, method=best, samples=len(calib.images), seed=seed, data=calib.source,
             set_sha256=calib.sha256, random=calib.random,
@@ -157,18 +185,23 @@ def quantize_int8(
         )
         model = onnx.load(str(best_path))
         props = dict(src.props)
+        weights = ("int8 in 7 bits ([-64, 64]: u8×s8 kernels without VNNI cannot saturate)" if weight_bits == 7
+                   else "int8")
         props.update({
             PRECISION_KEY: "int8",
             FP16_REMAINDER_KEY: "true" if fp16_remainder else "false",
             SOURCE_ONNX_SHA256_KEY: src.sha256,
             QUANTIZATION_KEY: json.dumps({
-                "format": "QDQ", "weights": "int8, per-channel (output channel), symmetric",
+                "format": "QDQ", "weights": f"{weights}, per-channel (output channel), symmetric",
+                "weight_bits": weight_bits, "cpu_target": cpu_target,
                 "activations": "int8, per-tensor, symmetric (zero point 0)", "bias": "float",
                 "remainder": "fp16" if fp16_remainder else "fp32", "tool": f"onnxruntime {_version('onnxruntime')}",
                 "float_by_rule": [node.to_dict() for node in best_quantizer.float_nodes],
             }),
             CALIBRATION_KEY: json.dumps(_calibration_prop(report)),
-            VERIFICATION_KEY: json.dumps(_verification(comparison, data)),
+            VERIFICATION_KEY: json.dumps({**_verification(comparison, data), **(
+                {k: v for k, v in check.to_dict().items() if k in ("agreement_ci", "reference_top1", "top1",
+                                                                      "top1_delta")})}),
         })
         if mixed is not None:
             props[MIXED_PRECISION_KEY] = json.dumps(mixed.to_dict())
@@ -184,7 +217,24 @@ def quantize_int8(
         mean_abs_logit_diff=comparison.mean_abs_logit_diff, check_images=comparison.images, check_data=data,
         gate=gate, random_weights=src.random_weights, calibration=report, seconds=time.perf_counter() - started,
         warnings=warnings, gate_override=min_agreement, mixed=mixed, float_by_rule=best_quantizer.float_nodes,
+        judged=check, weight_bits=weight_bits, cpu_target=cpu_target,
+        check_set=CheckSet(calib.check_images, labels, reference, arithmetic, data),
     )
+
+
+def _remedies(method: str, source: Path, candidates: dict[str, Judged] | None = None) -> str:
+    """What to try next, without suggesting what was just done; fine-tuning is the way past calibration's ceiling."""
+    tips = []
+    if candidates is not None and len(candidates) > 1:
+        scores = ", ".join(f"{m} {c.comparison.agreement:.2f}%" for m, c in candidates.items())
+        tips.append(f"--calib-method auto compared the methods ({scores})")
+    elif method != "auto":
+        tips.append("try --calib-method auto (all methods, the best kept)")
+    tips.append("--max-fallback-layers N keeps the most sensitive layers in float")
+    tips.append(f"quantization-aware fine-tuning goes past what calibration reaches: resnet-deploy finetune-int8 "
+                f"CARD --data DIR (the model card {source.name} was exported from)")
+    tips.append("or lower --min-agreement if this difference is acceptable")
+    return "; ".join(tips) + "."
 
 
 def _calibration_prop(report: CalibrationReport) -> dict[str, Any]:
@@ -222,8 +272,9 @@ def _pre_process(source: Path, prepared: Path) -> None:
 
 
 def _quantize(prepared: Path, output: Path, ranges: dict[str, Any], method: str, tmp: Path,
-              exclude: list[str] | None = None, op_types: list[str] | None = None) -> None:
-    """`op_types` None: every op ONNX Runtime can quantize (its default)."""
+              exclude: list[str] | None = None, op_types: list[str] | None = None, weight_bits: int = 8) -> None:
+    """`op_types` None: every op ONNX Runtime can quantize (its default). `weight_bits` 7: ORT's reduce_range,
+    which for symmetric int8 weights gives [-64, 64] (activations keep their 8 bits)."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     cache = tmp / f"ranges-{method}.json"
@@ -232,7 +283,8 @@ def _quantize(prepared: Path, output: Path, ranges: dict[str, Any], method: str,
                   "percentile": CalibrationMethod.Percentile}[method]
     with _quiet():
         quantize_static(
-            str(prepared), str(output), None, quant_format=QuantFormat.QDQ, per_channel=True, reduce_range=False,
+            str(prepared), str(output), None, quant_format=QuantFormat.QDQ, per_channel=True,
+            reduce_range=weight_bits == 7,
             activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, calibrate_method=ort_method,
             extra_options=dict(INT8_EXTRA_OPTIONS), calibration_cache_path=str(cache),
             nodes_to_exclude=list(exclude or []), op_types_to_quantize=op_types,

@@ -15,11 +15,13 @@ from typing import Any
 
 import numpy as np
 
-from resnet_deploy.compare import LogitComparison, compare_logits
+from resnet_deploy.compare import LogitComparison
 from resnet_deploy.gates import Gate, judge, render_gate
+from resnet_deploy.onnx_check import arithmetic_session as session
 from resnet_deploy.onnx_check import run_logits
 
 DEFAULT_MAX_FALLBACK_LAYERS = 8
+RANK_IMAGES = 256  # images the sensitivity ranking runs on: its mean |Δ logit| is steady long before a flip count
 
 
 @dataclass
@@ -31,6 +33,7 @@ class Quantizer:
     method: str
     tmp: Path
     fp16_remainder: bool = False
+    weight_bits: int = 8  # 7 for CPUs whose u8×s8 kernels saturate (precision/isa.py)
     _built: dict[tuple[str, ...], Path] = field(default_factory=dict)
     float_nodes: list[Any] = field(default_factory=list, init=False)  # kept out by rule (`float_by_rule`), always
 
@@ -43,14 +46,14 @@ class Quantizer:
 
     @classmethod
     def prepare(cls, src: Any, calib: Any, method: str, tmp: Path, base: Path, batch: int, static: bool,
-                samples: int, progress: Any = None, fp16_remainder: bool = False) -> Quantizer:
+                samples: int, progress: Any = None, fp16_remainder: bool = False, weight_bits: int = 8) -> Quantizer:
         """Pre-process the source and take the method's ranges from the cache beside `base` (or compute them)."""
         from resnet_deploy.precision.int8 import _pre_process, _ranges
 
         prepared = tmp / "prepared.onnx"
         _pre_process(src.path, prepared)
         ranges, _ = _ranges(src, calib, method, prepared, base, batch, static, samples, progress)
-        return cls(prepared, ranges, method, tmp, fp16_remainder)
+        return cls(prepared, ranges, method, tmp, fp16_remainder, weight_bits=weight_bits)
 
     def build(self, exclude: list[str]) -> Path:
         """The Q/DQ model with the `exclude`d nodes left in higher precision (built once per set)."""
@@ -62,7 +65,7 @@ class Quantizer:
             output = self.tmp / f"{self.method}-{len(self._built)}.onnx"
             by_rule = [n.node for n in self.float_nodes if n.node not in key]
             _quantize(self.prepared, output, self.ranges, self.method, self.tmp, exclude=[*key, *by_rule],
-                      op_types=list(WEIGHT_OPS) if self.float_nodes else None)
+                      op_types=list(WEIGHT_OPS) if self.float_nodes else None, weight_bits=self.weight_bits)
             if self.fp16_remainder:
                 _fp16_remainder(output)
             self._built[key] = output
@@ -92,21 +95,26 @@ class MixedPrecision:
 
 def search_mixed(quantizer: Quantizer, src: Any, reference: np.ndarray, images: np.ndarray,
                  full: LogitComparison, gate: Gate, *, max_fallback_layers: int, batch: int,
-                 progress: Any = None) -> MixedPrecision:
-    """Greedy search for the fewest nodes out of INT8 that meet `gate` (see the module docstring)."""
+                 progress: Any = None, labels: np.ndarray | None = None) -> MixedPrecision:
+    """Greedy search for the fewest nodes out of INT8 that meet `gate` (see the module docstring). Every model is
+    run as its Q/DQ arithmetic (optimizations off); the ranking uses a continuous measure (mean |Δ logit|) on at
+    most `RANK_IMAGES` of the selection half, the steps and the confirmation judge the whole halves."""
     import onnx
 
-    from resnet_deploy.onnx_check import session
+    from resnet_deploy.precision.common import judged
     from resnet_deploy.precision.sensitivity import block_name, candidate_nodes, rank, score_layers
 
     selection, confirmation = images[0::2], images[1::2]
     ref_selection, ref_confirmation = reference[0::2], reference[1::2]
+    lab_selection = labels[0::2] if labels is not None else None
+    lab_confirmation = labels[1::2] if labels is not None else None
     full_path = quantizer.build([])
-    full_selection = run_logits(session(full_path), selection, batch=batch)
+    ranking_images = selection[:RANK_IMAGES]
+    full_selection = run_logits(session(full_path), ranking_images, batch=batch)
     source_nodes = {n.name: n for n in src.model.graph.node}
     nodes = [(n.name, n.op_type, block_name(n, source_nodes)) for n in candidate_nodes(onnx.load(str(full_path)))]
-    ranked = rank(score_layers(quantizer.build, nodes, ref_selection, full_selection, selection, batch=batch,
-                               progress=progress))
+    ranked = rank(score_layers(quantizer.build, nodes, ref_selection[:RANK_IMAGES], full_selection, ranking_images,
+                               batch=batch, progress=progress, session=session))
     excluded: list[str] = []
     steps: list[dict[str, Any]] = []
     met = False
@@ -114,15 +122,18 @@ def search_mixed(quantizer: Quantizer, src: Any, reference: np.ndarray, images: 
     for layer in ranked[:max_fallback_layers]:
         excluded.append(layer.node)
         path = quantizer.build(excluded)
-        step = compare_logits(ref_selection, run_logits(session(path), selection, batch=batch))
+        judged_step = judged(ref_selection, run_logits(session(path), selection, batch=batch), lab_selection)
+        step = judged_step.comparison
         steps.append({"node": layer.node, "block": layer.block, "op_type": layer.op_type,
-                      "agreement": step.agreement, "mean_abs_logit_diff": step.mean_abs_logit_diff})
+                      "agreement": step.agreement, "mean_abs_logit_diff": step.mean_abs_logit_diff,
+                      "top1_delta": judged_step.top1_delta})
         if progress is not None:
             progress("mixed precision", len(excluded), min(max_fallback_layers, len(ranked)))
-        if step.finite and judge(gate, agreement=step.agreement).passed:
+        if step.finite and judge(gate, agreement=step.agreement, top1_delta=judged_step.top1_delta).passed:
             met = True
             break
-    checked = compare_logits(ref_confirmation, run_logits(session(path), confirmation, batch=batch))
+    judged_check = judged(ref_confirmation, run_logits(session(path), confirmation, batch=batch), lab_confirmation)
+    checked = judged_check.comparison
     failure = None
     if not met:
         reached = steps[-1]["agreement"] if steps else full.agreement
@@ -130,10 +141,10 @@ def search_mixed(quantizer: Quantizer, src: Any, reference: np.ndarray, images: 
                    f"{len(steps)} most sensitive layer(s) out of INT8 ({', '.join(s['block'] for s in steps)}) "
                    f"it reached {reached:.2f}% on the {len(selection)} selection images, still below the build "
                    f"gate: {render_gate(gate)} (--max-fallback-layers {max_fallback_layers})")
-    elif not (checked.finite and judge(gate, agreement=checked.agreement).passed):
+    elif not (checked.finite and judge(gate, agreement=checked.agreement, top1_delta=judged_check.top1_delta).passed):
         failure = (f"with {len(steps)} layer(s) out of INT8 the model met the build gate on the {len(selection)} "
-                   f"selection images but agrees on {checked.agreement:.2f}% of the {len(confirmation)} "
-                   f"confirmation images, below the build gate: {render_gate(gate)}")
+                   f"selection images but not on the {len(confirmation)} confirmation images "
+                   f"({judged_check.describe()}): {render_gate(gate)}")
     by_node = {layer.node: layer for layer in ranked}
     return MixedPrecision(
         path=path, passed=failure is None, failure=failure, full_int8_agreement=full.agreement,

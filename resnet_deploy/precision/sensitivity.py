@@ -120,9 +120,12 @@ def score_layers(
     *,
     batch: int,
     progress: Callable[[str, int, int], None] | None = None,
+    session: Callable[[Path], Any] | None = None,
 ) -> list[LayerScore]:
-    """Score each (node, op_type, block): `build(exclude)` makes the Q/DQ model without those nodes."""
-    from resnet_deploy.onnx_check import session
+    """Score each (node, op_type, block): `build(exclude)` makes the Q/DQ model without those nodes; `session`
+    opens a model (default: ONNX Runtime with all optimizations, this machine's kernels)."""
+    if session is None:
+        from resnet_deploy.onnx_check import session
 
     full_agreement = compare_logits(reference, full).agreement
     scores = []
@@ -150,18 +153,23 @@ def analyse(
     seed: int = 0,
     cache_base: str | Path | None = None,
     progress: Callable[[str, int, int], None] | None = None,
+    weight_bits: int | None = None,
 ) -> SensitivityResult:
     """Rank the quantized nodes of `source_onnx` by how much keeping each alone out of INT8 helps.
 
     Held-out images: `images` from `data` when given, else the calibration folder's held-out slice.
-    The ranges are cached beside `cache_base` (default `<name>.int8.onnx`, where build-engine keeps them)."""
+    The ranges are cached beside `cache_base` (default `<name>.int8.onnx`, where build-engine keeps them).
+    `weight_bits` None: what `build-engine --int8` takes for this CPU (7 where its integer kernels saturate).
+    Every model runs as its Q/DQ arithmetic (optimizations off), as the build's own checks do."""
     import time
 
     import onnx
 
     from resnet_deploy.errors import UsageError
+    from resnet_deploy.onnx_check import arithmetic_session
     from resnet_deploy.precision.calibration import calibration_batch, load_calibration_images
     from resnet_deploy.precision.common import _session, read_source
+    from resnet_deploy.precision.isa import this_cpu, weight_bits_for
     from resnet_deploy.precision.mixed import Quantizer
 
     started = time.perf_counter()
@@ -178,14 +186,17 @@ def analyse(
     batch, static = calibration_batch(src.input_shape, pre.input_size)
     base = Path(cache_base) if cache_base is not None else src.path.with_name(f"{src.path.stem}.int8.onnx")
     with tempfile.TemporaryDirectory(prefix="resnet-deploy-sensitivity-") as tmp:
-        quantizer = Quantizer.prepare(src, calib, method, Path(tmp), base, batch, static, samples, progress)
+        bits = weight_bits if weight_bits is not None else weight_bits_for(this_cpu().cpu_class)
+        quantizer = Quantizer.prepare(src, calib, method, Path(tmp), base, batch, static, samples, progress,
+                                      weight_bits=bits)
         full_path = quantizer.build([])
         reference = run_logits(_session(src.path), held, batch=batch)
-        full = run_logits(_session(full_path), held, batch=batch)
+        full = run_logits(arithmetic_session(full_path), held, batch=batch)
         source_nodes = {n.name: n for n in src.model.graph.node}
         nodes = [(n.name, n.op_type, block_name(n, source_nodes))
                  for n in candidate_nodes(onnx.load(str(full_path)))]
-        layers = score_layers(quantizer.build, nodes, reference, full, held, batch=batch, progress=progress)
+        layers = score_layers(quantizer.build, nodes, reference, full, held, batch=batch, progress=progress,
+                              session=arithmetic_session)
     comparison = compare_logits(reference, full)
     notes = ["the model card says the weights are random: the ranking is noise"] if src.random_weights else []
     return SensitivityResult(

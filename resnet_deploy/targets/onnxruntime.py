@@ -15,8 +15,10 @@ activation Q/DQ pair is rewritten from int8 with zero point 0 to uint8 with zero
 same scale): quantize gives round(x/s) + 128 clamped to [0, 255] instead of round(x/s) clamped to
 [-128, 127], and dequantize subtracts the 128 again, so every value is exactly what it was. That
 holds for the Q/DQ arithmetic; the fused integer kernels ORT then picks requantize differently from
-the Q/DQ reference, so the artifact's logits differ slightly from the precision model's (max |Δlogit|
-0.30 with 100 % agreement on a CIFAR ResNet-20): the check below measures it.
+the Q/DQ reference, so the artifact's logits differ slightly from the precision model's; on a CPU without
+VNNI the u8×s8 kernels also saturate unless the weights are 7-bit (`precision/isa.py`). The build judges
+the artifact on this CPU against FP32 on held-out images (`resnet_deploy/verify.py`); the load check
+here only proves it loads, keeps its card and computes finite logits.
 
 Metadata (model card, precision, calibration) is copied from the precision model and an artifact
 marker added, so the artifact is never mistaken for a portable source of other targets. The saved
@@ -58,7 +60,6 @@ from resnet_deploy.precision import set_metadata
 from resnet_deploy.targets.base import BuildResult, Target, TargetRequest
 
 OPTIMIZATION_LEVEL = "basic"
-MIN_AGREEMENT = 99.0  # artifact vs precision model on real images: the same graph, only kernels differ
 DEVICES = {"cpu": ["CPUExecutionProvider"], "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"]}
 
 
@@ -145,10 +146,9 @@ def build_onnxruntime_artifact(
             set_metadata(optimized, props)  # ORT keeps metadata_props today; set them anyway, in our order
             onnx.save(optimized, str(tmp))
             check = _check(tmp, source, check_images, card, providers, session, compare_models)
-            if not check["passed"]:
-                raise CheckFailed(f"{output}: the optimized model disagrees with {source.name} "
-                                  f"({check['agreement']:.2f}% top-1 agreement, max |Δ logit| "
-                                  f"{check['max_abs_logit_diff']:.3g}); nothing was written")
+            if not check["passed"]:  # agreement is judged by the build's gate on this CPU (verify.py), not here
+                raise CheckFailed(f"{output}: the optimized model does not load as {source.name} did (inf/NaN "
+                                  f"logits or no model card: {check}); nothing was written")
 
     seconds = time.perf_counter() - started
     manifest = Manifest(
@@ -217,10 +217,10 @@ def _check(artifact: Path, source: Path, images: np.ndarray | None, card: ModelC
     fresh = session(artifact, level="all", providers=providers)
     props = fresh.get_modelmeta().custom_metadata_map
     comparison = compare_models(session(source, providers=providers), fresh, images)
+    # Whether it loads and computes finite logits with its card; how well it agrees with FP32 is the build's gate
+    # on held-out images (resnet_deploy/verify.py), with the threshold the user sees and sets.
     passed = comparison.finite and CARD_KEY in props
     informational = RANDOM_WEIGHTS_REASON if card.lineage.get("random_weights") else None
-    if data == "images" and informational is None:
-        passed = passed and comparison.agreement >= MIN_AGREEMENT
     return {"reference": source.name, "data": data, "loads": True, "card_in_metadata": CARD_KEY in props,
             "passed": bool(passed), "informational": informational, **comparison.to_dict()}
 

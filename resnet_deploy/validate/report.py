@@ -128,12 +128,22 @@ def gate_lines(result: ValidationResult) -> list[str]:
             if line not in lines:
                 lines.append(line)
     lines += [f"informational ({Path(r.artifact).name}): {note}" for r in result.results for note in r.notes]
+    lines += [arithmetic_line(r) for r in result.results if r.arithmetic]
     for r in result.results:
         if r.top1_delta_ci is not None and significance_note(r.top1_delta_p):
             lines.append(f"{Path(r.artifact).name}: Δtop-1 {r.top1_delta:+.2f} points (95 % CI "
                          f"{_interval(r.top1_delta_ci, signed=True)}), McNemar's exact p {_p_value(r.top1_delta_p)}: "
                          "not significant")
     return lines
+
+
+def arithmetic_line(r: Any) -> str:
+    """A CPU INT8 artifact's kernels beside the Q/DQ arithmetic of its own model (validate/arithmetic.py)."""
+    a = r.arithmetic
+    verdict = "the kernels saturate" if a["saturating"] else "no saturation"
+    return (f"{Path(r.artifact).name}: this CPU's INT8 kernels agree on {r.agreement:.2f}%, the Q/DQ arithmetic of "
+            f"the same model on {a['agreement']:.2f}% (top-1 {a['top1']:.2f}%): {-a['kernel_gap']:+.2f} points, "
+            f"{verdict} (limit {a['saturation_gap']:g})")
 
 
 def failure_lines(result: ValidationResult) -> list[str]:
@@ -182,6 +192,8 @@ def markdown_report(result: ValidationResult, environment: dict[str, Any]) -> st
         if r.gate is not None and not r.is_reference:
             parts.append(f"- `{r.artifact}` ({r.precision}): {render_gate(r.gate)}")
         parts += [f"  - informational: {note}" for note in r.notes]
+        if r.arithmetic:
+            parts.append(f"  - {arithmetic_line(r)}")
     parts += [
         "",
         "## Data set",

@@ -21,6 +21,7 @@ import numpy as np
 
 from resnet_deploy.errors import UsageError
 from resnet_deploy.gates import RANDOM_WEIGHTS_REASON, judge
+from resnet_deploy.validate.arithmetic import arithmetic_for, saturation_failure
 from resnet_deploy.validate.confidence import SIGNIFICANCE, mcnemar_exact_p, paired_delta_interval, wilson_percent
 from resnet_deploy.validate.parity import (
     AccuracyTally,
@@ -109,6 +110,8 @@ class ArtifactResult:
     top1_delta_ci: tuple[float, float] | None = None  # 95 % paired (Newcombe) interval, points
     top1_delta_p: float | None = None  # McNemar's exact test on the discordant pairs
     notes: list[str] = field(default_factory=list)  # informational checks (random weights) and why
+    # CPU INT8: the Q/DQ arithmetic of the same model on the same images (agreement, top1, kernel_gap)
+    arithmetic: dict[str, Any] | None = None
 
     @property
     def passed(self) -> bool:
@@ -131,6 +134,8 @@ class ArtifactResult:
             "top1_delta_ci": _interval(self.top1_delta_ci), "top1_delta_p": _finite(self.top1_delta_p),
             "top1_delta_significant": None if self.top1_delta_p is None else self.top1_delta_p < SIGNIFICANCE,
             "notes": self.notes,
+            "arithmetic": {k: _finite(v) if isinstance(v, float) else v for k, v in self.arithmetic.items()}
+            if self.arithmetic else None,
         }
 
 
@@ -186,6 +191,7 @@ class _Artifact:
     accuracy: AccuracyTally
     parity: ParityTally
     lineage: dict[str, Any]
+    arithmetic: Any = None  # validate.arithmetic.Arithmetic: a CPU INT8 artifact's Q/DQ arithmetic, same batches
 
 
 def choose_reference(artifacts: Sequence[Path], reference: Path | None) -> tuple[list[Path], int]:
@@ -327,7 +333,9 @@ def validate(
         for handle, label, card in zip(handles, labels, cards, strict=True):
             engine = handle.open_engine(device=options.device)
             runs.append(_Artifact(handle.path, label, card, engine, views[card.preprocessing], AccuracyTally(k),
-                                  ParityTally(k), artifact_lineage(handle)))
+                                  ParityTally(k), artifact_lineage(handle),
+                                  None if options.ten_crop else arithmetic_for(handle, engine.precision,
+                                                                               engine.device)))
         ensemble = AccuracyTally(k) if options.ensemble and len(runs) > 1 else None
         ensemble_parity = ParityTally(k) if ensemble else None
         workers = default_workers() if options.workers is None else options.workers
@@ -415,6 +423,8 @@ def _evaluate_batch(
             run.parity.update_correct(reference_correct, correct)
             run.parity.update_predictions(reference_topk, topk)
             run.parity.update_outputs(reference_outputs, outputs)
+            if run.arithmetic is not None:
+                run.arithmetic.update(np.ascontiguousarray(x, dtype=np.float32), reference_topk[:, 0], labels)
         if ensemble is not None:
             probability_sum = probabilities if probability_sum is None else probability_sum + probabilities
     if ensemble is not None and ensemble_parity is not None and probability_sum is not None:
@@ -436,6 +446,10 @@ def _artifact_result(run: _Artifact, reference: _Artifact, options: ValidateOpti
     judgement = judge(gate, agreement=agreement, top1_delta=top1_delta,
                       informational=RANDOM_WEIGHTS_REASON if random_weights else None)
     failures = [] if is_reference or judgement.informational else list(judgement.failures)
+    arithmetic = run.arithmetic.result(agreement) if run.arithmetic is not None and not is_reference else None
+    if arithmetic is not None and not judgement.informational \
+            and (saturated := saturation_failure(arithmetic, agreement)) is not None:
+        failures.append(saturated)
     if acc.nonfinite:
         failures.insert(0, f"NaN or Inf in the output for {acc.nonfinite} of {acc.images} images "
                            "(counted as wrong); the artifact is numerically broken")
@@ -456,6 +470,7 @@ def _artifact_result(run: _Artifact, reference: _Artifact, options: ValidateOpti
         **_intervals(acc, parity, is_reference),
         notes=[] if is_reference or not judgement.informational else
         [f"{judgement.informational}: {f}" for f in judgement.failures] or [judgement.informational],
+        arithmetic=arithmetic,
     )
 
 
