@@ -88,11 +88,12 @@ def quantize_int8(
     `output`) as `<name>.calib-<method>.json`. Raises UsageError for bad input, CheckFailed (writing
     nothing) when the model misses the gate.
 
-    `weight_bits` None: what `cpu_target` needs (None: this machine's class). 7 quantizes weights to
-    [-64, 64] (ONNX Runtime's reduce_range), for CPUs whose u8×s8 integer kernels saturate (`isa.py`;
-    `cpu_target` names the class, recorded in the metadata). Every check here judges the Q/DQ arithmetic (ONNX Runtime with graph optimizations off), which is what a correct kernel computes on
-    any machine; the target then judges its own artifact on this CPU against the same images (`check_set`).
-    With labelled check images (class subfolders named as the card's classes) the gate judges top-1 too.
+    `weight_bits` None: what `cpu_target` needs (None: this machine's class). 7 quantizes weights to [-64, 64]
+    (ONNX Runtime's reduce_range), for CPUs whose u8×s8 integer kernels saturate (`isa.py`; `cpu_target` names
+    the class, recorded in the metadata). Every check here judges the Q/DQ arithmetic (ONNX Runtime with graph
+    optimizations off), which is what a correct kernel computes on any machine; the target then judges its own
+    artifact on this CPU against the same images (`check_set`). With labelled check images (class subfolders
+    named as the card's classes) the gate judges top-1 too.
 
     Mixed precision to a budget: when full INT8 misses the gate on the held-out images, the nodes are
     ranked by sensitivity (`sensitivity.py`, a continuous logit error) on one half of those images and the
