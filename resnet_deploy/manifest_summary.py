@@ -57,12 +57,31 @@ def mixed_precision_rows(record: Any) -> list[tuple[str, str]]:
     return [("kept out of INT8", f"{kept} in {record.get('remainder', 'fp32')}{gain}")]
 
 
+def isa_rows(isa: Any, self_check: Any) -> list[tuple[str, str]]:
+    """The CPU class the artifact was verified for, its INT8 weight form, and whether it carries a self-check."""
+    if not isinstance(isa, dict):
+        return []
+    from resnet_deploy.precision.isa import this_cpu
+
+    text = f"verified for {isa.get('class', '?')} ({isa.get('verified_by', 'kernels')}"
+    built_on = isa.get("built_on") if isinstance(isa.get("built_on"), dict) else {}
+    text += f" on {built_on.get('model') or '?'}, flags {' '.join(isa.get('flags') or []) or 'none'})"
+    if isa.get("weight_bits"):
+        text += f"; INT8 weights {isa['weight_bits']}-bit for {isa.get('cpu_target')}"
+    here = this_cpu().cpu_class
+    if isinstance(self_check, dict):
+        text += ("; self-check runs when opened on another class" if here == isa.get("class") else
+                 f"; this CPU is {here}: its self-check runs when opened here (inspect --verify runs it now)")
+    return [("CPU", text)]
+
+
 def manifest_rows(manifest_file: Path, manifest: dict[str, Any], checks: dict[str, bool]) -> list[tuple[str, str]]:
     """The rows every manifest shares; the kind-specific ones are the caller's."""
     rows = [("manifest", f"{manifest_file.name} ({manifest.get('format', 'unknown format')})")]
     if manifest.get("precision"):
         rows.append(("precision", str(manifest["precision"])))
     rows += mixed_precision_rows(manifest.get("mixed_precision"))
+    rows += isa_rows(manifest.get("isa"), manifest.get("self_check"))
     rows += card_rows(manifest.get("card"))
     source = manifest.get("source_onnx") or {}
     if isinstance(source, dict) and source:

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from resnet_deploy.errors import CheckFailed
-from resnet_deploy.gates import SATURATION_GAP, build_gate_for, judge, render_gate
+from resnet_deploy.gates import SATURATION_GAP, build_gate_for, judge, render_gate, saturating
 
 if TYPE_CHECKING:
     from resnet_deploy.artifacts import Manifest
@@ -65,7 +65,7 @@ class ArtifactVerdict:
         if self.arithmetic is not None:
             gap = self.kernel_gap or 0.0
             rows.append(("kernels vs Q/DQ", f"agreement {-gap:+.2f} points against the Q/DQ arithmetic on the same "
-                                            f"images (saturation: more than {SATURATION_GAP:g} below)"))
+                                            f"images (saturation: more than {SATURATION_GAP:g} below, significantly)"))
         verdict = "PASS" if self.passed else "FAIL"
         if self.informational:
             verdict = f"informational ({self.informational})"
@@ -179,14 +179,21 @@ def judge_here(artifact: Path, manifest: Manifest, *, model: Path, src: Any, pre
     verdict_raw = judge(policy, agreement=subject.comparison.agreement, top1_delta=subject.top1_delta,
                         finite=subject.comparison.finite, informational=informational)
     failures = list(verdict_raw.failures)
-    gap = None if arithmetic is None else arithmetic.comparison.agreement - here.comparison.agreement
-    if gap is not None and gap > SATURATION_GAP and not foreign_target:
+    saturated, gap, p = False, None, None
+    if check_set.arithmetic is not None:
+        ref_top1 = check_set.reference.argmax(1)
+        kernels_agree = here_logits.argmax(1) == ref_top1
+        arithmetic_agree = check_set.arithmetic.argmax(1) == ref_top1
+        saturated, gap, p = saturating(int(np.sum(arithmetic_agree & ~kernels_agree)),
+                                       int(np.sum(kernels_agree & ~arithmetic_agree)), len(ref_top1))
+    if saturated and not foreign_target:
         fix = ("--cpu native (7-bit weights, exact on this CPU)" if bits == 8 else
                "--target onnxruntime or openvino, whichever computes it exactly here")
         failures.append(f"this {cpu.cpu_class} CPU's integer kernels agree with FP32 on "
                         f"{here.comparison.agreement:.2f}% but the Q/DQ arithmetic of the same model on "
                         f"{arithmetic.comparison.agreement:.2f}% ({gap:.2f} points apart, more than "
-                        f"{SATURATION_GAP:g}): the kernels saturate ({bits}-bit weights); not a calibration "
+                        f"{SATURATION_GAP:g}, McNemar p {p:.2g}): the kernels saturate "
+                        f"({bits}-bit weights); not a calibration "
                         f"problem. Build with {fix}")
     passed = not failures or informational is not None
     verdict = ArtifactVerdict(cpu.to_dict(), cpu_target, bits, here, arithmetic, policy_text, judged_on, passed,
@@ -194,8 +201,13 @@ def judge_here(artifact: Path, manifest: Manifest, *, model: Path, src: Any, pre
     manifest.artifact_check = {**here.to_dict(), "data": check_set.data, "here": verdict.to_dict(),
                                "load_check": manifest.artifact_check}
     if not passed:
+        hint = ""
+        if precision == "int8" and not saturated:
+            from resnet_deploy.precision.int8 import int8_remedies
+
+            hint = " " + int8_remedies("percentile", src.path)
         raise CheckFailed(f"{shown_as}: the artifact on this CPU, {here.comparison.images} held-out images: "
-                          f"{here.describe()}; " + "; ".join(failures) + "; nothing was written")
+                          f"{here.describe()}; " + "; ".join(failures) + f"; nothing was written.{hint}")
     return verdict
 
 

@@ -15,6 +15,23 @@ from resnet_deploy.errors import UsageError
 from resnet_deploy.paths import check_io
 
 
+def run_self_check(artifact: Path) -> dict:
+    """The artifact's self-check on this CPU, whatever class it was verified for; a failure raises CheckFailed."""
+    from resnet_deploy.artifacts import backend_for, open_engine, read_manifest
+    from resnet_deploy.precision.isa import this_cpu
+    from resnet_deploy.selfcheck import verify_if_needed
+
+    path = artifact.with_suffix(".xml") if artifact.suffix.lower() == ".bin" else artifact
+    manifest = read_manifest(path) if backend_for(path) in ("onnxruntime", "openvino") else None
+    if not manifest or not isinstance(manifest.get("self_check"), dict):
+        raise UsageError(f"{path}: no self-check in its manifest (artifacts built by build-engine for ONNX Runtime or "
+                         "OpenVINO carry one); rebuild it to get one")
+    with open_engine(path) as engine:
+        result = verify_if_needed(path, manifest, engine, force=True)
+    assert result is not None
+    return {**result.to_dict(), "cpu": this_cpu().cpu_class}
+
+
 def inspect(
     artifact: Annotated[
         Path | None,
@@ -24,6 +41,9 @@ def inspect(
     depth: DepthOption = None,
     arch: ArchOption = None,
     num_classes: NumClassesOption = None,
+    verify: Annotated[bool, typer.Option(
+        "--verify", help="Run the artifact's self-check on this CPU now (an ONNX Runtime or OpenVINO artifact: "
+                         "the inputs and reference logits its manifest carries); exit 1 when it fails.")] = False,
     json_output: JsonOption = False,
 ) -> None:
     """Describe a model or any artifact.
@@ -46,11 +66,19 @@ def inspect(
         else:
             from resnet_deploy.artifact_summary import summarize_artifact as summarize_file
         file_summary = summarize_file(artifact)
+        checked = run_self_check(artifact) if verify else None
         if json_output:
-            emit_json(file_summary.to_dict())
+            emit_json({**file_summary.to_dict(), **({"self_check_here": checked} if verify else {})})
         else:
-            print_rows(str(file_summary.path), file_summary.rows())
+            rows = file_summary.rows()
+            if checked is not None:
+                rows.append(("self-check", f"passed on this {checked['cpu']} CPU: max |Δ logit| "
+                                           f"{checked['max_abs_diff']:.3g} ≤ {checked['tolerance']:.3g} on "
+                                           f"{checked['inputs']} inputs"))
+            print_rows(str(file_summary.path), rows)
         return
+    if verify:
+        raise UsageError("--verify runs the self-check of a built artifact (ONNX Runtime .onnx or OpenVINO .xml)")
     if artifact is not None:
         from resnet_deploy.checkpoints import load_model
 

@@ -170,14 +170,14 @@ def quantize_int8(
                                  max_fallback_layers=max_fallback_layers, batch=batch, progress=progress,
                                  labels=labels)
             if not mixed.passed:
-                raise CheckFailed(f"{named}: {mixed.failure}; nothing was written. {_remedies(method, src.path)}")
+                raise CheckFailed(f"{named}: {mixed.failure}; nothing was written. {int8_remedies(method, src.path)}")
             best_path = mixed.path
             arithmetic = run_logits(arithmetic_session(best_path), calib.check_images, batch=batch)
             check, comparison = judged(reference, arithmetic, labels), mixed.confirmation
         else:
             arithmetic = run_logits(arithmetic_session(best_path), calib.check_images, batch=batch)
         _enforce(check if mixed is None else Judged(comparison), gate, f"INT8 ({best})", named,
-                 _remedies(method, src.path, candidates={m: c[2] for m, c in candidates.items()}),
+                 int8_remedies(method, src.path, candidates={m: c[2] for m, c in candidates.items()}),
                  override=min_agreement)
         report = CalibrationReport(
             requested=method, method=best, samples=len(calib.images), seed=seed, data=calib.source,
@@ -223,7 +223,7 @@ def quantize_int8(
     )
 
 
-def _remedies(method: str, source: Path, candidates: dict[str, Judged] | None = None) -> str:
+def int8_remedies(method: str, source: Path, candidates: dict[str, Judged] | None = None) -> str:
     """What to try next, without suggesting what was just done; fine-tuning is the way past calibration's ceiling."""
     tips = []
     if candidates is not None and len(candidates) > 1:

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from resnet_deploy.gates import SATURATION_GAP
+from resnet_deploy.gates import SATURATION_GAP, saturating
 
 
 @dataclass
@@ -31,16 +31,21 @@ class Arithmetic:
     images: int = 0
     agree: int = 0  # top-1 equal to the reference's
     correct: int = 0  # top-1 equal to the label
+    only_arithmetic: int = 0  # images where the arithmetic agrees with the reference and the kernels do not
+    only_kernels: int = 0
     notes: list[str] = field(default_factory=list)
 
-    def update(self, x: np.ndarray, reference_top1: np.ndarray, labels: np.ndarray) -> None:
+    def update(self, x: np.ndarray, reference_top1: np.ndarray, kernel_top1: np.ndarray, labels: np.ndarray) -> None:
         from resnet_deploy.onnx_check import run_logits
 
         logits = run_logits(self.session, x)
         top1 = logits.argmax(1)
+        agree, kernels = top1 == reference_top1, kernel_top1 == reference_top1
         self.images += len(top1)
-        self.agree += int((top1 == reference_top1).sum())
+        self.agree += int(agree.sum())
         self.correct += int((top1 == labels).sum())
+        self.only_arithmetic += int((agree & ~kernels).sum())
+        self.only_kernels += int((kernels & ~agree).sum())
 
     @property
     def agreement(self) -> float:
@@ -51,9 +56,9 @@ class Arithmetic:
         return 100.0 * self.correct / self.images if self.images else float("nan")
 
     def result(self, kernel_agreement: float) -> dict[str, Any]:
-        gap = self.agreement - kernel_agreement
+        saturated, gap, p = saturating(self.only_arithmetic, self.only_kernels, self.images)
         return {"model": str(self.model), "agreement": self.agreement, "top1": self.top1, "kernel_gap": gap,
-                "saturation_gap": SATURATION_GAP, "saturating": gap > SATURATION_GAP}
+                "kernel_gap_p": p, "saturation_gap": SATURATION_GAP, "saturating": saturated}
 
 
 def arithmetic_for(artifact: Any, precision: str, device: str) -> Arithmetic | None:

@@ -424,7 +424,8 @@ def _evaluate_batch(
             run.parity.update_predictions(reference_topk, topk)
             run.parity.update_outputs(reference_outputs, outputs)
             if run.arithmetic is not None:
-                run.arithmetic.update(np.ascontiguousarray(x, dtype=np.float32), reference_topk[:, 0], labels)
+                run.arithmetic.update(np.ascontiguousarray(x, dtype=np.float32), reference_topk[:, 0], topk[:, 0],
+                                      labels)
         if ensemble is not None:
             probability_sum = probabilities if probability_sum is None else probability_sum + probabilities
     if ensemble is not None and ensemble_parity is not None and probability_sum is not None:
