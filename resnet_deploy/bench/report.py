@@ -50,6 +50,8 @@ def fmt_speedup(value: float | None) -> str:
 TABLE_COLUMNS = (("backend", False), ("prec.", False), ("batch", False), ("mean", False), ("std", True),
                  ("p50", False), ("p90", True), ("p95", True), ("p99", False), ("min", True), ("max", True),
                  ("CV", False), ("img/s", False), ("vs torch\nfp32", False))
+# Left out, in this order, when the terminal is too narrow for the default set.
+NARROW_DROPS = ("img/s", "CV", "p99")
 
 
 def artifact_tags(rows: Sequence[BenchResult]) -> dict[str | None, str]:
@@ -88,39 +90,48 @@ def _compact(value: float | None, unit: str, digits: int) -> str:
     return f"{value:.{digits if value < 100 else 0}f}{unit}"
 
 
-def results_tables(report: BenchReport, *, wide: bool = False) -> list[Any]:
+def results_tables(report: BenchReport, *, wide: bool = False, width: int | None = None) -> list[Any]:
     """rich Tables per model: the measurements (latency per call in ms), then what was skipped and why.
-    Numbers never wrap or shrink; only the skip reasons fold."""
-    from rich import box
+    Numbers never wrap and are never cut; only the backend label and the skip reasons fold. `width`: the
+    terminal's columns, which leave out `NARROW_DROPS` (named under the table) when the default set is wider."""
     from rich.markup import escape
-    from rich.table import Table
+
+    from resnet_deploy.tables import add_name_column, add_number_column, add_word_column, compact_table, fit_columns
 
     env = report.environment
     machine = (env.get("gpu") or {}).get("name") or (env.get("cpu") or {}).get("model", "?")
     columns = [name for name, wide_only in TABLE_COLUMNS if wide or not wide_only]
-    style = dict(title_justify="left", box=box.SIMPLE_HEAD, collapse_padding=True, pad_edge=False)
-    tables = []
+    tables: list[Any] = []
     for model in models_of(report):
         rows = ordered_results([r for r in report.results if r.model == model])
         tags = artifact_tags(rows)
         if rows:
-            table = Table(title=escape(f"{model} on {machine} (latency per call, ms)"), **style)
-            for name in columns:  # text folds first when the terminal is narrow; numbers never wrap
-                text = name in ("backend", "prec.")
-                table.add_column(name, justify="left" if text else "right", no_wrap=not text,
-                                 overflow="fold" if text else "ellipsis")
-            for i, r in enumerate(rows):
-                cells = _table_cells(r, tags)
-                last_of_batch = i + 1 == len(rows) or rows[i + 1].batch_size != r.batch_size
-                table.add_row(*[cells[name] for name in columns], end_section=last_of_batch)
-            tables.append(table)
+            title = escape(f"{model} on {machine} (latency per call, ms)")
+
+            def build(shown: Sequence[str], rows: list[BenchResult] = rows, tags: dict = tags,
+                      title: str = title) -> Any:
+                table = compact_table(title)
+                for name in shown:  # the backend label folds when the terminal is narrow; numbers never wrap
+                    if name == "backend":
+                        add_name_column(table, name)
+                    elif name == "prec.":
+                        add_word_column(table, name)
+                    else:
+                        add_number_column(table, name)
+                for i, r in enumerate(rows):
+                    cells = _table_cells(r, tags)
+                    last_of_batch = i + 1 == len(rows) or rows[i + 1].batch_size != r.batch_size
+                    table.add_row(*[cells[name] for name in shown], end_section=last_of_batch)
+                return table
+
+            tables.append(build(columns) if wide else fit_columns(build, columns, NARROW_DROPS, width))
             tables += flag_lines(rows)
         skipped = [s for s in report.skipped if s.model == model]
         if skipped:
-            table = Table(title=escape(f"{model}: skipped"), **style)
+            table = compact_table(escape(f"{model}: skipped"))
             for name in ("backend", "prec.", "batch"):
-                table.add_column(name, no_wrap=True)
-            table.add_column("reason", overflow="fold")
+                add_word_column(table, name)
+            add_name_column(table, "reason")
             for s in skipped:
                 table.add_row(escape(s.backend), escape(s.precision),
                               "all" if s.batch_size is None else str(s.batch_size), escape(s.reason))
@@ -360,17 +371,10 @@ def accuracy_rows(results: Sequence[Any]) -> list[list[str]]:
             for r in results]
 
 
-def accuracy_table(results: Sequence[Any]) -> Any:
-    from rich.markup import escape
-    from rich.table import Table
-
-    table = Table(title="LoadGen accuracy mode (Offline, each image once)", title_justify="left")
-    for column in ACCURACY_COLUMNS:
-        table.add_column(column, justify="left" if column in ("model", "backend", "precision") else "right",
-                         no_wrap=True)
-    for row in accuracy_rows(results):
-        table.add_row(*(escape(cell) for cell in row))
-    return table
+def accuracy_table(results: Sequence[Any], *, width: int | None = None) -> Any:
+    return _loadgen_table("LoadGen accuracy mode (Offline, each image once)", ACCURACY_COLUMNS,
+                          accuracy_rows(results), results, words=("backend", "precision", "MLPerf 99 %"), drops=(),
+                          width=width)
 
 
 def accuracy_markdown(results: Sequence[Any]) -> list[str]:
@@ -403,13 +407,52 @@ def scenario_markdown(results: Sequence[Any]) -> list[str]:
     return [*out, "", *[f"- {note}" for note in notes], "", *accuracy_markdown(judged)]
 
 
-def scenario_table(results: Sequence[Any]) -> Any:
-    from rich.markup import escape
-    from rich.table import Table
+def scenario_table(results: Sequence[Any], *, width: int | None = None) -> Any:
+    """The scenarios for a terminal of `width` columns: numbers whole, the target and verdict wrap, one model
+    goes into the title, and p90 is left out (and said so) where even that does not fit."""
+    return _loadgen_table("MLPerf LoadGen scenarios", SCENARIO_COLUMNS, scenario_rows(results), results,
+                          words=("backend", "precision", "scenario"), drops=("p90 ms",), width=width)
 
-    table = Table(title="MLPerf LoadGen scenarios", title_justify="left")
-    for column in SCENARIO_COLUMNS:
-        table.add_column(column, justify="right" if column.endswith(("ms", "/s")) else "left", no_wrap=True)
-    for row in scenario_rows(results):
-        table.add_row(*(escape(cell) for cell in row))
-    return table
+
+# Terminal headers of the LoadGen tables, on two lines so a number column is no wider than its numbers.
+_LOADGEN_HEADERS = {"precision": "prec.", "p50 ms": "p50\nms", "p90 ms": "p90\nms", "p99 ms": "p99\nms",
+                    "samples/s": "samples\n/s", "top-1 %": "top-1\n%", "FP32 top-1 %": "FP32\ntop-1 %",
+                    "MLPerf 99 %": "MLPerf\n99 %"}
+
+
+def _loadgen_table(title: str, columns: Sequence[str], rows: list[list[str]], results: Sequence[Any], *,
+                   words: Sequence[str], drops: Sequence[str], width: int | None) -> Any:
+    from rich.console import Group
+
+    # One table per model, named in its title: the model column would take room the numbers need.
+    keep = [i for i, column in enumerate(columns) if column != "model"]
+    tables = []
+    for model in dict.fromkeys(r.model for r in results):
+        mine = [[row[i] for i in keep] for row, r in zip(rows, results, strict=True) if r.model == model]
+        tables.append(_model_table(f"{title}: {model}", [columns[i] for i in keep], mine, words=words, drops=drops,
+                                   width=width))
+    return tables[0] if len(tables) == 1 else Group(*tables)
+
+
+def _model_table(title: str, columns: Sequence[str], rows: list[list[str]], *, words: Sequence[str],
+                 drops: Sequence[str], width: int | None) -> Any:
+    from rich.markup import escape
+
+    from resnet_deploy.tables import add_name_column, add_number_column, add_word_column, compact_table, fit_columns
+
+    def build(shown: Sequence[str]) -> Any:
+        table = compact_table(escape(title))
+        for column in shown:
+            header = _LOADGEN_HEADERS.get(column, column)
+            if column in ("model", "target", "LoadGen"):
+                add_name_column(table, header)
+            elif column in words:
+                add_word_column(table, header)
+            else:
+                add_number_column(table, header)
+        for row in rows:
+            cells = dict(zip(columns, row, strict=True))
+            table.add_row(*(escape(cells[column]) for column in shown))
+        return table
+
+    return fit_columns(build, list(columns), drops, width)
