@@ -71,7 +71,17 @@ def row_label(r: BenchResult, tags: dict[str | None, str]) -> str:
     return f"{r.backend} ({tag})" if tag else r.backend
 
 
-def _table_cells(r: BenchResult, tags: dict[str | None, str]) -> dict[str, str]:
+def flagged_baselines(rows: Sequence[BenchResult]) -> set[tuple[str, int]]:
+    """(model, batch size) whose PyTorch FP32 row is flagged: no row there gets a speed-up (nothing to divide by)."""
+    return {(r.model, r.batch_size) for r in rows if r.backend == "torch" and r.precision == "fp32" and r.flagged}
+
+
+def _baseline_missing(r: BenchResult, rows: Sequence[BenchResult]) -> bool:
+    return not r.flagged and r.speedup is None and (r.model, r.batch_size) in flagged_baselines(rows)
+
+
+def _table_cells(r: BenchResult, tags: dict[str | None, str],
+                 rows: Sequence[BenchResult] = ()) -> dict[str, str]:
     from rich.markup import escape
 
     s = r.latency_ms
@@ -80,7 +90,8 @@ def _table_cells(r: BenchResult, tags: dict[str | None, str]) -> dict[str, str]:
             "mean": fmt_ms(s.mean), "std": fmt_ms(s.std), "p50": fmt_ms(s.p50), "p90": fmt_ms(s.p90),
             "p95": fmt_ms(s.p95), "p99": fmt_ms(s.p99), "min": fmt_ms(s.min), "max": fmt_ms(s.max), "CV": cv,
             "img/s": _compact(r.throughput_ips, "", 1),
-            "vs torch\nfp32": "[yellow]flagged[/yellow]" if r.flagged else _compact(r.speedup, "×", 2)}
+            "vs torch\nfp32": "[yellow]flagged[/yellow]" if r.flagged else
+            "[yellow]no base[/yellow]" if _baseline_missing(r, rows) else _compact(r.speedup, "×", 2)}
 
 
 def _compact(value: float | None, unit: str, digits: int) -> str:
@@ -119,13 +130,13 @@ def results_tables(report: BenchReport, *, wide: bool = False, width: int | None
                     else:
                         add_number_column(table, name)
                 for i, r in enumerate(rows):
-                    cells = _table_cells(r, tags)
+                    cells = _table_cells(r, tags, rows)
                     last_of_batch = i + 1 == len(rows) or rows[i + 1].batch_size != r.batch_size
                     table.add_row(*[cells[name] for name in shown], end_section=last_of_batch)
                 return table
 
             tables.append(build(columns) if wide else fit_columns(build, columns, NARROW_DROPS, width))
-            tables += flag_lines(rows)
+            tables += flag_lines(rows, tags)
         skipped = [s for s in report.skipped if s.model == model]
         if skipped:
             table = compact_table(escape(f"{model}: skipped"))
@@ -139,12 +150,28 @@ def results_tables(report: BenchReport, *, wide: bool = False, width: int | None
     return tables
 
 
-def flag_lines(rows: Sequence[BenchResult]) -> list[str]:
-    """One line per flagged row, under its table: why it shows no speed-up."""
+def flag_lines(rows: Sequence[BenchResult], tags: dict[str | None, str] | None = None) -> list[str]:
+    """One line per flagged row, under its table: why it shows no speed-up (naming the file when two artifacts
+    share a backend and precision); then, when the PyTorch FP32 row is flagged, that every row of that batch
+    size lacks a speed-up because of it."""
     from rich.markup import escape
 
-    return [f"[yellow]flagged[/yellow] {escape(f'{r.label()} batch {r.batch_size}: {reason}')} (no speed-up)"
-            for r in rows for reason in r.flags]
+    tags = artifact_tags(rows) if tags is None else tags
+    lines = [f"[yellow]flagged[/yellow] {escape(f'{row_label(r, tags)} {r.precision} batch {r.batch_size}: {reason}')}"
+             " (no speed-up)" for r in rows for reason in r.flags]
+    return lines + [f"[yellow]no base[/yellow] {escape(line)}" for line in baseline_lines(rows)]
+
+
+def baseline_lines(rows: Sequence[BenchResult]) -> list[str]:
+    """Why whole batch sizes have no speed-up: their PyTorch FP32 baseline is flagged."""
+    lines = []
+    for model in dict.fromkeys(r.model for r in rows):
+        batches = sorted(b for m, b in flagged_baselines(rows) if m == model)
+        if batches:
+            which = ", ".join(map(str, batches))
+            lines.append(f"{model} batch {which}: no speed-up for any row, because the PyTorch FP32 baseline they "
+                         "are divided by is flagged (see above); rerun on a quiet machine")
+    return lines
 
 
 def load_line(env: dict[str, Any]) -> str | None:
@@ -219,8 +246,9 @@ def render_markdown(report: BenchReport, *, command: str | None = None, plot: st
                 cv = f"{r.cv:.1%}" + (" ⚠" if r.noisy else "")
                 out.append(f"| {row_label(r, tags)} | {r.precision} | {r.batch_size} | {s.mean:.3f} | {s.std:.3f} | "
                            f"{s.p50:.3f} | {s.p90:.3f} | {s.p95:.3f} | {s.p99:.3f} | {s.min:.3f} | {s.max:.3f} | "
-                           f"{r.throughput_ips:.1f} | {cv} | {_markdown_speedup(r)} |")
+                           f"{r.throughput_ips:.1f} | {cv} | {_markdown_speedup(r, rows)} |")
             out.append("")
+            out += [f"- {line}" for line in baseline_lines(rows)] + ([""] if flagged_baselines(rows) else [])
             copies = sorted({r.copies for r in rows})
             out += [f"Device: {', '.join(sorted({r.device for r in rows}))}; host↔device copies: {', '.join(copies)}.",
                     ""]
@@ -237,9 +265,11 @@ def render_markdown(report: BenchReport, *, command: str | None = None, plot: st
     return "\n".join(out)
 
 
-def _markdown_speedup(r: BenchResult) -> str:
+def _markdown_speedup(r: BenchResult, rows: Sequence[BenchResult] = ()) -> str:
     if r.flagged:
         return "flagged: " + "; ".join(r.flags).replace("|", "/")
+    if _baseline_missing(r, rows):
+        return "— (the PyTorch FP32 baseline is flagged)"
     return fmt_speedup(r.speedup)
 
 
@@ -322,6 +352,7 @@ def _plot_throughput(ax: Any, model: str, results: Sequence[BenchResult]) -> Non
     series = _series(results)
     batch_sizes = sorted({r.batch_size for r in results})
     width = 0.8 / max(len(series), 1)
+    labelled = False
     for i, ((backend, precision, tag), rows) in enumerate(series.items()):
         by_batch = {r.batch_size: r for r in rows}
         xs = [j + (i - (len(series) - 1) / 2) * width for j, b in enumerate(batch_sizes) if b in by_batch]
@@ -331,9 +362,15 @@ def _plot_throughput(ax: Any, model: str, results: Sequence[BenchResult]) -> Non
                       edgecolor="white", label=_series_label(backend, precision, tag))
         labels = [fmt_speedup(r.speedup) if r.speedup is not None else "" for r in present]
         ax.bar_label(bars, labels=labels, fontsize=7, rotation=90, padding=2)
+        labelled = labelled or any(labels)
     ax.set_xticks(range(len(batch_sizes)), [str(b) for b in batch_sizes])
     ax.set_xlabel("batch size")
-    ax.set_ylabel("throughput, images/s (label: speed-up vs PyTorch FP32)")
+    # The axis promises bar labels only when there are some.
+    ax.set_ylabel("throughput, images/s" + (" (bar label: speed-up vs PyTorch FP32)" if labelled else ""))
+    missing = sorted(b for _, b in flagged_baselines(results))
+    if missing:
+        ax.text(0.01, 0.99, f"no speed-up at batch {', '.join(map(str, missing))}: the PyTorch FP32 baseline is "
+                "flagged (a busy machine)", transform=ax.transAxes, fontsize=7, va="top", color="#9a6700")
     ax.set_title(f"{model}: throughput")
     ax.margins(y=0.15)
     ax.grid(True, axis="y", alpha=0.3)

@@ -93,14 +93,7 @@ def _bench_section(result: DemoResult, base: Path) -> list[str]:
                  f"same batch size. Timing: {timing.get('method', 'see bench.md')}.")
     lines += ["", "| backend | precision | batch | p50 ms | p99 ms | mean ms | images/s | speed-up |",
               "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
-    for row in data.get("results", []):
-        latency = row.get("latency_ms") or {}
-        speedup = row.get("speedup")
-        lines.append(
-            f"| {row.get('backend')} | {row.get('precision')} | {row.get('batch_size')} | "
-            f"{latency.get('p50', 0):.3f} | {latency.get('p99', 0):.3f} | {latency.get('mean', 0):.3f} | "
-            f"{row.get('throughput_ips', 0):.0f} | {_speedup_cell(row.get('flags'), speedup)} |"
-        )
+    lines += bench_rows(data.get("results", []))
     skipped = data.get("skipped") or []
     if skipped:
         lines += ["", "Not measured here:"]
@@ -111,10 +104,34 @@ def _bench_section(result: DemoResult, base: Path) -> list[str]:
     return lines
 
 
-def _speedup_cell(flags: list[str] | None, speedup: float | None) -> str:
-    """A flagged row (a busy machine disturbed it) shows why instead of a speed-up."""
+def bench_rows(rows: list[dict[str, Any]]) -> list[str]:
+    """The bench table's rows (from bench's JSON), then why whole batch sizes have no speed-up, if they have none."""
+    # Batch sizes whose PyTorch FP32 row is flagged: no row there has a speed-up, and the report says why.
+    no_base = sorted({row.get("batch_size") for row in rows if row.get("backend") == "torch"
+                      and row.get("precision") == "fp32" and row.get("flags")})
+    lines = []
+    for row in rows:
+        latency = row.get("latency_ms") or {}
+        speedup = row.get("speedup")
+        if speedup is None and not row.get("flags") and row.get("batch_size") in no_base:
+            speedup = "— (the PyTorch FP32 baseline is flagged)"
+        lines.append(
+            f"| {row.get('backend')} | {row.get('precision')} | {row.get('batch_size')} | "
+            f"{latency.get('p50', 0):.3f} | {latency.get('p99', 0):.3f} | {latency.get('mean', 0):.3f} | "
+            f"{row.get('throughput_ips', 0):.0f} | {_speedup_cell(row.get('flags'), speedup)} |"
+        )
+    if no_base:
+        lines += ["", f"No speed-up at batch {', '.join(map(str, no_base))}: every speed-up is divided by the PyTorch "
+                  "FP32 row of its batch size, and that row is flagged (a busy machine disturbed it)."]
+    return lines
+
+
+def _speedup_cell(flags: list[str] | None, speedup: float | str | None) -> str:
+    """A flagged row (a busy machine disturbed it) shows why instead of a speed-up; a text is why there is none."""
     if flags:
         return "flagged: " + "; ".join(flags).replace("|", "/")
+    if isinstance(speedup, str):
+        return speedup
     return "—" if speedup is None else f"{speedup:.2f}×"
 
 
