@@ -13,6 +13,7 @@ from typing import Any
 from resnet_deploy.atomic import write_text
 from resnet_deploy.bench.report import environment_lines
 from resnet_deploy.demo.run import DemoResult
+from resnet_deploy.gates import Gate
 
 
 def _pct(value: Any) -> str:
@@ -29,7 +30,7 @@ def _rel(path: Path | str, base: Path) -> str:
 
 def _written_file(output: dict[str, Any]) -> Path | None:
     """The file a step's JSON says it wrote (train: its model card; the others: their artifact)."""
-    for key in ("output", "path", "checkpoint"):
+    for key in ("output", "path", "best_checkpoint", "checkpoint"):  # train: the best card, what is validated
         value = output.get(key)
         if isinstance(value, str):
             return Path(value)
@@ -48,6 +49,10 @@ def _training_section(result: DemoResult, base: Path) -> list[str]:
         f"final test top-1 **{_pct(top1)} %**, top-5 {_pct(out.get('test_top5'))} %, "
         f"last training loss {out.get('train_loss', float('nan')):.3f}."
     )
+    best = out.get("best_checkpoint")
+    if best:
+        lines.append(f"The steps below start from `{_rel(best, base)}`, the card of the best test top-1 "
+                     f"({_pct(out.get('best_top1'))} %).")
     plot = base / "train" / "curves.png"
     if plot.is_file():
         lines += ["", f"![Training and test error against iterations]({_rel(plot, base)})",
@@ -69,8 +74,8 @@ def _accuracy_section(result: DemoResult, base: Path) -> list[str]:
     for row in data.get("results", []):
         gate = row.get("gate") or {}
         gate_text = "PASS" if row.get("passed") else "FAIL" if row.get("passed") is False else "—"
-        if gate.get("max_top1_drop") is not None:
-            gate_text += f" (Δ ≥ −{gate['max_top1_drop']}, agree ≥ {gate.get('min_agreement')})"
+        if gate.get("max_top1_drop") is not None:  # validate.md's own short form of the gate
+            gate_text += f" ({Gate(gate['max_top1_drop'], gate.get('min_agreement', 0.0), '').describe()})"
         diff = row.get("max_abs_logit_diff")
         lines.append(
             f"| `{Path(str(row.get('artifact'))).name}` | {row.get('backend')} | {row.get('precision')} | "
