@@ -186,7 +186,7 @@ class _Setup:
             self.lock = RunLock(out).acquire()
         if not resuming and (out / "last.pt").exists():
             raise UsageError(f"{out} already holds a run (last.pt); pass --resume to continue it, "
-                             "or --out NEW_FOLDER for a new run")
+                             "or --output NEW_FOLDER for a new run")
         return out
 
     def _open_data(self, recipe: Recipe) -> TrainData:

@@ -161,7 +161,7 @@ def _train(options: DemoOptions, data_dir: Path, hooks: DemoHooks, result: DemoR
     run_dir, cache = options.out / "train", options.out / "cache"
     eval_every = max(1, options.train_iters // 10)
     argv = ["train", "--arch", options.arch, "--data", str(data_dir), "--iters", str(options.train_iters),
-            "--batch-size", str(options.batch_size), "--out", str(run_dir), "--cache-dir", str(cache),
+            "--batch-size", str(options.batch_size), "--output", str(run_dir), "--cache-dir", str(cache),
             "--eval-every", str(eval_every)]
 
     def call() -> tuple[dict[str, Any], int]:
