@@ -93,3 +93,15 @@ def test_validate_md_environment_is_read_when_validate_runs(tmp_path: Path) -> N
     now = environment_now(start)
     assert now["date"] > "2026" and now["cpu"]["load_average"] != [99.0, 99.0, 99.0]
     assert now["gpu"] == {"name": "kept"} and now["versions"] == {"torch": "kept"}
+
+
+def test_the_readme_excerpt_has_the_columns_the_demo_writes(tmp_path: Path) -> None:
+    from resnet_deploy.demo.report import write_report
+
+    result, out = _demo_result(tmp_path)
+    written = write_report(result, out / "report.md").read_text().splitlines()
+    header = next(line for line in written if line.startswith("| artifact |"))
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text().splitlines()
+    excerpt = [line.removeprefix("> ") for line in readme if line.startswith("> | ")]
+    assert excerpt and excerpt[0] == header
+    assert len(excerpt[2].split(" | ")) == len(header.split(" | "))  # a row has every column

@@ -140,6 +140,13 @@ def _speedup_cell(flags: list[str] | None, speedup: float | str | None) -> str:
     return "—" if speedup is None else f"{speedup:.2f}×"
 
 
+def _size_bytes(target: Path) -> int:
+    """An OpenVINO IR is its .xml and the .bin of weights beside it."""
+    weights = target.with_suffix(".bin")
+    extra = weights.stat().st_size if target.suffix == ".xml" and weights.is_file() else 0
+    return target.stat().st_size + extra
+
+
 def write_report(result: DemoResult, path: Path) -> Path:
     base = path.parent
     data = result.data_description
@@ -167,7 +174,7 @@ def write_report(result: DemoResult, path: Path) -> Path:
             lines.append(f"| {step.title} | skipped: {step.skipped_reason} | — | — |")
             continue
         target = _written_file(step.output or {})
-        size = f"{target.stat().st_size / 1e6:.2f} MB" if target and target.is_file() else "—"
+        size = f"{_size_bytes(target) / 1e6:.2f} MB" if target and target.is_file() else "—"
         lines.append(f"| {step.title} | {f'`{_rel(target, base)}`' if target else '—'} | {size} | "
                      f"{step.seconds:.1f} |")
     env = ((result.step("bench") or result.steps[-1]).output or {}).get("environment")
