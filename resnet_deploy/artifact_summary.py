@@ -106,7 +106,8 @@ def _openvino_ir(xml: Path) -> ArtifactSummary:
         summary.facts.append(("ran as", f"{manifest.get('runtime_precision', '?')} on {device}"))
         check = manifest.get("artifact_check") or manifest.get("check") or {}  # schema 2, schema 1
         if check:
-            summary.facts.append(("build check", f"top-1 agreement {100 * float(check.get('agreement', 0)):.1f} %, "
+            # `agreement` is a percentage already (schema 1 and 2 alike)
+            summary.facts.append(("build check", f"top-1 agreement {float(check.get('agreement', 0)):.1f} %, "
                                                   f"max |Δ logit| {float(check.get('max_abs_logit_diff', 0)):.3g} "
                                                   f"vs {check.get('reference', 'the source')}"))
         summary.details["openvino_version"] = manifest.get("openvino_version")

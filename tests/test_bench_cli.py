@@ -101,6 +101,26 @@ def test_bench_artifacts_with_a_baseline_from_the_card(full_run) -> None:
     assert any("baseline" in note for note in doc["notes"])
 
 
+@pytest.mark.skipif(not OPENVINO, reason="OpenVINO is an optional extra")
+def test_an_fp16_openvino_ir_is_timed_at_the_precision_it_computes(tmp_path) -> None:
+    """`build-engine --fp16` gives an FP16 IR on a CPU (auto → openvino); bench times it instead of skipping it."""
+    from resnet_deploy.checkpoints import random_model
+    from resnet_deploy.export import export_onnx
+    from resnet_deploy.targets.openvino import build_openvino_ir
+
+    loaded = random_model("resnet20", seed=0)
+    onnx_path = export_onnx(loaded, tmp_path / "r20.onnx", verify=False).path
+    ir = build_openvino_ir(onnx_path, tmp_path / "r20.fp16.xml", precision="fp16", card=loaded.card)
+    proc = run_cli("bench", str(ir.path), "--batch-sizes", "1", "--iters", "2", "--warmup", "0", "--rounds", "1",
+                   "--threads", "1", "--json")
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    (row,) = [r for r in doc["results"] if r["backend"] == "openvino"]
+    assert row["artifact"] == str(ir.path) and row["precision"] == ir.runtime_precision  # fp32 or bf16, not f16
+    assert not [s for s in doc["skipped"] if s["backend"] == "openvino"], doc["skipped"]
+    assert any("r20.fp16.xml: an FP16 model" in note and "the precision it computes" in note for note in doc["notes"])
+
+
 def _error_line(proc: subprocess.CompletedProcess) -> str:
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, proc.stderr

@@ -23,7 +23,7 @@ from resnet_deploy.bench.timing import (
     flag_results,
 )
 from resnet_deploy.checkpoints import random_model
-from resnet_deploy.demo.report import _speedup_cell
+from resnet_deploy.demo.report import _speedup_cell, bench_rows
 
 SLEEP_S = 0.25  # per call in the slow round: hundreds of times the tiny model's latency
 
@@ -160,3 +160,51 @@ def test_two_artifacts_on_one_backend_and_precision_are_two_cases(tmp_path) -> N
 
     assert len(_series(results)) == 3  # the plot draws each artifact as its own series
     assert write_plot(report, tmp_path / "bench.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_flagged_baseline_says_why_no_row_has_a_speed_up() -> None:
+    """Issue 27: the PyTorch FP32 row flagged (rounds 24x apart) left every speed-up "—" with no word why."""
+    from matplotlib.figure import Figure
+
+    from resnet_deploy.bench.report import _plot_throughput
+
+    base = _row("torch", "fp32", 1, 60.0, [20.0, 480.0, 21.0])
+    ort = _row("onnxruntime", "fp32", 1, 2.0, [2.0, 2.1, 1.9])
+    results = [base, ort]
+    flag_results(results)
+    add_speedups(results)
+    assert base.flagged and not ort.flagged and ort.speedup is None
+    report = BenchReport(environment={}, results=results, skipped=[], timing=TimingConfig(iterations=9))
+    console = Console(record=True, width=100)
+    for table in results_tables(report):
+        console.print(table)
+    text = console.export_text()
+    assert "no base" in text and "no speed-up for any row, because the PyTorch FP32 baseline" in text
+    markdown = render_markdown(report)
+    assert "| — (the PyTorch FP32 baseline is flagged) |" in markdown
+    assert "because the PyTorch FP32 baseline" in markdown
+    demo = "\n".join(bench_rows(report.to_dict()["results"]))
+    assert "| — (the PyTorch FP32 baseline is flagged) |" in demo and "No speed-up at batch 1" in demo
+    axes = Figure().subplots()
+    _plot_throughput(axes, "m", results)
+    assert axes.get_ylabel() == "throughput, images/s"  # no bar labels: the axis promises none
+    assert any("baseline is flagged" in t.get_text() for t in axes.texts)
+    add_speedups([_row("torch", "fp32", 1, 60.0, [60.0] * 3), ort])
+    axes = Figure().subplots()
+    _plot_throughput(axes, "m", [_row("torch", "fp32", 1, 60.0, [60.0] * 3), ort])
+    assert "bar label: speed-up" in axes.get_ylabel()
+
+
+def test_flags_of_two_artifacts_on_one_backend_and_precision_name_the_file() -> None:
+    full = _row("onnxruntime", "int8", 1, 1.0, [1.0, 9.0, 1.0])
+    mixed = _row("onnxruntime", "int8", 1, 1.2, [1.2, 9.5, 1.2])
+    full.artifact, mixed.artifact = "out/r20.int8.cpu.onnx", "out/r20.mixed.int8.cpu.onnx"
+    flag_results([full, mixed])
+    report = BenchReport(environment={}, results=[full, mixed], skipped=[], timing=TimingConfig(iterations=9))
+    console = Console(record=True, width=200)
+    for table in results_tables(report):
+        console.print(table)
+    lines = [line for line in console.export_text().splitlines() if line.startswith("flagged")]
+    assert len(lines) == 2 and len(set(lines)) == 2
+    assert "onnxruntime (r20.int8.cpu.onnx) int8 batch 1" in lines[0] + lines[1]
+    assert "onnxruntime (r20.mixed.int8.cpu.onnx) int8 batch 1" in lines[0] + lines[1]

@@ -42,3 +42,66 @@ def test_demo_end_to_end_reduced(tmp_path: Path, cli) -> None:
     assert "(bench.png)" in report and (out / "bench.png").is_file()
     assert "resnet-deploy train --arch resnet20" in report and "resnet-deploy validate" in report
     assert "| onnxruntime | int8 |" in report and "PASS" in report
+
+
+def _demo_result(tmp_path: Path):
+    from resnet_deploy.demo.run import DemoOptions, DemoResult, StepResult
+
+    out = tmp_path / "demo"
+    (out / "train").mkdir(parents=True)
+    for name in ("last.safetensors", "best.safetensors"):
+        (out / "train" / name).write_bytes(b"x" * 10)
+    data = {"source": "scikit-learn digits", "classes": 10, "class_names": DIGIT_CLASSES, "train_images": 1557,
+            "test_images": 240, "test_split": "test", "embedded": True, "name": "scikit-learn digits"}
+    result = DemoResult(DemoOptions(out=out), data)
+    train = {"iters": 300, "test_top1": 95.0, "test_top5": 99.0, "train_loss": 0.2, "images_per_s": 50.0,
+             "checkpoint": str(out / "train" / "last.safetensors"), "best_top1": 96.25,
+             "best_checkpoint": str(out / "train" / "best.safetensors")}
+    row = {"artifact": str(out / "artifacts" / "resnet20.onnx"), "backend": "onnxruntime", "precision": "fp32",
+           "top1": 96.25, "top5": 99.0, "top1_delta": 0.0, "agreement": 100.0, "max_abs_logit_diff": 1e-6,
+           "passed": True, "gate": {"max_top1_drop": 0.1, "min_agreement": 99.9, "basis": "fp32 default"}}
+    result.steps += [StepResult("train", "Train", ["train"], 0, 1.0, train),
+                     StepResult("validate", "Validate", ["validate"], 0, 1.0,
+                                {"passed": True, "dataset": {"images": 240}, "results": [row]})]
+    return result, out
+
+
+def test_demo_report_lists_the_card_it_validates_and_writes_the_gate_as_validate_does(tmp_path: Path) -> None:
+    from resnet_deploy.demo.report import write_report
+    from resnet_deploy.gates import Gate
+
+    result, out = _demo_result(tmp_path)
+    text = write_report(result, out / "report.md").read_text()
+    assert "| Train | `train/best.safetensors` |" in text and "last.safetensors" not in text
+    assert "start from `train/best.safetensors`" in text
+    short = Gate(0.1, 99.9, "").describe()  # the form of validate.md's gate column
+    assert f"PASS ({short})" in text and "Δ ≥ −" not in text
+
+
+def test_demo_curves_title_names_the_data_set_not_its_folder(tmp_path: Path) -> None:
+    from resnet_deploy.demo.run import DemoOptions, curves_title
+
+    title = curves_title(DemoOptions(out=tmp_path), {"name": "scikit-learn digits", "train_images": 1557})
+    assert title == "resnet20 on scikit-learn digits (1557 training images)"
+
+
+def test_validate_md_environment_is_read_when_validate_runs(tmp_path: Path) -> None:
+    from resnet_deploy.demo.run import environment_now
+
+    start = {"date": "2020-01-01T00:00:00+00:00", "cpu": {"model": "x", "load_average": [99.0, 99.0, 99.0]},
+             "gpu": {"name": "kept"}, "versions": {"torch": "kept"}}
+    now = environment_now(start)
+    assert now["date"] > "2026" and now["cpu"]["load_average"] != [99.0, 99.0, 99.0]
+    assert now["gpu"] == {"name": "kept"} and now["versions"] == {"torch": "kept"}
+
+
+def test_the_readme_excerpt_has_the_columns_the_demo_writes(tmp_path: Path) -> None:
+    from resnet_deploy.demo.report import write_report
+
+    result, out = _demo_result(tmp_path)
+    written = write_report(result, out / "report.md").read_text().splitlines()
+    header = next(line for line in written if line.startswith("| artifact |"))
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text().splitlines()
+    excerpt = [line.removeprefix("> ") for line in readme if line.startswith("> | ")]
+    assert excerpt and excerpt[0] == header
+    assert len(excerpt[2].split(" | ")) == len(header.split(" | "))  # a row has every column

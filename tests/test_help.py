@@ -76,3 +76,25 @@ def test_bench_without_arguments_names_artifact_paths() -> None:
     code, out, err = run_main("bench")
     assert code == 2 and out == ""
     assert err.startswith("error: ") and "artifact paths" in err and "--depth" in err and err.count("\n") == 1
+
+
+# Options a README section names for another tool or command (torchrun's, a neighbouring command's).
+README_OTHERS = {"inspect": {"--target"}, "import-weights": {"--checkpoint"}, "train": {"--nproc"},
+                 "build-engine": {"--data", "--plot", "--report"}, "bench": {"--fp16"}}
+
+
+def test_every_option_the_readme_gives_a_command_is_in_its_help() -> None:
+    """Issue 27: the README documented `train --out` while `--help` shows `-o/--output` (`--out` is a hidden alias)."""
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    checked = set()
+    for section in re.split(r"\n### ", readme)[1:]:
+        command = section.split(":")[0].split()[0]
+        if command not in ROOT.commands:
+            continue
+        shown = {o for p in ROOT.commands[command].params for o in (*p.opts, *p.secondary_opts)}
+        used = set(re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", section))
+        assert used - shown <= README_OTHERS.get(command, set()), (command, sorted(used - shown))
+        checked.add(command)
+    assert {"train", "export", "build-engine", "validate", "bench", "inspect"} <= checked

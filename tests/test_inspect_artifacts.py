@@ -69,6 +69,9 @@ def test_inspect_openvino_ir_table_and_json(ir: Path, onnx_fp32: Path) -> None:
     for text in ("openvino ir", "input: float32[?x3x32x32]", "logits: float32[?x10]", "read by OpenVINO",
                  "resnet20.xml.json", "resnet20, 10 classes", "centre crop 32", "matches the manifest"):
         assert text in rows_text(ir), text
+    # the manifest stores a percentage: shown as is (was multiplied by 100 again: "10000.0 %")
+    agreement = json.loads(ir.with_name("resnet20.xml.json").read_text())["artifact_check"]["agreement"]
+    assert 0 <= agreement <= 100 and f"top-1 agreement {agreement:.1f} %," in rows_text(ir)
     doc = inspect_json(ir)
     assert doc["kind"] == "openvino-ir" and doc["backend"] == "openvino" and doc["io_from"] == "openvino"
     assert doc["inputs"] == [{"name": "input", "dtype": "float32", "shape": [None, 3, 32, 32]}]

@@ -4,8 +4,10 @@ every column."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import re
+from pathlib import Path
 
 import pytest
 from rich.console import Console
@@ -122,3 +124,100 @@ def test_bench_wide_shows_every_latency_column(bench_report):
     assert {"mean", "std", "p50", "p90", "p95", "p99", "min", "max"} <= set(headers)
     text = render([wide], 160)
     assert "9490.31" in text and "…" not in text  # max of the 3796 ms row
+
+
+# --- every table at COLUMNS=80 and 100: numbers whole, names whole (folded, never cut), nothing past the edge ----
+
+TERMINALS = (80, 100)
+
+
+def column_text(text: str, header: str, next_header: str) -> str:
+    """The body of one left-aligned column, its folded lines joined: a name cut short or shared shows here."""
+    lines = text.splitlines()
+    rule = next(i for i, line in enumerate(lines) if line.strip().startswith("─"))
+    head = lines[rule - 1]
+    start = head.index(header)
+    end = head.index(next_header, start + len(header))
+    return "".join(line[start:end].strip() for line in lines[rule + 1:])
+
+
+def assert_fits(text: str, width: int, numbers: set[str]) -> None:
+    assert max(len(line.rstrip()) for line in text.splitlines()) <= width, text
+    assert "…" not in text, f"something was cut short at {width} columns:\n{text}"
+    lines = text.splitlines()
+    for number in numbers:
+        assert any(number in line for line in lines), f"{number!r} is split or cut at {width} columns:\n{text}"
+
+
+@pytest.mark.parametrize("width", TERMINALS)
+def test_validate_with_a_long_card_name_fits_with_the_names_whole(width):
+    dataset = DatasetSummary(path="/tmp/digits/test", kind="imagefolder", split="test", images=50, available=50,
+                             limit=None, classes=10, class_names=[])
+    rows = [_artifact("resnet20_cifar10.safetensors", "torch", "fp32", reference=True),
+            _artifact("resnet20_cifar10.int8.onnx", "onnxruntime", "int8"),
+            _artifact("resnet20_cifar10.bf16.xml", "openvino", "bf16")]
+    result = ValidationResult(dataset=dataset, results=rows, reference=rows[0].artifact, ten_crop=False,
+                              seconds=1.0, workers=1, batch_size=64)
+    text = render([results_table(result, width=width)], width)
+    assert_fits(text, width, {"100.00", "91.37", "-12.34", "87.65", "1.23e+01"})
+    names = column_text(text, "artifact", "backend")
+    assert all(Path(r.artifact).name in names for r in rows), text
+    assert all(word in text for word in ("onnxruntime", "openvino", "PASS"))
+    if "img/s" not in text:  # a narrow terminal: what is left out is said, and how to see it
+        assert "--wide shows every column" in text
+
+
+@pytest.mark.parametrize("width", TERMINALS)
+def test_bench_skipped_reason_wraps_and_backends_stay_whole(bench_report, width):
+    text = render(results_tables(bench_report, width=width), width)
+    assert_fits(text, width, {"3796.12", "0.729", "830×"})
+    assert "onnxruntime" in text and "resnet-deploy[tensorrt]" in text
+
+
+def test_tables_printed_to_a_pipe_take_the_width_columns_says(monkeypatch):
+    from resnet_deploy.tables import PIPED_WIDTH, table_console
+
+    with contextlib.redirect_stdout(io.StringIO()):  # not a terminal
+        monkeypatch.setenv("COLUMNS", "80")
+        assert table_console().width == 80
+        monkeypatch.delenv("COLUMNS")
+        assert table_console().width == PIPED_WIDTH
+
+
+def _scenario(scenario: str, backend: str, precision: str, p50: float, rate: float, *, model: str = "resnet20",
+              server: bool = False):
+    from resnet_deploy.bench.loadgen import ScenarioResult
+
+    return ScenarioResult(scenario=scenario, model=model, backend=backend, precision=precision, artifact=None,
+                          valid=True, mlperf_valid=False, latency_ms={"p50": p50, "p90": p50 * 3.1, "p99": p50 * 11},
+                          samples_per_s=rate, queries=100, target_qps=123.4 if server else None,
+                          target_latency_ms=15.0 if server else None)
+
+
+@pytest.mark.parametrize("models", [("resnet20",), ("resnet20", "resnet152")])
+@pytest.mark.parametrize("width", TERMINALS)
+def test_loadgen_scenario_table_fits(width, models):
+    from resnet_deploy.bench.report import scenario_table
+
+    results = [_scenario(s, b, p, 23.456, 257.3, model=m, server=s == "server") for m in models
+               for s in ("single-stream", "offline", "server") for b, p in (("torch", "fp32"), ("onnxruntime", "int8"))]
+    text = render([scenario_table(results, width=width)], width)
+    assert_fits(text, width, {"23.456", "258.016", "257.3"})
+    assert all(word in text for word in ("single-stream", "onnxruntime", "VALID", "123.4", "QPS", *models))
+
+
+@pytest.mark.parametrize("width", TERMINALS)
+def test_sensitivity_table_keeps_layer_names_whole_and_distinct(width):
+    from resnet_deploy.commands.sensitivity_cmd import sensitivity_table
+    from resnet_deploy.precision.sensitivity import LayerScore, SensitivityResult
+
+    names = ["layer2.1.conv1", "layer2.1.conv2", "layer3.2.conv1", "/layer3/layer3.2/conv2/Conv", "fc", "conv1"]
+    layers = [LayerScore(node=f"n{i}", op_type="GlobalAveragePool" if name == "fc" else "Conv", block=name,
+                         position=i, agreement=97.5 - i, delta_agreement=12.25 - i, mean_abs_logit_diff=0.1234 * i,
+                         sqnr_db=31.5 - i) for i, name in enumerate(names)]
+    result = SensitivityResult(source=Path("resnet20_cifar10.onnx"), method="percentile", images=256, data="held-out",
+                               full_int8={"agreement": 85.5, "mean_abs_logit_diff": 0.4321}, layers=layers)
+    text = render([sensitivity_table(result, 0, width=width)], width)
+    assert_fits(text, width, {"97.50", "+12.25", "0.617"})
+    column = column_text(text, "layer", "op")
+    assert all(name in column for name in names), text

@@ -66,6 +66,19 @@ def test_iters_compress_the_schedule_keeping_milestone_fractions():
     assert by_epochs.total_iters == 10 * (50_000 // 128)
 
 
+def test_a_short_cut_of_a_long_schedule_evaluates_often_enough_to_draw_a_curve():
+    whole = resolve_schedule(cifar_recipe(20), num_train=50_000, iters=8000)
+    assert whole.eval_every == 800
+    cut = resolve_schedule(cifar_recipe(20), num_train=50_000, iters=8000, max_iters=300)
+    assert cut.eval_every == 30 and cut.total_iters == 8000  # ten points, not one at iteration 300
+    assert any("every 30 iterations" in note and "300 of the schedule's 8000" in note for note in cut.notes)
+    # a resumed rest long enough for 5 points keeps the schedule's interval (the same log as one run)
+    assert resolve_schedule(cifar_recipe(20), num_train=50_000, iters=8000, start=300).eval_every == 800
+    assert resolve_schedule(cifar_recipe(20), num_train=50_000, iters=8000, start=7900).eval_every == 10
+    assert resolve_schedule(cifar_recipe(20), num_train=50_000, iters=8000, max_iters=3).eval_every == 1
+    assert resolve_schedule(cifar_recipe(20), num_train=50_000, eval_every=7, max_iters=30).eval_every == 7
+
+
 def test_explicit_lr_is_not_rescaled():
     schedule = resolve_schedule(cifar_recipe(20), num_train=50_000, batch_size=64, lr=0.1)
     assert schedule.lr == 0.1

@@ -67,7 +67,7 @@ class ResumeState:
 
 def load_training_state(path: Path) -> ResumeState:
     if not path.is_file():
-        raise UsageError(f"--resume: {path} does not exist (a run writes last.pt into its --out folder)")
+        raise UsageError(f"--resume: {path} does not exist (a run writes last.pt into its --output folder)")
     data = torch_load_untrusted(path)
     if not isinstance(data, dict) or data.get("format") != TRAINER_CHECKPOINT_FORMAT:
         raise UsageError(f"--resume: {path} is not a trainer checkpoint (no {TRAINER_CHECKPOINT_FORMAT!r} marker)")

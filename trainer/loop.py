@@ -1,7 +1,7 @@
 """The training run: set up (`trainer.setup`), then the loop in named steps — one iteration, a log point,
 an evaluation, a checkpoint — and the finish (final numbers, cards, figures).
 
-A run folder (`--out`) holds `run.json` (options and the resolved schedule), `last.pt` (the exact
+A run folder (`--output`) holds `run.json` (options and the resolved schedule), `last.pt` (the exact
 training state, written atomically every `save_every` iterations and at the end), `metrics.jsonl`
 (one line per evaluation), model cards `best.safetensors` and `last.safetensors`, `curves.png`
 (Fig. 6 style) and, with `--analyze-responses`, `responses.json` (Fig. 7). Only rank 0 writes, and
@@ -406,7 +406,7 @@ class _Run:
             return "no checkpoint was written yet (start again)"
         last = self.p.out / "last.pt"
         return (f"{last} holds iteration {state.saved_iteration}, intact; resume with "
-                f"`resnet-deploy train --out {self.p.out} --resume`")
+                f"`resnet-deploy train --output {self.p.out} --resume`")
 
     def _where(self, state: _State) -> str:
         done = f"{self.p.out / 'last.pt'} holds iteration {state.saved_iteration}" \

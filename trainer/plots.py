@@ -62,8 +62,9 @@ def plot_curves(runs: list[Path], output: Path, *, labels: list[str] | None = No
         iters = [r["iteration"] / unit for r in records]
         train = [r["train_error"] for r in records]
         test = [100 - r["test_top1"] for r in records]
-        ax.plot(iters, train, "--", color=color, linewidth=1)
-        ax.plot(iters, test, "-", color=color, linewidth=2, label=label)
+        marker = "o" if len(records) == 1 else None  # one evaluation draws no line: show the point
+        ax.plot(iters, train, "--", color=color, linewidth=1, marker=marker)
+        ax.plot(iters, test, "-", color=color, linewidth=2, label=label, marker=marker)
         top = max(top, *train, *test)
     ax.set_xlabel("iter. (1e4)" if unit != 1 else "iter.")
     ax.set_ylabel("error (%)")

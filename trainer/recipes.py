@@ -183,8 +183,13 @@ def resolve_schedule(  # noqa: PLR0913 - each option of the command is an input 
     warmup_iters: int | None = None,
     eval_every: int | None = None,
     save_every: int | None = None,
+    max_iters: int | None = None,
+    start: int = 0,
 ) -> Schedule:
     """The recipe adjusted to this run's batch, length and data size; `notes` says what changed and why.
+
+    `max_iters` and `start` (a resumed run's iteration) say how much of the schedule this launch runs: the
+    default evaluation interval is a tenth of that, so a short cut of a long schedule still draws a curve.
 
     `batch_size` is per process; by default the recipe's batch is split across the processes so that
     the global batch (per-process batch × processes) is the recipe's.
@@ -262,8 +267,15 @@ def resolve_schedule(  # noqa: PLR0913 - each option of the command is an input 
 
     default_eval = recipe.eval_every_iters if recipe.eval_every_iters else iters_per_epoch
     if eval_every is None:
-        eval_every = max(1, min(round(default_eval / scale) if recipe.eval_every_iters else default_eval,
-                                total // 10 or 1))
+        stop = min(total, max_iters or total)
+        run = max(1, stop - start)  # the iterations this launch does (a --max-iters cut, a resumed rest)
+        whole = max(1, min(round(default_eval / scale) if recipe.eval_every_iters else default_eval,
+                           total // 10 or 1))
+        # The schedule's interval, unless it gives this launch fewer than 5 points: then ten.
+        eval_every = whole if run // whole >= 5 else max(1, run // 10)
+        if eval_every < whole:
+            notes.append(f"evaluating every {eval_every} iterations: this run does {run} of the schedule's "
+                         f"{total} (--max-iters), and its curve needs points")
     return Schedule(
         recipe=recipe.name,
         global_batch=global_batch,

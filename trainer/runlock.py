@@ -35,7 +35,7 @@ class RunLock:
             os.close(fd)
             who = f"another training (pid {owner})" if owner else "another training"
             raise UsageError(f"{self.path.parent} is in use by {who}; wait for it to finish, or pass another "
-                             "--out folder") from None
+                             "--output folder") from None
         try:  # the pid is for the message above; writing it also proves the folder takes writes
             os.ftruncate(fd, 0)
             os.write(fd, f"{os.getpid()}\n".encode())

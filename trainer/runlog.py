@@ -16,7 +16,7 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
     """Records of a run folder (or of a metrics.jsonl file itself)."""
     file = path / METRICS_FILE if path.is_dir() else path
     if not file.is_file():
-        raise UsageError(f"{path}: no {METRICS_FILE} (point at a training run's --out folder)")
+        raise UsageError(f"{path}: no {METRICS_FILE} (point at a training run's --output folder)")
     records = []
     for number, line in enumerate(file.read_text().splitlines(), start=1):
         if line.strip():

@@ -186,7 +186,7 @@ class _Setup:
             self.lock = RunLock(out).acquire()
         if not resuming and (out / "last.pt").exists():
             raise UsageError(f"{out} already holds a run (last.pt); pass --resume to continue it, "
-                             "or --out NEW_FOLDER for a new run")
+                             "or --output NEW_FOLDER for a new run")
         return out
 
     def _open_data(self, recipe: Recipe) -> TrainData:
@@ -264,6 +264,7 @@ class _Setup:
             recipe, num_train=len(data.train_rows), world_size=ctx.world_size, batch_size=cfg.batch_size,
             lr=cfg.lr, weight_decay=cfg.weight_decay, iters=cfg.iters, epochs=cfg.epochs,
             warmup_iters=cfg.warmup_iters, eval_every=cfg.eval_every, save_every=cfg.save_every,
+            max_iters=cfg.max_iters, start=resume.iteration if resume is not None else 0,
         )
         if resume is not None:
             saved = Schedule.from_dict(resume.data["schedule"])

@@ -50,6 +50,8 @@ def fmt_speedup(value: float | None) -> str:
 TABLE_COLUMNS = (("backend", False), ("prec.", False), ("batch", False), ("mean", False), ("std", True),
                  ("p50", False), ("p90", True), ("p95", True), ("p99", False), ("min", True), ("max", True),
                  ("CV", False), ("img/s", False), ("vs torch\nfp32", False))
+# Left out, in this order, when the terminal is too narrow for the default set.
+NARROW_DROPS = ("img/s", "CV", "p99")
 
 
 def artifact_tags(rows: Sequence[BenchResult]) -> dict[str | None, str]:
@@ -69,7 +71,17 @@ def row_label(r: BenchResult, tags: dict[str | None, str]) -> str:
     return f"{r.backend} ({tag})" if tag else r.backend
 
 
-def _table_cells(r: BenchResult, tags: dict[str | None, str]) -> dict[str, str]:
+def flagged_baselines(rows: Sequence[BenchResult]) -> set[tuple[str, int]]:
+    """(model, batch size) whose PyTorch FP32 row is flagged: no row there gets a speed-up (nothing to divide by)."""
+    return {(r.model, r.batch_size) for r in rows if r.backend == "torch" and r.precision == "fp32" and r.flagged}
+
+
+def _baseline_missing(r: BenchResult, rows: Sequence[BenchResult]) -> bool:
+    return not r.flagged and r.speedup is None and (r.model, r.batch_size) in flagged_baselines(rows)
+
+
+def _table_cells(r: BenchResult, tags: dict[str | None, str],
+                 rows: Sequence[BenchResult] = ()) -> dict[str, str]:
     from rich.markup import escape
 
     s = r.latency_ms
@@ -78,7 +90,8 @@ def _table_cells(r: BenchResult, tags: dict[str | None, str]) -> dict[str, str]:
             "mean": fmt_ms(s.mean), "std": fmt_ms(s.std), "p50": fmt_ms(s.p50), "p90": fmt_ms(s.p90),
             "p95": fmt_ms(s.p95), "p99": fmt_ms(s.p99), "min": fmt_ms(s.min), "max": fmt_ms(s.max), "CV": cv,
             "img/s": _compact(r.throughput_ips, "", 1),
-            "vs torch\nfp32": "[yellow]flagged[/yellow]" if r.flagged else _compact(r.speedup, "×", 2)}
+            "vs torch\nfp32": "[yellow]flagged[/yellow]" if r.flagged else
+            "[yellow]no base[/yellow]" if _baseline_missing(r, rows) else _compact(r.speedup, "×", 2)}
 
 
 def _compact(value: float | None, unit: str, digits: int) -> str:
@@ -88,39 +101,48 @@ def _compact(value: float | None, unit: str, digits: int) -> str:
     return f"{value:.{digits if value < 100 else 0}f}{unit}"
 
 
-def results_tables(report: BenchReport, *, wide: bool = False) -> list[Any]:
+def results_tables(report: BenchReport, *, wide: bool = False, width: int | None = None) -> list[Any]:
     """rich Tables per model: the measurements (latency per call in ms), then what was skipped and why.
-    Numbers never wrap or shrink; only the skip reasons fold."""
-    from rich import box
+    Numbers never wrap and are never cut; only the backend label and the skip reasons fold. `width`: the
+    terminal's columns, which leave out `NARROW_DROPS` (named under the table) when the default set is wider."""
     from rich.markup import escape
-    from rich.table import Table
+
+    from resnet_deploy.tables import add_name_column, add_number_column, add_word_column, compact_table, fit_columns
 
     env = report.environment
     machine = (env.get("gpu") or {}).get("name") or (env.get("cpu") or {}).get("model", "?")
     columns = [name for name, wide_only in TABLE_COLUMNS if wide or not wide_only]
-    style = dict(title_justify="left", box=box.SIMPLE_HEAD, collapse_padding=True, pad_edge=False)
-    tables = []
+    tables: list[Any] = []
     for model in models_of(report):
         rows = ordered_results([r for r in report.results if r.model == model])
         tags = artifact_tags(rows)
         if rows:
-            table = Table(title=escape(f"{model} on {machine} (latency per call, ms)"), **style)
-            for name in columns:  # text folds first when the terminal is narrow; numbers never wrap
-                text = name in ("backend", "prec.")
-                table.add_column(name, justify="left" if text else "right", no_wrap=not text,
-                                 overflow="fold" if text else "ellipsis")
-            for i, r in enumerate(rows):
-                cells = _table_cells(r, tags)
-                last_of_batch = i + 1 == len(rows) or rows[i + 1].batch_size != r.batch_size
-                table.add_row(*[cells[name] for name in columns], end_section=last_of_batch)
-            tables.append(table)
-            tables += flag_lines(rows)
+            title = escape(f"{model} on {machine} (latency per call, ms)")
+
+            def build(shown: Sequence[str], rows: list[BenchResult] = rows, tags: dict = tags,
+                      title: str = title) -> Any:
+                table = compact_table(title)
+                for name in shown:  # the backend label folds when the terminal is narrow; numbers never wrap
+                    if name == "backend":
+                        add_name_column(table, name)
+                    elif name == "prec.":
+                        add_word_column(table, name)
+                    else:
+                        add_number_column(table, name)
+                for i, r in enumerate(rows):
+                    cells = _table_cells(r, tags, rows)
+                    last_of_batch = i + 1 == len(rows) or rows[i + 1].batch_size != r.batch_size
+                    table.add_row(*[cells[name] for name in shown], end_section=last_of_batch)
+                return table
+
+            tables.append(build(columns) if wide else fit_columns(build, columns, NARROW_DROPS, width))
+            tables += flag_lines(rows, tags)
         skipped = [s for s in report.skipped if s.model == model]
         if skipped:
-            table = Table(title=escape(f"{model}: skipped"), **style)
+            table = compact_table(escape(f"{model}: skipped"))
             for name in ("backend", "prec.", "batch"):
-                table.add_column(name, no_wrap=True)
-            table.add_column("reason", overflow="fold")
+                add_word_column(table, name)
+            add_name_column(table, "reason")
             for s in skipped:
                 table.add_row(escape(s.backend), escape(s.precision),
                               "all" if s.batch_size is None else str(s.batch_size), escape(s.reason))
@@ -128,12 +150,28 @@ def results_tables(report: BenchReport, *, wide: bool = False) -> list[Any]:
     return tables
 
 
-def flag_lines(rows: Sequence[BenchResult]) -> list[str]:
-    """One line per flagged row, under its table: why it shows no speed-up."""
+def flag_lines(rows: Sequence[BenchResult], tags: dict[str | None, str] | None = None) -> list[str]:
+    """One line per flagged row, under its table: why it shows no speed-up (naming the file when two artifacts
+    share a backend and precision); then, when the PyTorch FP32 row is flagged, that every row of that batch
+    size lacks a speed-up because of it."""
     from rich.markup import escape
 
-    return [f"[yellow]flagged[/yellow] {escape(f'{r.label()} batch {r.batch_size}: {reason}')} (no speed-up)"
-            for r in rows for reason in r.flags]
+    tags = artifact_tags(rows) if tags is None else tags
+    lines = [f"[yellow]flagged[/yellow] {escape(f'{row_label(r, tags)} {r.precision} batch {r.batch_size}: {reason}')}"
+             " (no speed-up)" for r in rows for reason in r.flags]
+    return lines + [f"[yellow]no base[/yellow] {escape(line)}" for line in baseline_lines(rows)]
+
+
+def baseline_lines(rows: Sequence[BenchResult]) -> list[str]:
+    """Why whole batch sizes have no speed-up: their PyTorch FP32 baseline is flagged."""
+    lines = []
+    for model in dict.fromkeys(r.model for r in rows):
+        batches = sorted(b for m, b in flagged_baselines(rows) if m == model)
+        if batches:
+            which = ", ".join(map(str, batches))
+            lines.append(f"{model} batch {which}: no speed-up for any row, because the PyTorch FP32 baseline they "
+                         "are divided by is flagged (see above); rerun on a quiet machine")
+    return lines
 
 
 def load_line(env: dict[str, Any]) -> str | None:
@@ -209,8 +247,9 @@ def render_markdown(report: BenchReport, *, command: str | None = None, plot: st
                 cv = f"{r.cv:.1%}" + (" ⚠" if r.noisy else "")
                 out.append(f"| {row_label(r, tags)} | {r.precision} | {r.batch_size} | {s.mean:.3f} | {s.std:.3f} | "
                            f"{s.p50:.3f} | {s.p90:.3f} | {s.p95:.3f} | {s.p99:.3f} | {s.min:.3f} | {s.max:.3f} | "
-                           f"{r.throughput_ips:.1f} | {cv} | {_markdown_speedup(r)} |")
+                           f"{r.throughput_ips:.1f} | {cv} | {_markdown_speedup(r, rows)} |")
             out.append("")
+            out += [f"- {line}" for line in baseline_lines(rows)] + ([""] if flagged_baselines(rows) else [])
             copies = sorted({r.copies for r in rows})
             out += [f"Device: {', '.join(sorted({r.device for r in rows}))}; host↔device copies: {', '.join(copies)}.",
                     ""]
@@ -227,9 +266,11 @@ def render_markdown(report: BenchReport, *, command: str | None = None, plot: st
     return "\n".join(out)
 
 
-def _markdown_speedup(r: BenchResult) -> str:
+def _markdown_speedup(r: BenchResult, rows: Sequence[BenchResult] = ()) -> str:
     if r.flagged:
         return "flagged: " + "; ".join(r.flags).replace("|", "/")
+    if _baseline_missing(r, rows):
+        return "— (the PyTorch FP32 baseline is flagged)"
     return fmt_speedup(r.speedup)
 
 
@@ -312,6 +353,7 @@ def _plot_throughput(ax: Any, model: str, results: Sequence[BenchResult]) -> Non
     series = _series(results)
     batch_sizes = sorted({r.batch_size for r in results})
     width = 0.8 / max(len(series), 1)
+    labelled = False
     for i, ((backend, precision, tag), rows) in enumerate(series.items()):
         by_batch = {r.batch_size: r for r in rows}
         xs = [j + (i - (len(series) - 1) / 2) * width for j, b in enumerate(batch_sizes) if b in by_batch]
@@ -321,9 +363,15 @@ def _plot_throughput(ax: Any, model: str, results: Sequence[BenchResult]) -> Non
                       edgecolor="white", label=_series_label(backend, precision, tag))
         labels = [fmt_speedup(r.speedup) if r.speedup is not None else "" for r in present]
         ax.bar_label(bars, labels=labels, fontsize=7, rotation=90, padding=2)
+        labelled = labelled or any(labels)
     ax.set_xticks(range(len(batch_sizes)), [str(b) for b in batch_sizes])
     ax.set_xlabel("batch size")
-    ax.set_ylabel("throughput, images/s (label: speed-up vs PyTorch FP32)")
+    # The axis promises bar labels only when there are some.
+    ax.set_ylabel("throughput, images/s" + (" (bar label: speed-up vs PyTorch FP32)" if labelled else ""))
+    missing = sorted(b for _, b in flagged_baselines(results))
+    if missing:
+        ax.text(0.01, 0.99, f"no speed-up at batch {', '.join(map(str, missing))}: the PyTorch FP32 baseline is "
+                "flagged (a busy machine)", transform=ax.transAxes, fontsize=7, va="top", color="#9a6700")
     ax.set_title(f"{model}: throughput")
     ax.margins(y=0.15)
     ax.grid(True, axis="y", alpha=0.3)
@@ -361,17 +409,10 @@ def accuracy_rows(results: Sequence[Any]) -> list[list[str]]:
             for r in results]
 
 
-def accuracy_table(results: Sequence[Any]) -> Any:
-    from rich.markup import escape
-    from rich.table import Table
-
-    table = Table(title="LoadGen accuracy mode (Offline, each image once)", title_justify="left")
-    for column in ACCURACY_COLUMNS:
-        table.add_column(column, justify="left" if column in ("model", "backend", "precision") else "right",
-                         no_wrap=True)
-    for row in accuracy_rows(results):
-        table.add_row(*(escape(cell) for cell in row))
-    return table
+def accuracy_table(results: Sequence[Any], *, width: int | None = None) -> Any:
+    return _loadgen_table("LoadGen accuracy mode (Offline, each image once)", ACCURACY_COLUMNS,
+                          accuracy_rows(results), results, words=("backend", "precision", "MLPerf 99 %"), drops=(),
+                          width=width)
 
 
 def accuracy_markdown(results: Sequence[Any]) -> list[str]:
@@ -404,13 +445,52 @@ def scenario_markdown(results: Sequence[Any]) -> list[str]:
     return [*out, "", *[f"- {note}" for note in notes], "", *accuracy_markdown(judged)]
 
 
-def scenario_table(results: Sequence[Any]) -> Any:
-    from rich.markup import escape
-    from rich.table import Table
+def scenario_table(results: Sequence[Any], *, width: int | None = None) -> Any:
+    """The scenarios for a terminal of `width` columns: numbers whole, the target and verdict wrap, one model
+    goes into the title, and p90 is left out (and said so) where even that does not fit."""
+    return _loadgen_table("MLPerf LoadGen scenarios", SCENARIO_COLUMNS, scenario_rows(results), results,
+                          words=("backend", "precision", "scenario"), drops=("p90 ms",), width=width)
 
-    table = Table(title="MLPerf LoadGen scenarios", title_justify="left")
-    for column in SCENARIO_COLUMNS:
-        table.add_column(column, justify="right" if column.endswith(("ms", "/s")) else "left", no_wrap=True)
-    for row in scenario_rows(results):
-        table.add_row(*(escape(cell) for cell in row))
-    return table
+
+# Terminal headers of the LoadGen tables, on two lines so a number column is no wider than its numbers.
+_LOADGEN_HEADERS = {"precision": "prec.", "p50 ms": "p50\nms", "p90 ms": "p90\nms", "p99 ms": "p99\nms",
+                    "samples/s": "samples\n/s", "top-1 %": "top-1\n%", "FP32 top-1 %": "FP32\ntop-1 %",
+                    "MLPerf 99 %": "MLPerf\n99 %"}
+
+
+def _loadgen_table(title: str, columns: Sequence[str], rows: list[list[str]], results: Sequence[Any], *,
+                   words: Sequence[str], drops: Sequence[str], width: int | None) -> Any:
+    from rich.console import Group
+
+    # One table per model, named in its title: the model column would take room the numbers need.
+    keep = [i for i, column in enumerate(columns) if column != "model"]
+    tables = []
+    for model in dict.fromkeys(r.model for r in results):
+        mine = [[row[i] for i in keep] for row, r in zip(rows, results, strict=True) if r.model == model]
+        tables.append(_model_table(f"{title}: {model}", [columns[i] for i in keep], mine, words=words, drops=drops,
+                                   width=width))
+    return tables[0] if len(tables) == 1 else Group(*tables)
+
+
+def _model_table(title: str, columns: Sequence[str], rows: list[list[str]], *, words: Sequence[str],
+                 drops: Sequence[str], width: int | None) -> Any:
+    from rich.markup import escape
+
+    from resnet_deploy.tables import add_name_column, add_number_column, add_word_column, compact_table, fit_columns
+
+    def build(shown: Sequence[str]) -> Any:
+        table = compact_table(escape(title))
+        for column in shown:
+            header = _LOADGEN_HEADERS.get(column, column)
+            if column in ("model", "target", "LoadGen"):
+                add_name_column(table, header)
+            elif column in words:
+                add_word_column(table, header)
+            else:
+                add_number_column(table, header)
+        for row in rows:
+            cells = dict(zip(columns, row, strict=True))
+            table.add_row(*(escape(cells[column]) for column in shown))
+        return table
+
+    return fit_columns(build, list(columns), drops, width)

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from resnet_deploy.commands._options import ArchOption, DepthOption, DeviceOption, JsonOption, resolve_arch
-from resnet_deploy.commands._output import detail, emit_json, info, plain, progress_bar, stdout, warn
+from resnet_deploy.commands._output import detail, emit_json, info, plain, progress_bar, warn
 from resnet_deploy.errors import Interrupted, UsageError
 from resnet_deploy.paths import check_io
 
@@ -78,7 +78,8 @@ def bench(
     accuracy_images: Annotated[int, typer.Option(
         "--accuracy-images", help="Images taken from --data, evenly across classes.")] = 1000,
     wide: Annotated[bool, typer.Option(
-        "--wide", help="Show every latency column (std, p90, p95, min, max); the default fits 100 columns.")]
+        "--wide", help="Show every column (std, p90, p95, min, max; LoadGen's p90); by default each table fits "
+                       "the terminal, naming what it leaves out.")]
         = False,
     json_output: JsonOption = False,
 ) -> None:
@@ -180,13 +181,16 @@ def bench(
         _print_tables(report_doc, wide=wide)
         if scenario_results:
             from resnet_deploy.bench.report import accuracy_table, scenario_table
+            from resnet_deploy.tables import table_console
 
+            out = table_console()
+            width = None if wide else out.width  # --wide: every column, however wide
             performance = [r for r in scenario_results if r.top1 is None]
             judged = [r for r in scenario_results if r.top1 is not None]
             if performance:
-                stdout.print(scenario_table(performance))
+                out.print(scenario_table(performance, width=width))
             if judged:
-                stdout.print(accuracy_table(judged))
+                out.print(accuracy_table(judged, width=width))
     if report_doc.interrupted:
         raise Interrupted(f"interrupted ({len(report_doc.results)} of {report_doc.planned_rows} rows measured)")
     if not report_doc.results:
@@ -278,13 +282,11 @@ def _details(report: BenchReport) -> None:
 
 
 def _print_tables(report: BenchReport, *, wide: bool = False) -> None:
-    from rich.console import Console
-
     from resnet_deploy.bench.report import results_tables
+    from resnet_deploy.tables import table_console
 
-    # Piped or redirected: do not squeeze the table into rich's default 80 columns.
-    out = stdout if stdout.is_terminal else Console(highlight=False, width=140)
-    for table in results_tables(report, wide=wide):
+    out = table_console()
+    for table in results_tables(report, wide=wide, width=out.width):
         out.print(table)
     for note in report.notes:
         out.print(plain(f"note: {note}"))

@@ -40,7 +40,7 @@ def demo(
     from resnet_deploy.demo.run import DemoHooks, DemoOptions, run_demo
     from resnet_deploy.models import get_entry
 
-    check_io(outputs=[("--out", out / "report.md")])
+    check_io(outputs=[("--output", out / "report.md")])
     name = arch or "resnet20"
     try:
         get_entry(name)

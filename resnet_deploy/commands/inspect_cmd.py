@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from resnet_deploy.commands._options import ArchOption, DepthOption, JsonOption, NumClassesOption, resolve_arch
@@ -53,7 +54,7 @@ def inspect(
     """
     from resnet_deploy.artifacts import ONNX_SUFFIXES, OPENVINO_SUFFIXES, TENSORRT_SUFFIXES
     from resnet_deploy.card import ModelCard
-    from resnet_deploy.summary import summarize
+    from resnet_deploy.summary import card_rows, summarize
 
     check_io(inputs=[artifact])
     suffix = artifact.suffix.lower() if artifact is not None else ""
@@ -97,7 +98,7 @@ def inspect(
         return
     table = Table(title=f"{summary.arch}", show_header=False, title_justify="left")
     table.add_column(style="bold")
-    table.add_column()
+    table.add_column(overflow="fold")  # a hash or a path folds, whole
     table.add_row("family", f"{summary.family} ({'plain, no shortcuts' if summary.plain else 'residual'})")
     table.add_row("depth", str(summary.depth))
     table.add_row("parameters", f"{summary.params:,} ({summary.params / 1e6:.2f} M)")
@@ -109,11 +110,8 @@ def inspect(
     table.add_row("preprocessing", Preprocessing.from_dict(card["preprocessing"]).describe())
     if card.get("arch_options"):
         table.add_row("options", ", ".join(f"{k}={v}" for k, v in card["arch_options"].items()))
-    for key in ("dataset", "metrics", "recipe", "lineage"):
-        if card.get(key):
-            value = card[key]
-            text = ", ".join(f"{k}={v}" for k, v in value.items()) if isinstance(value, dict) else str(value)
-            table.add_row(key, text)
+    for label, text in card_rows(card):  # numbers rounded, nested mappings on rows of their own
+        table.add_row(escape(label), escape(text))
     names = card.get("class_names") or []
     table.add_row("class names", ", ".join(names[:12]) + (f", … ({len(names)} in all)" if len(names) > 12 else ""))
     stdout.print(table)

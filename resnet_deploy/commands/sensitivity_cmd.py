@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from resnet_deploy.commands._options import JsonOption
-from resnet_deploy.commands._output import PhaseProgress, emit_json, info, stdout, warn
+from resnet_deploy.commands._output import PhaseProgress, emit_json, info, warn
 from resnet_deploy.errors import UsageError
 
 if TYPE_CHECKING:
@@ -73,17 +73,41 @@ def sensitivity(
 
 
 def _print_table(result: SensitivityResult, top: int) -> None:
+    from resnet_deploy.tables import table_console
+
+    console = table_console()
+    console.print(sensitivity_table(result, top, width=console.width))
+
+
+def sensitivity_table(result: SensitivityResult, top: int, *, width: int | None = None) -> Any:
+    """The ranking for a terminal of `width` columns: numbers whole, each layer's name whole (it folds onto a
+    second line rather than being cut into a duplicate of its neighbour's)."""
     from rich.markup import escape
-    from rich.table import Table
+
+    from resnet_deploy.tables import add_name_column, add_number_column, add_word_column, compact_table, fit_columns
 
     full = result.full_int8
-    table = Table(title=f"INT8 sensitivity of {escape(result.source.name)} on {result.images} images "
-                        f"(full INT8: agreement {full['agreement']:.2f}%, mean |Δlogit| "
-                        f"{full['mean_abs_logit_diff']:.4g})", title_justify="left")
-    for column in ("rank", "layer", "op", "agreement %", "Δ agreement", "mean |Δlogit|", "SQNR dB"):
-        table.add_column(column, justify="left" if column in ("layer", "op") else "right")
+    title = (f"INT8 sensitivity of {escape(result.source.name)} on {result.images} images (full INT8: agreement "
+             f"{full['agreement']:.2f}%, mean |Δlogit| {full['mean_abs_logit_diff']:.4g})")
+    headers = {"agreement %": "agreement\n%", "Δ agreement": "Δ\nagreement", "mean |Δlogit|": "mean\n|Δlogit|",
+               "SQNR dB": "SQNR\ndB"}
     ranked = result.ranked()
-    for i, layer in enumerate(ranked[:top] if top > 0 else ranked, 1):
-        table.add_row(str(i), escape(layer.block), layer.op_type, f"{layer.agreement:.2f}",
-                      f"{layer.delta_agreement:+.2f}", f"{layer.mean_abs_logit_diff:.4g}", f"{layer.sqnr_db:.1f}")
-    stdout.print(table)
+    rows = [{"rank": str(i), "layer": escape(layer.block), "op": layer.op_type, "agreement %": f"{layer.agreement:.2f}",
+             "Δ agreement": f"{layer.delta_agreement:+.2f}", "mean |Δlogit|": f"{layer.mean_abs_logit_diff:.4g}",
+             "SQNR dB": f"{layer.sqnr_db:.1f}"} for i, layer in enumerate(ranked[:top] if top > 0 else ranked, 1)]
+
+    def build(shown: list[str]) -> Any:
+        table = compact_table(title)
+        for column in shown:
+            if column == "layer":
+                add_name_column(table, column)
+            elif column == "op":
+                add_word_column(table, column)
+            else:
+                add_number_column(table, headers.get(column, column))
+        for row in rows:
+            table.add_row(*[row[column] for column in shown])
+        return table
+
+    columns = ["rank", "layer", "op", "agreement %", "Δ agreement", "mean |Δlogit|", "SQNR dB"]
+    return fit_columns(build, columns, ("SQNR dB", "op"), width)

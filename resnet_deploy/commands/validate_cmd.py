@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
@@ -21,8 +21,7 @@ from resnet_deploy.commands._card_flags import (
 from resnet_deploy.commands._options import DeviceOption, JsonOption
 from resnet_deploy.errors import CheckFailed, Interrupted, UsageError
 from resnet_deploy.paths import check_io
-
-RESULTS_WIDTH = 240  # columns for the table when stdout is not a terminal
+from resnet_deploy.tables import table_console
 
 
 def validate(
@@ -78,7 +77,7 @@ def validate(
     ] = None,
     wide: Annotated[
         bool, typer.Option("--wide", help="Show every column (top-5 overlap, Δtop-5, mean Δlogit, cosine, gate); "
-                                          "the default fits 100 columns.")
+                                          "by default the table fits the terminal, naming what it leaves out.")
     ] = False,
     mean: MeanOption = None,
     std: StdOption = None,
@@ -140,25 +139,15 @@ def validate(
     if json_output:
         _output.emit_json(result.to_dict())
     else:
-        console = _results_console()
-        console.print(results_table(result, wide=wide))
-        for line in gate_lines(result):
-            console.print(_output.plain(line), soft_wrap=True)
+        console = table_console()
+        console.print(results_table(result, wide=wide, width=console.width))
+        for line in gate_lines(result):  # prose: wrapped at the table's width
+            console.print(_output.plain(line))
         for line in failure_lines(result):
             console.print(f"[red]FAIL[/red] {_output.plain(line)}", soft_wrap=True)
     if not result.passed:
         names = ", ".join(Path(r.artifact).name for r in result.failed)
         raise CheckFailed(f"{len(result.failed)} of {len(result.results)} artifact(s) failed validation: {names}")
-
-
-def _results_console() -> Any:
-    """stdout; piped into a file or a log it is not a terminal, and rich would squeeze the 15
-    columns into 80, so it gets room for the whole table."""
-    from rich.console import Console
-
-    if _output.stdout.is_terminal:
-        return _output.stdout
-    return Console(width=RESULTS_WIDTH, highlight=False, soft_wrap=False)
 
 
 def _environment() -> dict[str, object]:

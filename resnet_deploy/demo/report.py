@@ -13,6 +13,7 @@ from typing import Any
 from resnet_deploy.atomic import write_text
 from resnet_deploy.bench.report import environment_lines
 from resnet_deploy.demo.run import DemoResult
+from resnet_deploy.gates import Gate
 
 
 def _pct(value: Any) -> str:
@@ -29,7 +30,7 @@ def _rel(path: Path | str, base: Path) -> str:
 
 def _written_file(output: dict[str, Any]) -> Path | None:
     """The file a step's JSON says it wrote (train: its model card; the others: their artifact)."""
-    for key in ("output", "path", "checkpoint"):
+    for key in ("output", "path", "best_checkpoint", "checkpoint"):  # train: the best card, what is validated
         value = output.get(key)
         if isinstance(value, str):
             return Path(value)
@@ -48,6 +49,10 @@ def _training_section(result: DemoResult, base: Path) -> list[str]:
         f"final test top-1 **{_pct(top1)} %**, top-5 {_pct(out.get('test_top5'))} %, "
         f"last training loss {out.get('train_loss', float('nan')):.3f}."
     )
+    best = out.get("best_checkpoint")
+    if best:
+        lines.append(f"The steps below start from `{_rel(best, base)}`, the card of the best test top-1 "
+                     f"({_pct(out.get('best_top1'))} %).")
     plot = base / "train" / "curves.png"
     if plot.is_file():
         lines += ["", f"![Training and test error against iterations]({_rel(plot, base)})",
@@ -69,8 +74,8 @@ def _accuracy_section(result: DemoResult, base: Path) -> list[str]:
     for row in data.get("results", []):
         gate = row.get("gate") or {}
         gate_text = "PASS" if row.get("passed") else "FAIL" if row.get("passed") is False else "—"
-        if gate.get("max_top1_drop") is not None:
-            gate_text += f" (Δ ≥ −{gate['max_top1_drop']}, agree ≥ {gate.get('min_agreement')})"
+        if gate.get("max_top1_drop") is not None:  # validate.md's own short form of the gate
+            gate_text += f" ({Gate(gate['max_top1_drop'], gate.get('min_agreement', 0.0), '').describe()})"
         diff = row.get("max_abs_logit_diff")
         lines.append(
             f"| `{Path(str(row.get('artifact'))).name}` | {row.get('backend')} | {row.get('precision')} | "
@@ -93,14 +98,7 @@ def _bench_section(result: DemoResult, base: Path) -> list[str]:
                  f"same batch size. Timing: {timing.get('method', 'see bench.md')}.")
     lines += ["", "| backend | precision | batch | p50 ms | p99 ms | mean ms | images/s | speed-up |",
               "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
-    for row in data.get("results", []):
-        latency = row.get("latency_ms") or {}
-        speedup = row.get("speedup")
-        lines.append(
-            f"| {row.get('backend')} | {row.get('precision')} | {row.get('batch_size')} | "
-            f"{latency.get('p50', 0):.3f} | {latency.get('p99', 0):.3f} | {latency.get('mean', 0):.3f} | "
-            f"{row.get('throughput_ips', 0):.0f} | {_speedup_cell(row.get('flags'), speedup)} |"
-        )
+    lines += bench_rows(data.get("results", []))
     skipped = data.get("skipped") or []
     if skipped:
         lines += ["", "Not measured here:"]
@@ -111,11 +109,42 @@ def _bench_section(result: DemoResult, base: Path) -> list[str]:
     return lines
 
 
-def _speedup_cell(flags: list[str] | None, speedup: float | None) -> str:
-    """A flagged row (a busy machine disturbed it) shows why instead of a speed-up."""
+def bench_rows(rows: list[dict[str, Any]]) -> list[str]:
+    """The bench table's rows (from bench's JSON), then why whole batch sizes have no speed-up, if they have none."""
+    # Batch sizes whose PyTorch FP32 row is flagged: no row there has a speed-up, and the report says why.
+    no_base = sorted({row.get("batch_size") for row in rows if row.get("backend") == "torch"
+                      and row.get("precision") == "fp32" and row.get("flags")})
+    lines = []
+    for row in rows:
+        latency = row.get("latency_ms") or {}
+        speedup = row.get("speedup")
+        if speedup is None and not row.get("flags") and row.get("batch_size") in no_base:
+            speedup = "— (the PyTorch FP32 baseline is flagged)"
+        lines.append(
+            f"| {row.get('backend')} | {row.get('precision')} | {row.get('batch_size')} | "
+            f"{latency.get('p50', 0):.3f} | {latency.get('p99', 0):.3f} | {latency.get('mean', 0):.3f} | "
+            f"{row.get('throughput_ips', 0):.0f} | {_speedup_cell(row.get('flags'), speedup)} |"
+        )
+    if no_base:
+        lines += ["", f"No speed-up at batch {', '.join(map(str, no_base))}: every speed-up is divided by the PyTorch "
+                  "FP32 row of its batch size, and that row is flagged (a busy machine disturbed it)."]
+    return lines
+
+
+def _speedup_cell(flags: list[str] | None, speedup: float | str | None) -> str:
+    """A flagged row (a busy machine disturbed it) shows why instead of a speed-up; a text is why there is none."""
     if flags:
         return "flagged: " + "; ".join(flags).replace("|", "/")
+    if isinstance(speedup, str):
+        return speedup
     return "—" if speedup is None else f"{speedup:.2f}×"
+
+
+def _size_bytes(target: Path) -> int:
+    """An OpenVINO IR is its .xml and the .bin of weights beside it."""
+    weights = target.with_suffix(".bin")
+    extra = weights.stat().st_size if target.suffix == ".xml" and weights.is_file() else 0
+    return target.stat().st_size + extra
 
 
 def write_report(result: DemoResult, path: Path) -> Path:
@@ -145,7 +174,7 @@ def write_report(result: DemoResult, path: Path) -> Path:
             lines.append(f"| {step.title} | skipped: {step.skipped_reason} | — | — |")
             continue
         target = _written_file(step.output or {})
-        size = f"{target.stat().st_size / 1e6:.2f} MB" if target and target.is_file() else "—"
+        size = f"{_size_bytes(target) / 1e6:.2f} MB" if target and target.is_file() else "—"
         lines.append(f"| {step.title} | {f'`{_rel(target, base)}`' if target else '—'} | {size} | "
                      f"{step.seconds:.1f} |")
     env = ((result.step("bench") or result.steps[-1]).output or {}).get("environment")

@@ -8,6 +8,7 @@ Progress and warnings go to the callbacks the command supplies (the library prin
 
 from __future__ import annotations
 
+import contextlib
 import shlex
 import time
 from collections.abc import Callable
@@ -119,6 +120,7 @@ def prepare_data(options: DemoOptions) -> tuple[Path, dict[str, Any]]:
         return options.data, {
             "source": str(options.data), "classes": train.num_classes, "class_names": train.class_names,
             "train_images": len(train), "test_images": len(test), "test_split": test.split, "embedded": False,
+            "name": options.data.resolve().name,
         }
     from resnet_deploy.demo.data import DIGIT_CLASSES, write_digits_imagefolder
 
@@ -126,7 +128,7 @@ def prepare_data(options: DemoOptions) -> tuple[Path, dict[str, Any]]:
     return folder.root, {
         "source": "scikit-learn handwritten digits (UCI ML), 8x8 grey scans upscaled to 32x32 RGB",
         "classes": 10, "class_names": DIGIT_CLASSES, "train_images": folder.train_images,
-        "test_images": folder.test_images, "test_split": "test", "embedded": True,
+        "test_images": folder.test_images, "test_split": "test", "embedded": True, "name": "scikit-learn digits",
     }
 
 
@@ -159,7 +161,7 @@ def _train(options: DemoOptions, data_dir: Path, hooks: DemoHooks, result: DemoR
     run_dir, cache = options.out / "train", options.out / "cache"
     eval_every = max(1, options.train_iters // 10)
     argv = ["train", "--arch", options.arch, "--data", str(data_dir), "--iters", str(options.train_iters),
-            "--batch-size", str(options.batch_size), "--out", str(run_dir), "--cache-dir", str(cache),
+            "--batch-size", str(options.batch_size), "--output", str(run_dir), "--cache-dir", str(cache),
             "--eval-every", str(eval_every)]
 
     def call() -> tuple[dict[str, Any], int]:
@@ -172,7 +174,22 @@ def _train(options: DemoOptions, data_dir: Path, hooks: DemoHooks, result: DemoR
     step = _run_step("train", "Train", argv, hooks, call)
     result.steps.append(step)
     _require(step)
+    _retitle_curves(run_dir, curves_title(options, result.data_description))
     return run_dir / "best.safetensors"
+
+
+def curves_title(options: DemoOptions, data_description: dict[str, Any]) -> str:
+    """The training plot's title: the data set by name (the trainer only knows its folder, here `data`)."""
+    name = data_description.get("name") or "the data set"
+    return f"{options.arch} on {name} ({data_description.get('train_images', '?')} training images)"
+
+
+def _retitle_curves(run_dir: Path, title: str) -> None:
+    from trainer.plots import plot_curves
+
+    # Where it cannot be drawn, the trainer's own plot stays (or its warning was given).
+    with contextlib.suppress(ImportError, RuntimeError, ValueError, ResnetDeployError):
+        plot_curves([run_dir], run_dir / "curves.png", title=title)
 
 
 def _export(card: Path, data_dir: Path, output: Path, hooks: DemoHooks, result: DemoResult) -> Path:
@@ -250,13 +267,25 @@ def _validate(options: DemoOptions, data_dir: Path, split: str, environment: dic
     def call() -> tuple[dict[str, Any], int]:
         # Decoding in this process: no worker processes forked after the runtimes have loaded.
         outcome = validate(result.artifacts, data_dir, options=ValidateOptions(split=split, workers=0))
-        write_report(report, outcome, environment)
+        write_report(report, outcome, environment_now(environment))
         return outcome.to_dict(), 0 if outcome.passed else 1
 
     step = _run_step("validate", "Validate every artifact on the test images", argv, hooks, call)
     result.steps.append(step)
     if step.output is None:  # exit 1 with a table is a verdict; no result at all is a failure
         _require(step)
+
+
+def environment_now(environment: dict[str, Any]) -> dict[str, Any]:
+    """`environment` (read at the demo's start, before any runtime loaded: see commands/validate_cmd.py) with
+    the parts that change brought up to now: the date, the CPU's load and the thread settings. The GPU and the
+    versions stay as read (querying CUDA after the runtimes loaded is what crashed)."""
+    import datetime as _dt
+
+    from resnet_deploy.environment import cpu_info, thread_settings
+
+    now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    return {**environment, "date": now, "cpu": cpu_info(), "threads": thread_settings()}
 
 
 def _bench(options: DemoOptions, hooks: DemoHooks, result: DemoResult) -> None:

@@ -22,6 +22,8 @@ COLUMNS = ("artifact", "backend", "precision", "top-1 %", "top-1 CI", "top-5 %",
 COMPACT_COLUMNS = ("artifact", "backend", "precision", "top-1 %", "top-5 %", "Δtop-1", "agree %", "max abs Δlogit",
                    "img/s", "result")
 TEXT_COLUMNS = ("artifact", "backend", "precision", "gate", "result")
+# Left out, in this order, when a terminal is too narrow for the compact columns (80 columns: img/s and top-5).
+NARROW_DROPS = ("img/s", "top-5 %", "Δtop-1", "max abs Δlogit")
 # Terminal headers on two lines, so a number column is no wider than its numbers.
 HEADERS = {"top-1 %": "top-1\n%", "top-5 %": "top-5\n%", "agree %": "agree\n%", "top-5 overlap %": "top-5\noverlap %",
            "max abs Δlogit": "max abs\nΔlogit", "mean abs Δlogit": "mean abs\nΔlogit", "precision": "prec."}
@@ -88,35 +90,45 @@ def row_cells(result: ArtifactResult, *, compact: bool = False) -> list[str]:
     ]
 
 
-def results_table(result: ValidationResult, *, short_names: bool = True, wide: bool = False) -> Any:
-    """A rich Table; `short_names` shows file names (paths where names collide). The default columns
-    fit 100 terminal columns; `wide` shows all of them. Numbers never wrap: only text columns fold."""
-    from rich import box
+def results_table(result: ValidationResult, *, short_names: bool = True, wide: bool = False,
+                  width: int | None = None) -> Any:
+    """A rich Table; `short_names` shows file names (paths where names collide). `wide` shows every column;
+    otherwise the compact ones, fewer when `width` terminal columns cannot hold them (`NARROW_DROPS`, named
+    under the table). Numbers never wrap and are never cut: only the artifact's name folds."""
     from rich.markup import escape
-    from rich.table import Table
+
+    from resnet_deploy.tables import add_name_column, add_number_column, add_word_column, compact_table, fit_columns
 
     ds = result.dataset
     crop = ", ten-crop" if result.ten_crop else ""
     title = f"validate: {ds.images} images, {ds.classes} classes from {ds.path}{crop}"
-    shown = [i for i, column in enumerate(COLUMNS) if wide or column in COMPACT_COLUMNS]
-    table = Table(title=escape(title), title_justify="left", box=box.SIMPLE_HEAD, collapse_padding=True,
-                  pad_edge=False)
-    for i in shown:
-        column = COLUMNS[i]
-        numeric = column not in TEXT_COLUMNS
-        folds = column in ("artifact", "backend", "precision")  # the gate holds numbers: it never wraps
-        table.add_column(HEADERS.get(column, column), justify="right" if numeric else "left",
-                         no_wrap=not folds, overflow="fold" if folds else "ellipsis")
     names = [Path(r.artifact).name if r.backend != "ensemble" else r.artifact for r in result.results]
+    rows = []
     for r, name in zip(result.results, names, strict=True):
         cells = row_cells(r, compact=True)
         if short_names and names.count(name) == 1:
             cells[0] = name
         cells = [escape(cell) for cell in cells]  # a file named "m[1].onnx" is not markup
-        style = None if r.passed else "red"
         cells[-1] = f"[green]{cells[-1]}[/green]" if r.passed else f"[bold red]{cells[-1]}[/bold red]"
-        table.add_row(*[cells[i] for i in shown], style=style)
-    return table
+        rows.append((dict(zip(COLUMNS, cells, strict=True)), None if r.passed else "red"))
+
+    def build(shown: list[str]) -> Any:
+        table = compact_table(escape(title))
+        for column in shown:
+            header = HEADERS.get(column, column)
+            if column in ("artifact", "precision"):  # an ensemble's precision is "fp32+int8+bf16"
+                add_name_column(table, header)
+            elif column in TEXT_COLUMNS:
+                add_word_column(table, header)
+            else:
+                add_number_column(table, header)
+        for cells, style in rows:
+            table.add_row(*[cells[column] for column in shown], style=style)
+        return table
+
+    if wide:
+        return build(list(COLUMNS))
+    return fit_columns(build, [c for c in COLUMNS if c in COMPACT_COLUMNS], NARROW_DROPS, width)
 
 
 def gate_lines(result: ValidationResult) -> list[str]:
