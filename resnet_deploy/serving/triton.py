@@ -55,6 +55,7 @@ class RepositoryOptions:
     force: bool = False  # replace models of the same name already in the repository
     backend: str = "native"  # native: Triton's own backend for the artifact; python: resnet-deploy's engine
     threads: int | None = None  # python backend: the engine's CPU threads per instance
+    source: str | None = None  # python backend: the folder the server imports resnet_deploy from (`serve`, tests)
 
 
 @dataclass
@@ -197,6 +198,8 @@ def classifier_entry(io: ArtifactIO, name: str, options: RepositoryOptions) -> t
         config.parameters["artifact"].string_value = io.relative(io.path)
         if options.threads:
             config.parameters["threads"].string_value = str(options.threads)
+        if options.source:
+            config.parameters["resnet_deploy_source"].string_value = options.source
         files[f"{version}/model.py"] = ENGINE_MODEL_SOURCE
         for file in io.files:
             files[f"{version}/{io.relative(file)}"] = file

@@ -11,19 +11,25 @@ artifact's file name and the engine options arrive as model-config parameters.
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
 ARTIFACT_PARAMETER = "artifact"
 THREADS_PARAMETER = "threads"
+# `resnet-deploy serve` only: the folder its own resnet_deploy was imported from, so the server runs that code (the
+# stub's embedded Python ignores PYTHONPATH).
+SOURCE_PARAMETER = "resnet_deploy_source"
 
 
 class TritonPythonModel:
     def initialize(self, args: dict[str, Any]) -> None:
-        from resnet_deploy.artifacts import open_engine
-
         config = json.loads(args["model_config"])
         parameters = {key: value["string_value"] for key, value in config.get("parameters", {}).items()}
+        if parameters.get(SOURCE_PARAMETER):
+            sys.path.insert(0, parameters[SOURCE_PARAMETER])
+        from resnet_deploy.artifacts import open_engine
+
         folder = Path(args["model_repository"]) / str(args["model_version"])
         threads = int(parameters.get(THREADS_PARAMETER) or 0) or None
         self.engine = open_engine(folder / parameters[ARTIFACT_PARAMETER], threads=threads)
