@@ -113,14 +113,17 @@ class RunningServer:
         only past `timeout`. Returns the server's exit status."""
         if not self.stopped:
             self.stopped = True
-            if self.process.poll() is None:
-                self.process.send_signal(signal.SIGTERM)
-                try:
+            try:
+                if self.process.poll() is None:
+                    self.process.send_signal(signal.SIGTERM)
                     self.process.wait(timeout)
-                except subprocess.TimeoutExpired:
-                    self.process.kill()
-                    self.process.wait(10)
-            shutil.rmtree(self.workdir, ignore_errors=True)
+            except (subprocess.TimeoutExpired, KeyboardInterrupt):  # past the timeout, or asked again: at once
+                self.process.kill()
+                self.process.wait(10)
+                if not isinstance(sys.exc_info()[1], subprocess.TimeoutExpired):
+                    raise
+            finally:
+                shutil.rmtree(self.workdir, ignore_errors=True)
         return self.process.returncode
 
     def __enter__(self) -> RunningServer:
