@@ -129,12 +129,16 @@ def bench(
     if exclude_copies and not device_name.startswith("cuda"):
         info("note: --exclude-copies has no effect on the CPU (there are no host<->device copies)")
 
+    scenarios = _parse_scenarios(scenario)
+    if "server" in scenarios:
+        from resnet_deploy.bench.loadgen import check_server_numbers
+
+        check_server_numbers(target_qps, target_latency_ms, duration)  # before anything is built or measured
     plan = plan_for_architecture_or_artifacts(
         arch_name, artifacts, backends=backend_list, precisions=precision_list, batch_sizes=sizes,
         device=device_name, threads=threads, include_copies=include_copies,
         cache_dir=cache_dir or default_cache_dir(), calib_data=calib_data, calib_samples=calib_samples,
         progress=_say)
-    scenarios = _parse_scenarios(scenario)
     if scenarios or accuracy:
         from resnet_deploy.bench.loadgen import _loadgen
 
@@ -211,8 +215,6 @@ def _run_scenarios(plan: BenchPlan, scenarios: list[str], *, duration: float | N
         return []
     from resnet_deploy.bench.loadgen import ScenarioSettings, run_plan_scenarios
 
-    if target_qps is not None and target_qps <= 0 or target_latency_ms <= 0:
-        raise UsageError("--target-qps and --target-latency-ms must be positive")
     largest = max(batch_sizes)
     options = ScenarioSettings(duration_s=duration, min_queries=1 if duration is not None else None,
                                target_qps=target_qps, target_latency_ms=target_latency_ms, offline_batch=largest,
