@@ -128,3 +128,63 @@ def test_bad_image_fails_its_request_not_the_server(served, trained_digits):
     assert client.is_server_ready()
     good = client.infer("digits_resnet20_jpeg", [_image_input(_jpegs(trained_digits, 1))])
     assert good.as_numpy("logits").shape == (1, 10)
+
+
+def _bench(*args: str):
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "resnet_deploy", "bench", *args], capture_output=True, text=True,
+                          cwd=Path(__file__).resolve().parent.parent, timeout=300)
+
+
+def test_bench_url_concurrency_levels_and_loadgen(served):
+    """bench --url: end-to-end latency and throughput at each concurrency level, bounded by --max-requests and
+    --duration; LoadGen's SingleStream and Server drive the served model through the same client."""
+    import json
+
+    done = _bench("--url", served.http_url, "digits_resnet20", "--concurrency", "1,2", "--duration", "1",
+                  "--max-requests", "40", "--json")
+    assert done.returncode == 0, done.stderr
+    rows = json.loads(done.stdout)["served"]
+    assert [row["concurrency"] for row in rows] == [1, 2]
+    for row in rows:
+        assert 0 < row["requests"] <= 40 and row["errors"] == 0 and row["requests_per_s"] > 0
+        assert 0 < row["latency_ms"]["p50"] <= row["latency_ms"]["p99"] <= row["latency_ms"]["max"]
+    pytest.importorskip("mlperf_loadgen", reason="LoadGen is an optional extra (resnet-deploy[loadgen])")
+    done = _bench("--url", f"grpc://{served.grpc_url}", "digits_resnet20", "--concurrency", "1", "--duration", "1",
+                  "--max-requests", "20", "--scenario", "single-stream,server", "--target-qps", "5",
+                  "--target-latency-ms", "1000", "--json")
+    assert done.returncode == 0, done.stderr
+    scenarios = json.loads(done.stdout)["scenarios"]
+    assert [s["scenario"] for s in scenarios] == ["single-stream", "server"]
+    assert all(s["backend"] == "triton" and s["latency_ms"]["p50"] > 0 for s in scenarios)
+
+
+def test_bench_url_refusals(tmp_path):
+    """Bad --url input is one error line, exit 2, before anything is measured (all cases in one interpreter)."""
+    import json
+    import subprocess
+    import sys
+
+    from resnet_deploy.serving.tritonserver import free_port
+
+    port = free_port()  # nothing listens there
+    cases = [(["--url", "localhost", "m"], "expected HOST:PORT"),
+             (["--url", "ftp://127.0.0.1:1", "m"], "http:// or grpc://"),
+             (["--url", f"127.0.0.1:{port}", "m"], "no Triton server answers there"),
+             (["--url", f"127.0.0.1:{port}"], "name the served models"),
+             (["--url", f"127.0.0.1:{port}", "m", "--report", str(tmp_path / "r.md")], "--url benches"),
+             (["--url", f"127.0.0.1:{port}", "m", "--scenario", "server", "--target-qps", "inf"],
+              "--target-qps must be")]
+    code = ("import json, sys\nfrom resnet_deploy.cli import main\n"
+            f"for args in json.loads({json.dumps(json.dumps([args for args, _ in cases]))}):\n"
+            "    try:\n        main(['bench', *args])\n    except SystemExit as exc:\n"
+            "        print(f'exit {exc.code}', file=sys.stderr, flush=True)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          cwd=Path(__file__).resolve().parent.parent)
+    lines = [line for line in done.stderr.splitlines() if line.startswith(("error:", "exit "))]
+    assert len(lines) == 2 * len(cases), done.stderr
+    for (args, message), error, status in zip(cases, lines[::2], lines[1::2], strict=True):
+        assert message in error and status == "exit 2", (args, error, status)
+    assert "Traceback" not in done.stderr
