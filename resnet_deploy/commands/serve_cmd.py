@@ -43,7 +43,7 @@ def serve(
     ready_timeout: Annotated[float, typer.Option("--ready-timeout", help="Seconds to wait for every model to load.")]
         = 300.0,
 ) -> None:
-    """Serve artifacts on a Triton Inference Server until Ctrl-C or SIGTERM.
+    """Serve artifacts on a Triton server.
 
     Each artifact runs through resnet-deploy's own engine (the one validate and bench use) in Triton's Python
     backend, with dynamic batching, the card's labels (Triton's classification extension), and <name>_jpeg: encoded
