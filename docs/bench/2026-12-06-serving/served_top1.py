@@ -1,11 +1,18 @@
 """Top-1 on the 1,000 CIFAR-10 JPEGs through `resnet-deploy serve` (the _jpeg ensembles) vs in-process (validate's
 pipeline: PIL decode, eval_transform, the artifact's engine), per image."""
-import json, os, signal, subprocess, sys, time, urllib.request
+import json
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
 from pathlib import Path
+
 import numpy as np
-from PIL import Image
 import tritonclient.grpc as grpc
-from resnet_deploy.artifacts import open_engine, artifact_card
+from PIL import Image
+
+from resnet_deploy.artifacts import artifact_card, open_engine
 from resnet_deploy.data import eval_transform
 
 ROOT = Path("/tmp/c1000/test")
@@ -21,8 +28,8 @@ for name, art in ARTS.items():
     x = np.stack([t(Image.open(f).convert("RGB")).numpy() for f, _ in files])
     with open_engine(art) as e:
         inproc[name] = np.concatenate([e.infer(x[i:i + 64]) for i in range(0, len(x), 64)]).argmax(1)
-proc = subprocess.Popen([sys.executable, "-m", "resnet_deploy", "serve", *map(str, ARTS.values()), "--port", str(port)],
-                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+proc = subprocess.Popen([sys.executable, "-m", "resnet_deploy", "serve", *map(str, ARTS.values()), "--port",
+                         str(port)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 for _ in range(300):
     try:
         if urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/health/ready", timeout=2).status == 200:
@@ -39,9 +46,11 @@ for name in ARTS:
         t.set_data_from_numpy(np.array(chunk, dtype=object).reshape(-1, 1))
         preds.append(client.infer(f"{name}_jpeg", [t]).as_numpy("logits").argmax(1))
     served = np.concatenate(preds)
-    out[name] = {"served_top1": 100 * float((served == labels).mean()), "inprocess_top1": 100 * float((inproc[name] == labels).mean()),
+    out[name] = {"served_top1": 100 * float((served == labels).mean()),
+                 "inprocess_top1": 100 * float((inproc[name] == labels).mean()),
                  "same_prediction": int((served == inproc[name]).sum()), "images": len(labels)}
 client.close()
 proc.send_signal(signal.SIGTERM)
 o, e = proc.communicate(timeout=60)
-print(json.dumps(out, indent=1)); print("serve exit", proc.returncode, o.strip().splitlines()[-1])
+print(json.dumps(out, indent=1))
+print("serve exit", proc.returncode, o.strip().splitlines()[-1])
