@@ -188,3 +188,38 @@ def test_bench_url_refusals(tmp_path):
     for (args, message), error, status in zip(cases, lines[::2], lines[1::2], strict=True):
         assert message in error and status == "exit 2", (args, error, status)
     assert "Traceback" not in done.stderr
+
+
+def test_server_stops_when_its_starter_is_killed(triton_install, trained_digits, tmp_path):
+    """A `serve` killed with SIGKILL cannot stop its server: Linux's parent-death signal does (no server left
+    holding the ports)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    code = ("import time\nfrom pathlib import Path\n"
+            "from resnet_deploy.serving.model_io import read_artifact_io\n"
+            "from resnet_deploy.serving.triton import RepositoryOptions, write_repository\n"
+            "from resnet_deploy.serving.tritonserver import package_source, start_server\n"
+            f"repo = Path({str(tmp_path / 'repo')!r})\n"
+            f"write_repository([read_artifact_io({str(trained_digits['onnx'])!r})], repo, "
+            "RepositoryOptions(backend='python', ensemble=False, threads=1, source=package_source()))\n"
+            "server = start_server(repo, ready_timeout=120)\n"
+            "print(server.process.pid, flush=True)\ntime.sleep(600)\n")
+    starter = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        server_pid = int(starter.stdout.readline())
+    finally:
+        starter.kill()
+        starter.wait(30)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            os.kill(server_pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.5)
+    os.kill(server_pid, signal.SIGKILL)
+    raise AssertionError("tritonserver outlived the process that started it")

@@ -174,7 +174,8 @@ def start_server(repository: Path, *, host: str = LOOPBACK, http_port: int = 0, 
                f"--exit-timeout-secs={exit_timeout}", "--log-verbose=0"]
     with open(log_path, "wb") as sink:
         process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, env=server_environment(install),
-                                   stdin=subprocess.DEVNULL, start_new_session=True)  # Ctrl-C reaches us alone
+                                   stdin=subprocess.DEVNULL, start_new_session=True,  # Ctrl-C reaches us alone
+                                   preexec_fn=_stop_with_parent)
     server = RunningServer(process, host, *ports, workdir=workdir, log=log_path)
     try:
         _wait_ready(server, ready_timeout)
@@ -186,6 +187,15 @@ def start_server(repository: Path, *, host: str = LOOPBACK, http_port: int = 0, 
         server.stop(10)
         raise
     return server
+
+
+def _stop_with_parent() -> None:
+    """In the server's process before it starts: SIGTERM when the process that started it dies, even by SIGKILL
+    (Linux's parent-death signal), so a killed `serve` leaves no server holding its ports."""
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
 def _wait_ready(server: RunningServer, timeout: float) -> None:
