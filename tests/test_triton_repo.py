@@ -384,3 +384,14 @@ def test_cli_name_and_backend_refusals(artifacts, tmp_path):
         errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
         assert len(errors) == 1 and expected in errors[0], done.stderr
         assert "Traceback" not in done.stderr
+
+
+def test_unreadable_openvino_ir_is_one_error(tmp_path):
+    pytest.importorskip("openvino", reason="OpenVINO is not installed")
+    (tmp_path / "m.xml").write_text("<net><layers><broken")
+    (tmp_path / "m.bin").write_bytes(b"\0" * 16)
+    done = subprocess.run([sys.executable, "-m", "resnet_deploy", "triton-repo", str(tmp_path / "m.xml"), "-o",
+                           str(tmp_path / "repo")], capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert done.returncode == 2, done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "not a readable OpenVINO IR" in errors[0], done.stderr

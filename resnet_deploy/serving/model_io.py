@@ -157,7 +157,11 @@ def _openvino_io(path: Path) -> ArtifactIO:
     weights = path.with_suffix(".bin")
     if not weights.is_file():
         raise UsageError(f"{path}: its weights file {weights.name} is missing beside it")
-    model = shared_core().read_model(str(path))  # one Core per process (see shared_core)
+    try:
+        model = shared_core().read_model(str(path))  # one Core per process (see shared_core)
+    except Exception as exc:  # OpenVINO raises RuntimeError for an IR it cannot read
+        reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        raise UsageError(f"{path}: not a readable OpenVINO IR ({reason})") from None
 
     def spec(port: Any) -> TensorSpec:
         shape = tuple(dim.get_length() if dim.is_static else -1 for dim in port.get_partial_shape())
