@@ -17,6 +17,7 @@ from resnet_deploy.commands import (
     import_weights_cmd,
     inspect_cmd,
     sensitivity_cmd,
+    serve_cmd,
     train_cmd,
     triton_repo_cmd,
     validate_cmd,
@@ -61,6 +62,7 @@ app.command("import-weights")(verbosity_options(import_weights_cmd.import_weight
 app.command("import-onnx")(verbosity_options(import_onnx_cmd.import_onnx))
 app.command("demo")(verbosity_options(demo_cmd.demo))
 app.command("triton-repo")(verbosity_options(triton_repo_cmd.triton_repo))
+app.command("serve")(verbosity_options(serve_cmd.serve))
 app.command("sensitivity")(verbosity_options(sensitivity_cmd.sensitivity))
 
 

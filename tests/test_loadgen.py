@@ -186,3 +186,54 @@ def test_cli_accuracy_refuses_random_weights():
     done = subprocess.run([sys.executable, "-m", "resnet_deploy", "bench", "--depth", "20", "--accuracy", "--data",
                            "."], capture_output=True, text=True, cwd=REPO, timeout=300)
     assert done.returncode == 2 and "random weights have no accuracy" in done.stderr, done.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--target-qps", "inf"], "--target-qps must be a positive, finite number"),
+    (["--target-qps", "nan"], "--target-qps must be a positive, finite number"),
+    (["--target-qps", "1e-6"], "fewer than one query"),
+    (["--target-qps", "0.5", "--duration", "1"], "fewer than one query"),
+    (["--target-qps", "1e9", "--duration", "10"], "schedules in memory up front"),
+    (["--target-latency-ms", "nan"], "--target-latency-ms must be a positive number"),
+    (["--target-latency-ms", "-1"], "--target-latency-ms must be a positive number"),
+])
+def test_cli_server_numbers_refused_before_any_work(onnx_path, args, message):
+    """Issue 27: `inf` grew memory to the OOM killer, `1e-6` never finished, `nan` was a bug exit: each is now one
+    error line, exit 2, before anything is opened or timed."""
+    done = subprocess.run([sys.executable, "-m", "resnet_deploy", "bench", str(onnx_path), "--scenario", "server",
+                           *args], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert done.returncode == 2, done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and message in errors[0], done.stderr
+    assert "timing" not in done.stderr and "opening" not in done.stderr
+
+
+def test_sigint_ends_a_server_run_at_once(onnx_path):
+    """Issue 27: SIGINT during a Server run was ignored until LoadGen's run ended (hours at a low rate): it now
+    ends the run within seconds, exit 130, without C++ aborting at exit."""
+    import os
+    import signal
+    import time
+
+    code = ("import numpy as np\nfrom resnet_deploy.artifacts import open_engine\n"
+            "from resnet_deploy.bench.loadgen import ScenarioSettings, run_scenario\n"
+            f"engine = open_engine({str(onnx_path)!r})\n"
+            "samples = np.random.default_rng(0).standard_normal((8, 3, 32, 32), dtype=np.float32)\n"
+            "print('running', flush=True)\n"
+            "run_scenario(engine, samples, 'server', ScenarioSettings(duration_s=120, min_queries=1, target_qps=0.5),"
+            " model='m', artifact=None, expected_ms=1.0, target_qps=0.5)\n")
+    process = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, cwd=REPO)
+    try:
+        assert process.stdout.readline().strip() == "running"
+        time.sleep(3)  # LoadGen has started its 120 s run
+        started = time.monotonic()
+        os.kill(process.pid, signal.SIGINT)
+        _, err = process.communicate(timeout=60)
+        elapsed = time.monotonic() - started
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == 130, err
+    assert elapsed < 15 and "terminate called" not in err

@@ -9,8 +9,13 @@ LoadGen's own; shorter ones are allowed and the result then says it is not a val
 
 from __future__ import annotations
 
+import atexit
+import contextlib
+import math
+import os
 import queue
 import re
+import sys
 import tempfile
 import threading
 import time
@@ -29,6 +34,29 @@ EXTRA = "pip install 'resnet-deploy[loadgen]'"
 PERFORMANCE_SAMPLES = 64  # random images resident in memory, as LoadGen's performance sample set
 DEFAULT_SERVER_LATENCY_MS = 15.0  # MLPerf's bound for ResNet-50 in the Server scenario
 MLPERF_ACCURACY_FRACTION = 0.99  # MLPerf: the submission keeps at least 99 % of the FP32 reference's top-1
+LOADGEN_MIN_DURATION_S = 600.0  # LoadGen's default minimum duration (what a run without --duration lasts at least)
+MIN_TARGET_QPS = 0.1  # a query every 10 s: below that a run waits hours for its first queries
+MAX_SCHEDULED_QUERIES = 5_000_000  # LoadGen schedules every query of a Server run in advance, in memory
+
+
+def check_server_numbers(target_qps: float | None, target_latency_ms: float, duration_s: float | None) -> None:
+    """Refuse Server-scenario numbers that cannot make a run (NaN, infinite, not positive), or that make one that
+    never ends (a query a week) or fills the memory (LoadGen schedules qps x duration queries up front): before any
+    work, so nothing is measured for a run that cannot happen."""
+    if not math.isfinite(target_latency_ms) or target_latency_ms <= 0:
+        raise UsageError(f"--target-latency-ms must be a positive number of milliseconds, got {target_latency_ms}")
+    if target_qps is None:
+        return
+    if not math.isfinite(target_qps) or target_qps <= 0:
+        raise UsageError(f"--target-qps must be a positive, finite number of queries per second, got {target_qps}")
+    seconds = duration_s if duration_s is not None else LOADGEN_MIN_DURATION_S
+    if target_qps < MIN_TARGET_QPS or target_qps * seconds < 1:
+        raise UsageError(f"--target-qps {target_qps:g}: fewer than one query in the run's {seconds:g} s (and at "
+                         f"least {MIN_TARGET_QPS:g} queries/s); the run would wait for its queries for hours")
+    if target_qps * seconds > MAX_SCHEDULED_QUERIES:
+        raise UsageError(f"--target-qps {target_qps:g} for {seconds:g} s is {target_qps * seconds:.3g} queries, "
+                         f"which LoadGen schedules in memory up front (at most {MAX_SCHEDULED_QUERIES:,} here): "
+                         "lower the rate or give a shorter --duration")
 
 
 @dataclass(frozen=True)
@@ -106,6 +134,7 @@ class _SystemUnderTest:
         self._queue: queue.Queue[Any] = queue.Queue()
         self._worker = threading.Thread(target=self._serve, daemon=True) if threaded else None
         self.error: BaseException | None = None
+        self._abandoned = False
         self._bound = None
         if batch == 1 and not threaded and not keep_top1:
             bound = engine.prepare_run(samples[:1].copy(), copy_free=True)
@@ -120,7 +149,15 @@ class _SystemUnderTest:
             self._queue.put(None)
             self._worker.join()
 
+    def abandon(self) -> None:
+        """Interrupted: answer every further query without running the engine (LoadGen waits for each answer)."""
+        self._abandoned = True
+
     def issue(self, query_samples: Sequence[Any]) -> None:
+        if self._abandoned:
+            lg = _loadgen()
+            lg.QuerySamplesComplete([lg.QuerySampleResponse(sample.id, 0, 0) for sample in query_samples])
+            return
         if self.threaded:
             for sample in query_samples:
                 self._queue.put(sample)
@@ -147,6 +184,9 @@ class _SystemUnderTest:
 
     def _run(self, chunk: list[Any]) -> None:
         lg = _loadgen()
+        if self._abandoned:
+            lg.QuerySamplesComplete([lg.QuerySampleResponse(sample.id, 0, 0) for sample in chunk])
+            return
         if self._bound is not None and len(chunk) == 1:
             try:
                 np.copyto(self._bound.input, self.samples[chunk[0].index: chunk[0].index + 1])
@@ -164,6 +204,48 @@ class _SystemUnderTest:
             for sample, row in zip(chunk, logits, strict=True):
                 self.predictions[sample.index] = int(np.argmax(row))
         lg.QuerySamplesComplete([lg.QuerySampleResponse(sample.id, 0, 0) for sample in chunk])
+
+
+def _start_test(lg: Any, sut_impl: _SystemUnderTest, sut: Any, qsl: Any, settings: Any, log_settings: Any) -> bool:
+    """LoadGen's run, in a thread: the main thread keeps waiting in Python, where Ctrl-C and SIGTERM arrive (inside
+    LoadGen's C++ call they wait until the run ends, which for a Server run can be hours). On an interrupt the SUT
+    answers every further query at once without running the engine, and the run is given a moment to wind down;
+    False when it is still running (LoadGen has no way to abort a run)."""
+    failure: list[BaseException] = []
+    done = threading.Event()  # not Thread.join: a KeyboardInterrupt inside join() can leave is_alive() False
+
+    def run() -> None:
+        try:
+            lg.StartTestWithLogSettings(sut, qsl, settings, log_settings)
+        except BaseException as exc:
+            failure.append(exc)
+        finally:
+            done.set()
+
+    threading.Thread(target=run, name="loadgen", daemon=True).start()
+    try:
+        while not done.wait(0.1):
+            pass
+    except KeyboardInterrupt:
+        sut_impl.abandon()
+        if not done.wait(2.0):
+            atexit.register(_exit_past_loadgen)
+            return False
+        sut_impl.stop()
+        raise
+    if failure:
+        raise failure[0]
+    return True
+
+
+def _exit_past_loadgen() -> None:
+    """At exit, with an abandoned LoadGen run still in its thread: C++'s exit would destroy that running thread and
+    abort (SIGABRT, exit 134). Everything of ours is cleaned up by now (atexit runs last); leave at once, with the
+    status an interrupt gets."""
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
+    os._exit(130)
 
 
 def _settings(lg: Any, scenario: str, options: ScenarioSettings, *, expected_ms: float, target_qps: float | None,
@@ -206,12 +288,12 @@ def run_scenario(engine: Engine, samples: np.ndarray, scenario: str, options: Sc
         sut = lg.ConstructSUT(sut_impl.issue, lambda: None)
         qsl = lg.ConstructQSL(count, min(count, PERFORMANCE_SAMPLES), lambda ids: None, lambda ids: None)
         sut_impl.start()
-        try:
-            lg.StartTestWithLogSettings(sut, qsl, settings, log_settings)
-        finally:
-            sut_impl.stop()
-            lg.DestroyQSL(qsl)
-            lg.DestroySUT(sut)
+        finished = _start_test(lg, sut_impl, sut, qsl, settings, log_settings)
+        if not finished:  # interrupted and LoadGen still running: its thread still uses them, nothing to destroy
+            raise KeyboardInterrupt
+        sut_impl.stop()
+        lg.DestroyQSL(qsl)
+        lg.DestroySUT(sut)
         summary = (Path(logs) / "mlperf_log_summary.txt").read_text() if not accuracy else ""
     if sut_impl.error is not None:
         raise sut_impl.error

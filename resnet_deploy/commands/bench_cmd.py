@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import shlex
 import sys
 from pathlib import Path
@@ -81,6 +82,15 @@ def bench(
         "--wide", help="Show every column (std, p90, p95, min, max; LoadGen's p90); by default each table fits "
                        "the terminal, naming what it leaves out.")]
         = False,
+    url: Annotated[str | None, typer.Option(
+        "--url", help="Bench models served by a Triton server (resnet-deploy serve) at HOST:PORT (HTTP) or "
+                      "grpc://HOST:PORT; the arguments are then model names. End-to-end latency per request.",
+        show_default=False)] = None,
+    concurrency: Annotated[str, typer.Option(
+        "--concurrency", help="With --url: requests kept in flight, comma-separated levels.")] = "1,2,4,8",
+    max_requests: Annotated[int, typer.Option(
+        "--max-requests", help="With --url: at most this many requests per level (and --duration s, default 3).")]
+        = 2000,
     json_output: JsonOption = False,
 ) -> None:
     """Measure latency and throughput of artifacts.
@@ -90,6 +100,14 @@ def bench(
     """
     from resnet_deploy.bench.timing import CV_WARN_THRESHOLD, TimingConfig
 
+    if url is not None:
+        if depth is not None or arch is not None or report is not None or plot is not None or accuracy:
+            raise UsageError("--url benches served models by name; --depth/--arch, --report, --plot and --accuracy "
+                             "are for artifacts run in this process")
+        _bench_url(url, [str(name) for name in artifacts or []], concurrency=concurrency, max_requests=max_requests,
+                   duration=duration, scenario=scenario, target_qps=target_qps, target_latency_ms=target_latency_ms,
+                   peak_qps=peak_qps, json_output=json_output)
+        return
     artifacts = list(artifacts or [])
     if artifacts and (depth is not None or arch is not None):
         raise UsageError("give artifacts or --depth/--arch, not both")
@@ -130,12 +148,16 @@ def bench(
     if exclude_copies and not device_name.startswith("cuda"):
         info("note: --exclude-copies has no effect on the CPU (there are no host<->device copies)")
 
+    scenarios = _parse_scenarios(scenario)
+    if "server" in scenarios:
+        from resnet_deploy.bench.loadgen import check_server_numbers
+
+        check_server_numbers(target_qps, target_latency_ms, duration)  # before anything is built or measured
     plan = plan_for_architecture_or_artifacts(
         arch_name, artifacts, backends=backend_list, precisions=precision_list, batch_sizes=sizes,
         device=device_name, threads=threads, include_copies=include_copies,
         cache_dir=cache_dir or default_cache_dir(), calib_data=calib_data, calib_samples=calib_samples,
         progress=_say)
-    scenarios = _parse_scenarios(scenario)
     if scenarios or accuracy:
         from resnet_deploy.bench.loadgen import _loadgen
 
@@ -215,13 +237,109 @@ def _run_scenarios(plan: BenchPlan, scenarios: list[str], *, duration: float | N
         return []
     from resnet_deploy.bench.loadgen import ScenarioSettings, run_plan_scenarios
 
-    if target_qps is not None and target_qps <= 0 or target_latency_ms <= 0:
-        raise UsageError("--target-qps and --target-latency-ms must be positive")
     largest = max(batch_sizes)
     options = ScenarioSettings(duration_s=duration, min_queries=1 if duration is not None else None,
                                target_qps=target_qps, target_latency_ms=target_latency_ms, offline_batch=largest,
                                server_batch=largest)
     return run_plan_scenarios(plan.cases, scenarios, options, peak_qps=peak_qps, progress=_say)
+
+
+def _bench_url(url: str, models: list[str], *, concurrency: str, max_requests: int, duration: float | None,
+               scenario: str | None, target_qps: float | None, target_latency_ms: float, peak_qps: bool,
+               json_output: bool) -> None:
+    """Served models: every concurrency level, then the LoadGen scenarios asked for, each bounded in time."""
+    from resnet_deploy.serving.client import describe_served, measure_concurrency, parse_url
+
+    parse_url(url)
+    if not models:
+        raise UsageError("--url: name the served models to bench, e.g. resnet20_cifar10")
+    levels = _parse_batch_sizes(concurrency) if concurrency else []
+    if max_requests < 1:
+        raise UsageError(f"--max-requests must be at least 1, got {max_requests}")
+    if duration is not None and duration <= 0:
+        raise UsageError(f"--duration must be positive, got {duration}")
+    scenarios = _parse_scenarios(scenario)
+    seconds = duration if duration is not None else 3.0
+    if "server" in scenarios:
+        from resnet_deploy.bench.loadgen import check_server_numbers
+
+        check_server_numbers(target_qps, target_latency_ms, seconds)
+    if scenarios:
+        from resnet_deploy.bench.loadgen import _loadgen
+
+        _loadgen()
+    served = [describe_served(url, model) for model in models]  # every model ready before anything is measured
+    rows = []
+    for model in served:
+        for level in levels:
+            _say(f"{model.name} at {url}: {level} in flight for {seconds:g} s (at most {max_requests} requests)")
+            rows.append(measure_concurrency(model, level, duration_s=seconds, max_requests=max_requests))
+    scenario_results = _served_scenarios(served, scenarios, seconds, target_qps, target_latency_ms, peak_qps)
+    if json_output:
+        emit_json({"url": url, "served": [r.to_dict() for r in rows],
+                   "scenarios": [r.to_dict() for r in scenario_results]})
+        return
+    from rich.table import Table
+
+    table = Table(title=f"Served by Triton at {url} (end to end, as the client sees each request)",
+                  title_justify="left")
+    for column in ("model", "in flight", "requests", "req/s", "p50 ms", "p90 ms", "p99 ms", "errors"):
+        table.add_column(column, justify="left" if column == "model" else "right")
+    for r in rows:
+        table.add_row(plain(r.model), str(r.concurrency), str(r.requests), f"{r.requests_per_s:.1f}",
+                      f"{r.latency_ms['p50']:.2f}", f"{r.latency_ms['p90']:.2f}", f"{r.latency_ms['p99']:.2f}",
+                      str(r.errors))
+    from rich.console import Console
+
+    out = stdout if stdout.is_terminal else Console(highlight=False, width=140)  # piped: not rich's 80 columns
+    out.print(table)
+    for r in rows:
+        for note in r.notes:
+            out.print(plain(f"note: {r.model} x{r.concurrency}: {note}"))
+    if scenario_results:
+        from resnet_deploy.bench.report import scenario_table
+
+        out.print(scenario_table(scenario_results))
+
+
+def _served_scenarios(served: list, scenarios: list[str], seconds: float, target_qps: float | None,
+                      target_latency_ms: float, peak_qps: bool) -> list:
+    if not scenarios:
+        return []
+    from resnet_deploy.bench.loadgen import (
+        PERFORMANCE_SAMPLES,
+        ScenarioSettings,
+        expected_latency_ms,
+        find_peak_qps,
+    )
+    from resnet_deploy.serving.client import ServedEngine, sample_batch
+
+    results = []
+    for model in served:
+        batch = max(1, min(8, model.max_batch))
+        options = ScenarioSettings(duration_s=seconds, min_queries=1, target_qps=target_qps,
+                                   target_latency_ms=target_latency_ms, offline_batch=batch, server_batch=batch)
+        with ServedEngine(model) as engine:
+            samples = sample_batch(model, PERFORMANCE_SAMPLES)
+            expected = expected_latency_ms(engine, samples)
+            for name in scenarios:
+                _say(f"LoadGen {name}: {model.name} at {model.url}")
+
+                run = functools.partial(_served_run, engine, samples, name, options, model, expected)
+                start_qps = target_qps or max(1.0, 500.0 / expected)
+                if name == "server" and peak_qps:
+                    results.append(find_peak_qps(run, start_qps))  # type: ignore[arg-type]
+                else:
+                    results.append(run(start_qps if name == "server" else None))
+    return results
+
+
+def _served_run(engine: object, samples: object, name: str, options: object, model: object, expected: float,
+                qps: float | None) -> object:
+    from resnet_deploy.bench.loadgen import run_scenario
+
+    return run_scenario(engine, samples, name, options, model=model.name, artifact=model.url,  # type: ignore
+                        expected_ms=expected, target_qps=qps)
 
 
 def _check_accuracy_options(accuracy: bool, data: Path | None, images: int, *, from_artifacts: bool) -> None:

@@ -32,6 +32,9 @@ def triton_repo(
         = True,
     force: Annotated[bool, typer.Option("--force", help="Replace models of the same name in the repository.")]
         = False,
+    backend: Annotated[str, typer.Option(
+        "--backend", help="native: Triton's backend for the artifact (ONNX Runtime, OpenVINO, TensorRT); python: a "
+                          "Python-backend model running resnet-deploy's engine (also PyTorch cards).")] = "native",
     json_output: JsonOption = False,
 ) -> None:
     """Write a Triton model repository.
@@ -44,8 +47,10 @@ def triton_repo(
 
     check_io(inputs=artifacts)
     options = RepositoryOptions(name=name, version=version, instances=instances, max_batch=max_batch,
-                                max_queue_delay_us=max_queue_delay_us, gpu=gpu, ensemble=ensemble, force=force)
-    report = write_repository([read_artifact_io(path) for path in artifacts], output, options)
+                                max_queue_delay_us=max_queue_delay_us, gpu=gpu, ensemble=ensemble, force=force,
+                                backend=backend)
+    report = write_repository([read_artifact_io(path, allow_torch=backend == "python") for path in artifacts], output,
+                              options)
     for note in report.notes:
         warn(note)
     if json_output:
@@ -58,5 +63,4 @@ def triton_repo(
         table.add_row(model["name"], model["platform"] or model["backend"], str(model["max_batch_size"]),
                       ", ".join(model["files"]))
     stdout.print(table)
-    stdout.print(f"serve: docker run --gpus all --rm -p8000:8000 -p8001:8001 -v {report.repository.resolve()}:/models "
-                 "nvcr.io/nvidia/tritonserver:<yy.mm>-py3 tritonserver --model-repository=/models", soft_wrap=True)
+    stdout.print(f"serve: {report.serve}", soft_wrap=True)

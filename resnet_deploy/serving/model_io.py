@@ -7,7 +7,7 @@ Read from the artifact itself: the ONNX graph, the OpenVINO IR (through OpenVINO
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +39,25 @@ class ArtifactIO:
     batch_range: tuple[int, int] | None  # (min, max) the artifact accepts; None: any batch
     compute_capability: str | None  # TensorRT plans only
     card: ModelCard | None
+    manifest: dict[str, Any] | None = None  # the sidecar manifest, where there is one
+
+    @property
+    def folder(self) -> Path:
+        return self.path.parent
+
+    def relative(self, file: Path) -> str:
+        """A file of the artifact, as the path its model names it by (ONNX external data may sit in a subfolder)."""
+        return file.relative_to(self.folder).as_posix()
+
+    @property
+    def tensorrt_version(self) -> str | None:
+        value = (self.manifest or {}).get("tensorrt_version")
+        return str(value) if value else None
+
+    @property
+    def version_compatible(self) -> bool:
+        options = (self.manifest or {}).get("build_options")
+        return bool(isinstance(options, dict) and options.get("version_compatible"))
 
     @property
     def static_batch(self) -> int | None:
@@ -47,16 +66,34 @@ class ArtifactIO:
         return None
 
 
-def read_artifact_io(path: str | Path) -> ArtifactIO:
+def read_artifact_io(path: str | Path, *, allow_torch: bool = False) -> ArtifactIO:
+    """The artifact's I/O, once every file it consists of is checked: the hashes its manifest recorded (an edited
+    .bin, a plan that is not the one built, are refused), and ONNX external data that stays inside the model's
+    folder as plain files (a symlink, an absolute or escaping location is refused). `allow_torch`: PyTorch cards
+    too (served through resnet-deploy's engine; no Triton backend reads them)."""
+    from resnet_deploy.artifact_checks import check_artifact_files
+
     artifact = Path(path)
     if not artifact.is_file():
         raise UsageError(f"{artifact}: no such file")
     backend = backend_for(artifact)
-    if backend == "torch":
-        raise UsageError(f"{artifact}: a PyTorch checkpoint is not a serving artifact; export it to ONNX first "
-                         "(`resnet-deploy export`) or build an engine (`resnet-deploy build-engine`)")
-    reader = {"onnxruntime": _onnx_io, "openvino": _openvino_io, "tensorrt": _tensorrt_io}[backend]
-    return reader(artifact)
+    if backend == "torch" and not allow_torch:
+        raise UsageError(f"{artifact}: a PyTorch checkpoint is not a native Triton artifact; export it to ONNX "
+                         "first (`resnet-deploy export`), build an engine (`resnet-deploy build-engine`), or serve it "
+                         "through resnet-deploy's engine (`--backend python`)")
+    if backend != "torch":
+        check_artifact_files(artifact)
+    reader = {"torch": _torch_io, "onnxruntime": _onnx_io, "openvino": _openvino_io, "tensorrt": _tensorrt_io}
+    io = reader[backend](artifact)
+    manifest = read_manifest(artifact) if backend != "torch" else None
+    return replace(io, manifest=manifest if isinstance(manifest, dict) and manifest else None)
+
+
+def _torch_io(path: Path) -> ArtifactIO:
+    card = artifact_card(path)
+    size = card.preprocessing.input_size
+    return ArtifactIO(path, "torch", (path,), TensorSpec("input", "float32", (-1, 3, size, size)),
+                      TensorSpec("logits", "float32", (-1, card.num_classes)), None, None, card)
 
 
 def _card_or_none(path: Path) -> ModelCard | None:
@@ -91,10 +128,27 @@ def _onnx_io(path: Path) -> ArtifactIO:
     source = spec(_one(inputs, "input", path))
     output = spec(_one(list(model.graph.output), "output", path))
     batch = source.shape[0] if source.shape else -1
-    external = [path.with_name(entry.value) for init in model.graph.initializer for entry in init.external_data
-                if entry.key == "location"]
+    external = [_external_file(path, entry.value) for init in model.graph.initializer
+                for entry in init.external_data if entry.key == "location"]
     return ArtifactIO(path, "onnxruntime", (path, *sorted(set(external))), source, output,
                       None if batch < 1 else (batch, batch), None, _card_or_none(path))
+
+
+def _external_file(model: Path, location: str) -> Path:
+    """An external-data file the ONNX model names, refused unless it is a plain file inside the model's folder
+    (`weights/w.bin` is fine; a symlink could copy any file of the machine into a repository)."""
+    relative = Path(location)
+    if relative.is_absolute() or ".." in relative.parts or not location.strip():
+        raise UsageError(f"{model}: its external-data location {location!r} is not a path inside the model's "
+                         "folder; the onnx library and every runtime refuse it")
+    file = model.parent / relative
+    for step in [*reversed(relative.parents[:-1]), relative]:
+        if (model.parent / step).is_symlink():
+            raise UsageError(f"{model.parent / step}: a symbolic link in the external data of {model.name}; "
+                             "copy the file itself beside the model (a link may point anywhere)")
+    if not file.is_file():
+        raise UsageError(f"{file}: missing; the ONNX model {model.name} keeps weights in this external-data file")
+    return file
 
 
 def _openvino_io(path: Path) -> ArtifactIO:
@@ -103,7 +157,11 @@ def _openvino_io(path: Path) -> ArtifactIO:
     weights = path.with_suffix(".bin")
     if not weights.is_file():
         raise UsageError(f"{path}: its weights file {weights.name} is missing beside it")
-    model = shared_core().read_model(str(path))  # one Core per process (see shared_core)
+    try:
+        model = shared_core().read_model(str(path))  # one Core per process (see shared_core)
+    except Exception as exc:  # OpenVINO raises RuntimeError for an IR it cannot read
+        reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        raise UsageError(f"{path}: not a readable OpenVINO IR ({reason})") from None
 
     def spec(port: Any) -> TensorSpec:
         shape = tuple(dim.get_length() if dim.is_static else -1 for dim in port.get_partial_shape())

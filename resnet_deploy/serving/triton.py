@@ -5,7 +5,9 @@ Runtime (`onnxruntime_onnx`), TensorRT (`tensorrt_plan`) or OpenVINO (`backend: 
 types and shapes read from the artifact (`model_io.py`), dynamic batching within what the artifact accepts, an
 instance group, a warm-up request, and `labels.txt` from the model card. With a card and an FP32 input, also an
 ensemble `<name>_jpeg` (encoded image bytes → class scores) whose Python-backend step applies the card's
-evaluation transform (`triton_preprocess.py`).
+evaluation transform (`triton_preprocess.py`, numpy + Pillow). With `backend="python"`, every classifier is a
+Python-backend model that runs the artifact through resnet-deploy's own engine (`triton_engine_model.py`), for a
+server without the native backend (the `nvidia-pytriton` wheel's server, which `resnet-deploy serve` starts).
 
 Every config is built as Triton's own protobuf (`tritonclient`'s `model_config_pb2`), printed as text, parsed back
 with the schema, and checked against the artifact before anything is written.
@@ -21,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from resnet_deploy.artifacts import manifest_path
 from resnet_deploy.errors import BackendUnavailable, UsageError
 from resnet_deploy.serving.model_io import ArtifactIO
 
@@ -29,7 +32,15 @@ TRITON_TYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "bfloat16": "TYP
 MODEL_FILES = {"onnxruntime": "model.onnx", "tensorrt": "model.plan", "openvino": "model.xml"}
 DEFAULT_MAX_BATCH = 32  # for artifacts that accept any batch
 PREPROCESS_SOURCE = Path(__file__).with_name("triton_preprocess.py")
+ENGINE_MODEL_SOURCE = Path(__file__).with_name("triton_engine_model.py")
 EXTRA = "pip install 'resnet-deploy[triton]'"
+BACKENDS = ("native", "python")
+# The Triton container release that first carried each TensorRT minor version (NVIDIA's Triton release notes): a
+# plan loads only in a server built with the TensorRT version that built it (unless it is version-compatible).
+TRITON_FOR_TENSORRT = {"10.0": "24.05", "10.1": "24.06", "10.2": "24.07", "10.3": "24.08", "10.4": "24.09",
+                       "10.5": "24.10", "10.6": "24.11", "10.7": "24.12", "10.8": "25.01", "10.9": "25.03"}
+SUPPORT_MATRIX = "https://docs.nvidia.com/deeplearning/frameworks/support-matrix/"
+NAME_PATTERN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 
 
 @dataclass(frozen=True)
@@ -42,6 +53,9 @@ class RepositoryOptions:
     gpu: bool = False  # ONNX models: GPU instances (plans always run on a GPU, OpenVINO on the CPU)
     ensemble: bool = True
     force: bool = False  # replace models of the same name already in the repository
+    backend: str = "native"  # native: Triton's own backend for the artifact; python: resnet-deploy's engine
+    threads: int | None = None  # python backend: the engine's CPU threads per instance
+    source: str | None = None  # python backend: the folder the server imports resnet_deploy from (`serve`, tests)
 
 
 @dataclass
@@ -65,8 +79,10 @@ class RepositoryReport:
     models: list[dict[str, Any]]
     notes: list[str]
 
+    serve: str = ""  # how to start a server on it
+
     def to_dict(self) -> dict[str, Any]:
-        return {"repository": str(self.repository), "models": self.models, "notes": self.notes}
+        return {"repository": str(self.repository), "models": self.models, "notes": self.notes, "serve": self.serve}
 
 
 def _schema() -> Any:
@@ -81,6 +97,34 @@ def model_name_for(path: Path) -> str:
     """resnet20.int8.cpu.onnx → resnet20_int8_cpu: Triton names are folder names; keep them plain."""
     stem = path.name[: -len(path.suffix)] if path.suffix else path.name
     return re.sub(r"[^A-Za-z0-9_-]+", "_", stem).strip("_") or "model"
+
+
+def check_model_name(name: str) -> str:
+    """A model name is one plain folder name of the repository: `.`, `..`, a path or a hidden name is refused."""
+    if name in (".", "..") or not NAME_PATTERN.fullmatch(name):
+        raise UsageError(f"--name {name!r}: a model name is one folder name inside the repository (letters, "
+                         "digits, _, - and ., not starting with a dot)")
+    return name
+
+
+def tensorrt_server(io: ArtifactIO) -> tuple[str, list[str], str]:
+    """(the image tag, tritonserver's extra options, a note) for a TensorRT plan, from its manifest."""
+    version = io.tensorrt_version
+    options = ["--backend-config=tensorrt,version-compatible=true"] if io.version_compatible else []
+    if not version:
+        return "<yy.mm>", options, (f"{io.path.name}: its manifest does not say which TensorRT built it; serve it "
+                                     "on the Triton release built with that TensorRT")
+    minor = ".".join(version.split(".")[:2])
+    release = TRITON_FOR_TENSORRT.get(minor)
+    where = (f"Triton {release} (nvcr.io/nvidia/tritonserver:{release}-py3) is the first release carrying TensorRT "
+             f"{minor}; a later one carries a later TensorRT" if release else
+             f"serve it on a Triton release built with TensorRT {minor} ({SUPPORT_MATRIX} lists them)")
+    if io.version_compatible:
+        note = (f"{io.path.name}: a version-compatible plan built with TensorRT {version}: a Triton with TensorRT "
+                f"{minor} or later loads it when started with {options[0]}")
+    else:
+        note = f"{io.path.name}: built with TensorRT {version}, which alone can load it: {where}"
+    return release or "<yy.mm>", options, note
 
 
 def _max_batch(io: ArtifactIO, asked: int | None) -> int:
@@ -115,19 +159,80 @@ def _triton_type(dtype: str, where: str) -> str:
     return TRITON_TYPES[dtype]
 
 
-def classifier_entry(io: ArtifactIO, name: str, options: RepositoryOptions) -> ModelEntry:
+def _labels(io: ArtifactIO) -> str:
+    """labels.txt: one line per class, so a name may not hold a line break (Triton would shift every label)."""
+    assert io.card is not None
+    for index, label in enumerate(io.card.class_names):
+        if any(char in label for char in "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"):
+            raise UsageError(f"{io.path}: class {index} ({label!r}) contains a line break; labels.txt holds one name "
+                             "a line, so Triton would shift every label after it: rename the class in the card")
+    return "".join(f"{label}\n" for label in io.card.class_names)
+
+
+def _warmup_dims(io: ArtifactIO, dims: list[int], batching: bool) -> list[int] | None:
+    """The warm-up request's dims: no -1 (Triton refuses a model whose warm-up does), the batch of an unbatched
+    config 1, a free height/width the card's input size; None where nothing says what to send."""
+    size = io.card.preprocessing.input_size if io.card is not None else None
+    filled = []
+    for index, dim in enumerate(dims):
+        if dim >= 0:
+            filled.append(dim)
+        elif index == 0 and not batching:
+            filled.append(1)
+        elif size is not None and index >= len(dims) - 2:
+            filled.append(size)
+        else:
+            return None
+    return filled
+
+
+def classifier_entry(io: ArtifactIO, name: str, options: RepositoryOptions) -> tuple[ModelEntry, list[str]]:
     schema = _schema()
+    notes: list[str] = []
     config = schema.ModelConfig(name=name)
-    model_file = MODEL_FILES[io.backend]
-    if io.backend == "onnxruntime":
-        config.platform = "onnxruntime_onnx"
-    elif io.backend == "tensorrt":
-        config.platform = "tensorrt_plan"
-        config.cc_model_filenames[io.compute_capability] = model_file
+    python = options.backend == "python"
+    version = str(options.version)
+    files: dict[str, Path] = {}
+    if python:
+        config.backend = "python"
+        config.parameters["artifact"].string_value = io.relative(io.path)
+        if options.threads:
+            config.parameters["threads"].string_value = str(options.threads)
+        if options.source:
+            config.parameters["resnet_deploy_source"].string_value = options.source
+        files[f"{version}/model.py"] = ENGINE_MODEL_SOURCE
+        for file in io.files:
+            files[f"{version}/{io.relative(file)}"] = file
+        sidecar = manifest_path(io.path)
+        if sidecar.is_file():  # the engine checks the hashes it records, and reads the card from it
+            files[f"{version}/{io.relative(sidecar)}"] = sidecar
     else:
-        config.backend = "openvino"
-    config.default_model_filename = model_file
-    max_batch = _max_batch(io, options.max_batch)
+        if io.backend == "torch":
+            raise UsageError(f"{io.path}: no Triton backend reads a PyTorch card; use --backend python")
+        model_file = MODEL_FILES[io.backend]
+        if io.backend == "onnxruntime":
+            config.platform = "onnxruntime_onnx"
+        elif io.backend == "tensorrt":
+            config.platform = "tensorrt_plan"
+            config.cc_model_filenames[io.compute_capability] = model_file
+            notes.append(tensorrt_server(io)[2])
+        else:
+            config.backend = "openvino"
+        config.default_model_filename = model_file
+        files[f"{version}/{model_file}"] = io.path
+        if io.backend == "openvino":
+            files[f"{version}/model.bin"] = io.files[1]
+        for extra in io.files[1:] if io.backend == "onnxruntime" else ():
+            files[f"{version}/{io.relative(extra)}"] = extra  # ONNX external data keeps the path the graph names
+    if io.backend == "openvino" and not python:
+        # The OpenVINO backend fixes the model's batch to max_batch_size and refuses every other batch (without
+        # ENABLE_BATCH_PADDING): serve the IR's own dynamic batch unbatched, as its maintainers advise.
+        if options.max_batch not in (None, 0):
+            notes.append(f"{name}: --max-batch {options.max_batch} not used: Triton's OpenVINO backend serves the IR "
+                         "unbatched (max_batch_size 0, the IR's dynamic batch in the dims); --backend python batches")
+        max_batch = 0
+    else:
+        max_batch = _max_batch(io, options.max_batch)
     config.max_batch_size = max_batch
     skip = 1 if max_batch > 0 else 0
     config.input.add(name=io.input.name, data_type=_triton_type(io.input.dtype, str(io.path)),
@@ -137,46 +242,52 @@ def classifier_entry(io: ArtifactIO, name: str, options: RepositoryOptions) -> M
     texts: dict[str, str] = {}
     if io.card is not None:
         output.label_filename = "labels.txt"
-        texts["labels.txt"] = "".join(f"{label}\n" for label in io.card.class_names)
+        texts["labels.txt"] = _labels(io)
     if max_batch > 0:
         config.dynamic_batching.preferred_batch_size.extend(_preferred_batches(max_batch))
         config.dynamic_batching.max_queue_delay_microseconds = options.max_queue_delay_us
-    gpu = io.backend == "tensorrt" or (io.backend == "onnxruntime" and options.gpu)
+    gpu = (io.backend == "tensorrt" and not python) or (io.backend == "onnxruntime" and options.gpu and not python)
     kind = schema.ModelInstanceGroup.KIND_GPU if gpu else schema.ModelInstanceGroup.KIND_CPU
     config.instance_group.add(count=options.instances, kind=kind)
-    warmup = config.model_warmup.add(name="random_batch_1", batch_size=1 if max_batch > 0 else 0)
-    warmup.inputs[io.input.name].CopyFrom(schema.ModelWarmup.Input(
-        data_type=config.input[0].data_type, dims=list(config.input[0].dims), random_data=True))
-    version = str(options.version)
-    files = {f"{version}/{model_file}": io.path}
-    if io.backend == "openvino":
-        files[f"{version}/model.bin"] = io.files[1]
-    for extra in io.files[1:] if io.backend == "onnxruntime" else ():
-        files[f"{version}/{extra.name}"] = extra  # ONNX external data keeps its file name (the graph names it)
-    return ModelEntry(name, config, files, texts)
+    dims = _warmup_dims(io, list(config.input[0].dims), max_batch > 0)
+    if dims is None:
+        notes.append(f"{name}: no warm-up request (the input's free dims {list(config.input[0].dims)} have no size "
+                     "to send, and no model card says one)")
+    else:
+        warmup = config.model_warmup.add(name="random_batch_1", batch_size=1)
+        warmup.inputs[io.input.name].CopyFrom(schema.ModelWarmup.Input(
+            data_type=config.input[0].data_type, dims=dims, random_data=True))
+    return ModelEntry(name, config, files, texts), notes
 
 
 def ensemble_entries(io: ArtifactIO, classifier: ModelEntry, options: RepositoryOptions) -> tuple[list[ModelEntry],
                                                                                                   str | None]:
     """The `<name>_preprocess` Python model and the `<name>_jpeg` ensemble; or why there are none."""
+    from resnet_deploy.serving.triton_preprocess import FILTERS
+
     if io.card is None:
         return [], f"{classifier.name}: no model card, so no preprocessing is known: no JPEG ensemble"
-    if classifier.config.max_batch_size == 0:
-        return [], f"{classifier.name}: static batch, no JPEG ensemble (the ensemble batches requests)"
+    batch = classifier.config.max_batch_size
+    dims = list(classifier.config.input[0].dims)
+    if batch == 0 and (not dims or dims[0] != -1):
+        return [], f"{classifier.name}: static batch, no JPEG ensemble (the ensemble sends any number of images)"
     if io.input.dtype != "float32":
         return [], f"{classifier.name}: input is {io.input.dtype}, the preprocessing makes float32: no JPEG ensemble"
+    if io.card.preprocessing.interpolation not in FILTERS:
+        return [], (f"{classifier.name}: the card's {io.card.preprocessing.interpolation} resize has no server-side "
+                    "implementation: no JPEG ensemble")
     schema = _schema()
-    batch = classifier.config.max_batch_size
+    image_dims = [1] if batch > 0 else [-1]  # an unbatched classifier (OpenVINO): the batch is the first dim
     in_name, out_name = io.input.name, io.output.name
     pre = schema.ModelConfig(name=f"{classifier.name}_preprocess", backend="python", max_batch_size=batch)
-    pre.input.add(name="IMAGE", data_type="TYPE_STRING", dims=[1])
-    pre.output.add(name=in_name, data_type="TYPE_FP32", dims=list(classifier.config.input[0].dims))
+    pre.input.add(name="IMAGE", data_type="TYPE_STRING", dims=image_dims)
+    pre.output.add(name=in_name, data_type="TYPE_FP32", dims=dims)
     pre.parameters["preprocessing"].string_value = json.dumps(io.card.preprocessing.to_dict())
     pre.instance_group.add(count=options.instances, kind=schema.ModelInstanceGroup.KIND_CPU)
     version = str(options.version)
 
     ensemble = schema.ModelConfig(name=f"{classifier.name}_jpeg", platform="ensemble", max_batch_size=batch)
-    ensemble.input.add(name="IMAGE", data_type="TYPE_STRING", dims=[1])
+    ensemble.input.add(name="IMAGE", data_type="TYPE_STRING", dims=image_dims)
     ensemble.output.add(name=out_name, data_type=classifier.config.output[0].data_type,
                         dims=list(classifier.config.output[0].dims), label_filename="labels.txt")
     step = ensemble.ensemble_scheduling.step.add(model_name=pre.name, model_version=-1)
@@ -223,7 +334,18 @@ def check_config(text: str, io: ArtifactIO) -> Any:
     if batching and io.batch_range is not None and config.max_batch_size > io.batch_range[1]:
         problems.append(f"max_batch_size {config.max_batch_size} is beyond the plan's profile (max "
                         f"{io.batch_range[1]})")
-    if io.backend == "tensorrt" and dict(config.cc_model_filenames) != {io.compute_capability: MODEL_FILES["tensorrt"]}:
+    if config.backend == "openvino" and batching:
+        problems.append(f"max_batch_size {config.max_batch_size} with the OpenVINO backend, which then refuses "
+                        "every batch but that one: use 0 and the IR's dynamic batch in the dims")
+    for warmup in config.model_warmup:
+        if warmup.batch_size != 1:
+            problems.append(f"warm-up {warmup.name!r} has batch_size {warmup.batch_size} (must be 1; Triton "
+                            "skips or refuses it otherwise)")
+        for tensor, spec in warmup.inputs.items():
+            if any(dim < 0 for dim in spec.dims):
+                problems.append(f"warm-up {warmup.name!r} input {tensor} has a free dim in {list(spec.dims)}")
+    if config.platform == "tensorrt_plan" and dict(config.cc_model_filenames) != {
+            io.compute_capability: MODEL_FILES["tensorrt"]}:
         problems.append(f"cc_model_filenames {dict(config.cc_model_filenames)} does not map the plan's compute "
                         f"capability {io.compute_capability} to model.plan")
     if problems:
@@ -246,14 +368,19 @@ def write_repository(artifacts: list[ArtifactIO], output: Path, options: Reposit
     """Build every model, check every config, then write each model folder (staged, then renamed into place)."""
     if options.name is not None and len(artifacts) > 1:
         raise UsageError("--name names one model; give one artifact, or let the names come from the file names")
+    if options.name is not None:
+        check_model_name(options.name)
+    if options.backend not in BACKENDS:
+        raise UsageError(f"--backend {options.backend!r}: one of {', '.join(BACKENDS)}")
     if options.version < 1 or options.instances < 1 or options.max_queue_delay_us < 0:
         raise UsageError("--version and --instances must be positive, --max-queue-delay-us not negative")
     entries: list[tuple[ModelEntry, ArtifactIO | None]] = []
     notes: list[str] = []
     for io in artifacts:
         name = options.name or model_name_for(io.path)
-        classifier = classifier_entry(io, name, options)
+        classifier, classifier_notes = classifier_entry(io, name, options)
         entries.append((classifier, io))
+        notes.extend(classifier_notes)
         if options.ensemble:
             extra, why = ensemble_entries(io, classifier, options)
             entries.extend((entry, None) for entry in extra)
@@ -266,11 +393,46 @@ def write_repository(artifacts: list[ArtifactIO], output: Path, options: Reposit
     existing = [n for n in names if (output / n).exists()]
     if existing and not options.force:
         raise UsageError(f"{output}: already holds {', '.join(existing)}; pass --force to replace them")
+    _refuse_replacing_inputs(artifacts, [output / n for n in existing])
+    if any(entry.config.backend == "python" and entry.name.endswith("_preprocess") for entry, _ in entries):
+        notes.append("the *_preprocess models decode images with Pillow: the stock tritonserver image's Python has "
+                     "numpy but no Pillow; serve from an image built FROM it with `RUN pip install pillow`")
     texts = [_checked_text(entry, io) for entry, io in entries]
     output.mkdir(parents=True, exist_ok=True)
     for (entry, _), text in zip(entries, texts, strict=True):
         _write_model(output, entry, text)
-    return RepositoryReport(output, [entry.summary() for entry, _ in entries], notes)
+    return RepositoryReport(output, [entry.summary() for entry, _ in entries], notes,
+                            serve_command(output, [entry for entry, _ in entries], artifacts, options))
+
+
+def _refuse_replacing_inputs(artifacts: list[ArtifactIO], replaced: list[Path]) -> None:
+    """--force replaces model folders: never one that holds a file being read (the input would be deleted)."""
+    for folder in replaced:
+        root = folder.resolve()
+        for io in artifacts:
+            for file in (*io.files, manifest_path(io.path)):
+                if file.exists() and file.resolve().is_relative_to(root):
+                    raise UsageError(f"{file}: inside the model folder {folder} that --force would replace; copy the "
+                                     "artifact out of the repository first, or write to another --output")
+
+
+def serve_command(repository: Path, entries: list[ModelEntry], artifacts: list[ArtifactIO],
+                  options: RepositoryOptions) -> str:
+    """How to start Triton on this repository: `--gpus all` only where a model runs on a GPU, the image tag and
+    options a TensorRT plan needs."""
+    if options.backend == "python":
+        return (f"resnet-deploy serve {' '.join(str(io.path) for io in artifacts)}  (the Python-backend models run "
+                "resnet-deploy's engine: the server's Python must import resnet_deploy)")
+    gpu = any(group.kind == _schema().ModelInstanceGroup.KIND_GPU for entry in entries
+              for group in entry.config.instance_group)
+    tag, extra = "<yy.mm>", []
+    for io in artifacts:
+        if io.backend == "tensorrt":
+            tag, extra = tensorrt_server(io)[:2]
+    flags = " ".join(extra)
+    return (f"docker run {'--gpus all ' if gpu else ''}--rm -p8000:8000 -p8001:8001 -p8002:8002 "
+            f"-v {repository.resolve()}:/models nvcr.io/nvidia/tritonserver:{tag}-py3 tritonserver "
+            f"--model-repository=/models{' ' + flags if flags else ''}")
 
 
 def _write_model(repository: Path, entry: ModelEntry, text: str) -> None:
