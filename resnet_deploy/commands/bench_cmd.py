@@ -289,9 +289,9 @@ def _bench_url(url: str, models: list[str], *, concurrency: str, max_requests: i
         table.add_row(plain(r.model), str(r.concurrency), str(r.requests), f"{r.requests_per_s:.1f}",
                       f"{r.latency_ms['p50']:.2f}", f"{r.latency_ms['p90']:.2f}", f"{r.latency_ms['p99']:.2f}",
                       str(r.errors))
-    from rich.console import Console
+    from resnet_deploy.tables import table_console
 
-    out = stdout if stdout.is_terminal else Console(highlight=False, width=140)  # piped: not rich's 80 columns
+    out = table_console()
     out.print(table)
     for r in rows:
         for note in r.notes:
@@ -299,7 +299,7 @@ def _bench_url(url: str, models: list[str], *, concurrency: str, max_requests: i
     if scenario_results:
         from resnet_deploy.bench.report import scenario_table
 
-        out.print(scenario_table(scenario_results))
+        out.print(scenario_table(scenario_results, width=out.width))
 
 
 def _served_scenarios(served: list, scenarios: list[str], seconds: float, target_qps: float | None,
