@@ -32,7 +32,7 @@ def finetune_int8(  # noqa: PLR0913 - a training command has many knobs
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run saved beside --output, exactly.",
                                          rich_help_panel=PANEL_TRAIN)] = False,
     lr: Annotated[float, typer.Option("--lr", help="Peak learning rate (SGD, Nesterov momentum 0.9).",
-                                      rich_help_panel=PANEL_TRAIN)] = 0.005,
+                                      rich_help_panel=PANEL_TRAIN)] = 0.001,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Per-process batch.",
                                             rich_help_panel=PANEL_TRAIN)] = 128,
     temperature: Annotated[float, typer.Option("--temperature", help="Distillation temperature T (loss T²·KL).",
