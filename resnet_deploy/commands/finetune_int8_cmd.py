@@ -56,9 +56,10 @@ def finetune_int8(  # noqa: PLR0913 - a training command has many knobs
     workers: Annotated[int | None, typer.Option("--workers", help="Decode threads / loader processes.")] = None,
     json_output: JsonOption = False,
 ) -> None:
-    """Fine-tune INT8 with the FP32 model as teacher; write a verified Q/DQ ONNX.
+    """Fine-tune INT8 with the FP32 model as teacher.
 
-    Quantizers sit where `build-engine --int8` puts them; `build-engine --onnx OUT --int8` then compiles
+    Writes a verified Q/DQ ONNX; quantizers sit where `build-engine --int8` puts them. `build-engine --onnx OUT
+    --int8` then compiles
     it for ONNX Runtime or OpenVINO without calibrating again.
     """
     from trainer.progress import Reporter, RichReporter
