@@ -58,9 +58,8 @@ def finetune_int8(  # noqa: PLR0913 - a training command has many knobs
 ) -> None:
     """Fine-tune INT8 with the FP32 model as teacher.
 
-    Writes a verified Q/DQ ONNX; quantizers sit where `build-engine --int8` puts them. `build-engine --onnx OUT
-    --int8` then compiles
-    it for ONNX Runtime or OpenVINO without calibrating again.
+    Writes a verified Q/DQ ONNX; quantizers sit where `build-engine --int8` puts them, and
+    `build-engine --onnx OUT --int8` compiles it for ONNX Runtime or OpenVINO without calibrating again.
     """
     from trainer.progress import Reporter, RichReporter
     from trainer.qat import FinetuneConfig, finetune_int8
