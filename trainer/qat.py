@@ -38,6 +38,7 @@ from resnet_deploy.atomic import atomic_path, sha256_file
 from resnet_deploy.errors import CheckFailed, UsageError
 from trainer import distributed
 from trainer.progress import Reporter
+from trainer.safety import TrainingInterrupted, sigterm_as_interrupt
 
 STATE_FORMAT = "resnet_deploy.finetune_int8/1"
 DEFAULT_ITERS = 1000
@@ -133,7 +134,8 @@ def finetune_int8(config: FinetuneConfig, reporter: Reporter | None = None) -> F
     config.check()
     ctx = distributed.setup(config.device)
     try:
-        return _Finetune(config, ctx, reporter if reporter is not None and ctx.is_main else Reporter()).run()
+        with sigterm_as_interrupt():
+            return _Finetune(config, ctx, reporter if reporter is not None and ctx.is_main else Reporter()).run()
     finally:
         distributed.cleanup(ctx)
 
@@ -254,7 +256,11 @@ class _Finetune:
                              f"batch of {plan.global_batch}; lower --batch-size")
         self.plan = plan
         if pre.resize_size is None:  # fixed-size images (CIFAR-like): decode once, augment on the device
+            if not ctx.is_main:  # rank 0 decodes and caches first; the others then read its cache
+                distributed.barrier(ctx)
             decoded = decode_images(data.train, size, cache_dir=default_cache_dir(), threads=cfg.workers or 2)
+            if ctx.is_main:
+                distributed.barrier(ctx)
             rows = torch.tensor(data.train_rows, dtype=torch.int64)
             return TensorBatches(decoded.images[rows], decoded.labels[rows], plan, device=ctx.device,
                                  mean=pre.mean, std=pre.std, padding=max(1, round(4 * size / 32)),
@@ -313,8 +319,8 @@ class _Finetune:
                     self._save(done)
                     mark = time.perf_counter()
         except KeyboardInterrupt:
-            raise CheckFailed(f"interrupted; {cfg.state_path} holds the last saved iteration, continue with --resume") \
-                from None
+            raise TrainingInterrupted(f"interrupted; {cfg.state_path} holds the last saved iteration (if any was "
+                                      "saved): continue with --resume") from None
         finally:
             self.reporter.end_training()
             self.batches.close()
