@@ -57,7 +57,7 @@ def test_fake_quant_model_and_onnx_compute_the_same(digits, tmp_path):
         path = export_qdq(model, tmp_path / f"m{bits}.onnx", card=loaded.card, props={},
                           quantization={"qat": {}, "weight_bits": bits})
         check = check_qdq(path, model, digits.images)
-        assert check.passed and check.agreement == 100.0, check
+        assert check.passed and check.disagreements == 0 and check.agreement >= 99.5, check
         assert check.max_abs_logit_diff <= 2 * check.logit_step + 1e-6, check
         assert check.exact_fraction > 0.9, check
         # The file holds the module's scales, and its weights quantize to the 7/8-bit range.
@@ -80,7 +80,7 @@ def test_fake_quant_model_and_onnx_compute_the_same(digits, tmp_path):
 
 def test_finetune_writes_a_verified_int8_onnx(finetuned, digits):
     assert finetuned.completed and finetuned.output is not None and finetuned.output.is_file()
-    assert finetuned.qdq_check["passed"] and finetuned.qdq_check["agreement"] == 100.0
+    assert finetuned.qdq_check["passed"] and finetuned.qdq_check["disagreements"] == 0
     assert finetuned.vs_fp32["agreement"] >= 98.5
     props = _props(finetuned.output)
     assert props[PRECISION_KEY] == "int8"
