@@ -159,7 +159,10 @@ def test_bad_input_is_one_error_line(digits, tmp_path, cli):
 
 @pytest.mark.slow
 def test_cifar10_resnet20_agreement(cifar10_dir, tmp_path):
-    """The ResNet-20 card fine-tuned on CIFAR-10: at least 99 % top-1 agreement with FP32 on held-out images."""
+    """The ResNet-20 card fine-tuned on CIFAR-10: at least 99 % top-1 agreement with FP32 on held-out images.
+
+    The issue's goal, not yet met: 200 iterations (batch 128, defaults) gave 98.70 % on these 2,000 images,
+    against 98.65 % for the calibrated model before any training (AMD EPYC Zen 3, 2 shared cores)."""
     from trainer.qat import FinetuneConfig, finetune_int8
 
     card = Path(__file__).parent / "data" / "resnet20_cifar10.safetensors"
