@@ -169,6 +169,9 @@ class BuildReport:
 def build(request: BuildRequest, listener: BuildListener | None = None) -> BuildReport:
     """Build the artifact `request` asks for; raises UsageError/BackendUnavailable/CheckFailed (writing nothing)."""
     say = listener or BuildListener()
+    prebuilt = build_finetuned_int8(request, say)  # a finetune-int8 model: its trained scales, no calibration
+    if prebuilt is not None:
+        return prebuilt
     check_request(request)
     target, reason = resolve_target(request.target, request.device)
     say.info(f"target: {target.name} ({reason})")
@@ -300,6 +303,58 @@ def compile_artifact(target: Target | str, model: Path, output: Path, *, precisi
         target = get_target(target)
     return target.build(TargetRequest(model=model, output=output, precision=precision, card=card, device=device,
                                       check_images=check_images, tensorrt=tensorrt))
+
+
+# --- an INT8 model made by finetune-int8 ----------------------------------------------------------------------
+
+
+def build_finetuned_int8(request: BuildRequest, say: BuildListener) -> BuildReport | None:
+    """Compile a Q/DQ ONNX from `finetune-int8` (its `resnet_deploy.quantization` carries a `qat` record) for the
+    target as it is: a calibration would replace the trained scales. None for any other source."""
+    from resnet_deploy.precision.qat_export import qat_source
+
+    if request.onnx is None or not request.onnx.is_file():
+        return None
+    record = qat_source(request.onnx)
+    if record is None:
+        return None
+    source = request.onnx
+    if not request.int8 or request.fp16 or request.bf16:
+        raise UsageError(f"{source}: an INT8 Q/DQ model from finetune-int8; build it with --int8 alone (its scales "
+                         "are trained; nothing is recalibrated)")
+    if any(v is not None for v in (request.arch, request.checkpoint, request.num_classes, request.opset)):
+        raise UsageError("give --onnx PATH or the export flags (--depth/--arch/--checkpoint/--num-classes/--opset), "
+                         "not both")
+    from resnet_deploy.atomic import sha256_file
+    from resnet_deploy.card import CARD_METADATA_KEY, ModelCard
+    from resnet_deploy.classifier_onnx import load_onnx
+    from resnet_deploy.precision.isa import runs_exactly_on, this_cpu
+
+    target, reason = resolve_target(request.target, request.device)
+    say.info(f"target: {target.name} ({reason})")
+    for message in check_for_target(request, target.name):
+        say.warn(message)
+    trt_options = tensorrt_options(request.tensorrt) if target.name == "tensorrt" else None
+    output = request.output if request.output is not None else default_output(source, "int8", target, request.device)
+    check_output(output, target, source)
+    props = {p.key: p.value for p in load_onnx(source).metadata_props}
+    card = ModelCard.from_json(props[CARD_METADATA_KEY])
+    bits, cpu_class = record.get("weight_bits", 8), this_cpu().cpu_class
+    say.info(f"INT8 from finetune-int8 ({record['qat'].get('iterations')} iterations, {bits}-bit weights for "
+             f"{record.get('cpu_target')}): its trained scales are kept, nothing is calibrated")
+    if target.name != "tensorrt" and not runs_exactly_on(int(bits), cpu_class):
+        say.warn(f"{source}: {bits}-bit weights saturate the integer kernels of this CPU ({cpu_class}); fine-tune "
+                 "with --cpu native or --cpu portable for 7-bit weights")
+    images = None
+    if target.name == "onnxruntime" and request.calib_data is not None:
+        images = real_images(request.calib_data, card, ARTIFACT_CHECK_IMAGES, 1)
+    say.info(f"building the {target.name} artifact → {output}")
+    built = compile_artifact(target, source, output, precision="int8", card=card, device=request.device,
+                             check_images=images, tensorrt=trt_options)
+    for message in built.warnings:
+        say.warn(message)
+    return BuildReport(target.name, reason, source, sha256_file(source), False, "int8", False, None, None, built,
+                       output)
 
 
 # --- checks that need no work ---------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from resnet_deploy.commands import (
     build_engine_cmd,
     demo_cmd,
     export_cmd,
+    finetune_int8_cmd,
     import_onnx_cmd,
     import_weights_cmd,
     inspect_cmd,
@@ -64,6 +65,7 @@ app.command("demo")(verbosity_options(demo_cmd.demo))
 app.command("triton-repo")(verbosity_options(triton_repo_cmd.triton_repo))
 app.command("serve")(verbosity_options(serve_cmd.serve))
 app.command("sensitivity")(verbosity_options(sensitivity_cmd.sensitivity))
+app.command("finetune-int8")(verbosity_options(finetune_int8_cmd.finetune_int8))
 
 
 def main(argv: list[str] | None = None) -> None:
