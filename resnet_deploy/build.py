@@ -13,6 +13,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 from resnet_deploy.artifacts import manifest_path, onnx_stem
@@ -260,7 +261,7 @@ def rebuild_command(request: BuildRequest, source: Path, target: Target) -> str:
 
 def compile_checked(target: Target, model: Path, output: Path, *, request: BuildRequest, src: Any,
                     result: PrecisionResult | None, cpu_target: str | None, rebuild: str, say: BuildListener,
-                    ) -> tuple[BuildResult, Any]:
+                    check_set: Any = None) -> tuple[BuildResult, Any]:
     """Compile a CPU artifact in a staging folder beside `output`, judge it on this CPU against FP32 on the
     held-out images (one gate: `verify.judge_here`), record the CPU and the self-check in its manifest, and only
     then move it into place; a refused artifact leaves nothing behind."""
@@ -275,7 +276,7 @@ def compile_checked(target: Target, model: Path, output: Path, *, request: Build
         staged = staging / output.name
         built = compile_artifact(target, model, staged, precision=request.precision, card=src.card,
                                  device=request.device)
-        check_set = check_set_for(result, request, src, say)
+        check_set = check_set if check_set is not None else check_set_for(result, request, src, say)
         here = judge_here(staged, built.manifest, model=model, src=src, precision=request.precision,
                           check_set=check_set, cpu_target=cpu_target, min_agreement=request.min_agreement,
                           rebuild=rebuild, shown_as=output, progress=say.progress)
@@ -345,16 +346,32 @@ def build_finetuned_int8(request: BuildRequest, say: BuildListener) -> BuildRepo
     if target.name != "tensorrt" and not runs_exactly_on(int(bits), cpu_class):
         say.warn(f"{source}: {bits}-bit weights saturate the integer kernels of this CPU ({cpu_class}); fine-tune "
                  "with --cpu native or --cpu portable for 7-bit weights")
-    images = None
-    if target.name == "onnxruntime" and request.calib_data is not None:
-        images = real_images(request.calib_data, card, ARTIFACT_CHECK_IMAGES, 1)
     say.info(f"building the {target.name} artifact → {output}")
-    built = compile_artifact(target, source, output, precision="int8", card=card, device=request.device,
-                             check_images=images, tensorrt=trt_options)
+    if target.name not in CPU_TARGETS:
+        built, here = compile_artifact(target, source, output, precision="int8", card=card, device=request.device,
+                                       tensorrt=trt_options), None
+    else:
+        # Its accuracy against the FP32 teacher was judged when it was fine-tuned; here the artifact is held to the
+        # model's own Q/DQ arithmetic on this CPU (saturation), and gets the CPU record and self-check.
+        src = SimpleNamespace(path=source, card=card, random_weights=False,
+                              input_shape=[None, 3, card.preprocessing.input_size, card.preprocessing.input_size])
+        check_set = None
+        if request.calib_data is not None:
+            from resnet_deploy.onnx_check import arithmetic_session, run_logits
+            from resnet_deploy.precision.common import CheckSet
+            from resnet_deploy.verify import CHECK_IMAGES, labelled_images
+
+            images, labels = labelled_images(request.calib_data, card, request.check_images or CHECK_IMAGES,
+                                             request.calib_seed)
+            arithmetic = run_logits(arithmetic_session(source), images)
+            check_set = CheckSet(images, labels, arithmetic, arithmetic, "images (reference: its Q/DQ arithmetic)")
+        built, here = compile_checked(target, source, output, request=request, src=src, result=None,
+                                      cpu_target=record.get("cpu_target") or cpu_class,
+                                      rebuild=rebuild_command(request, source, target), say=say, check_set=check_set)
     for message in built.warnings:
         say.warn(message)
     return BuildReport(target.name, reason, source, sha256_file(source), False, "int8", False, None, None, built,
-                       output)
+                       output, here=here)
 
 
 # --- checks that need no work ---------------------------------------------------------------------------------
