@@ -13,6 +13,7 @@ import dataclasses
 import os
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,9 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 CIFAR10_DIR = REPO.parent / "shared" / "datasets" / "cifar10"
+
+# Calibration caches go to the user's cache folder: the suite keeps its own (subprocesses inherit it).
+os.environ.setdefault("RESNET_DEPLOY_CACHE_DIR", tempfile.mkdtemp(prefix="resnet-deploy-test-cache-"))
 
 # Two cores are shared by the whole suite: one thread per test process keeps runs predictable.
 os.environ.setdefault("OMP_NUM_THREADS", "2")

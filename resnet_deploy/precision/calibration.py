@@ -16,10 +16,11 @@ calibrator's resolution) against 256 quantized bins (the 255 levels of symmetric
 loops over bins in Python, which makes that resolution take minutes; `entropy_threshold` is the same
 computation written with numpy slices (a test checks it gives ORT's thresholds exactly).
 
-The result is cached beside the model as JSON, keyed by the sha256 of the source ONNX, the content
-of the calibration images, the preprocessing, the method and its settings, the sample count, the
-seed and the ONNX Runtime version. A cache whose key differs is never used (it is recomputed and
-overwritten).
+The result is cached as JSON in the user's cache folder (`cache_folder()`), in a file named by the
+sha256 of its key: the source ONNX, the content of the calibration images, the preprocessing, the
+method and its settings, the sample count, the seed and the ONNX Runtime version. Builds of the same
+model on the same images for any target find the same file; a file whose content does not match its
+key is never used (it is recomputed and overwritten).
 """
 
 from __future__ import annotations
@@ -213,10 +214,25 @@ def _sample_bytes(dataset: Any, index: int) -> bytes:
 # --- cache ------------------------------------------------------------------------------------------
 
 
-def cache_path_for(model_path: str | Path, method: str) -> Path:
-    """`model.int8.onnx` → `model.int8.onnx.calib-entropy.json` beside it."""
-    model_path = Path(model_path)
-    return model_path.with_name(f"{model_path.name}.calib-{method}.json")
+CACHE_ENV = "RESNET_DEPLOY_CACHE_DIR"
+
+
+def cache_folder() -> Path:
+    """Where calibration caches live: $RESNET_DEPLOY_CACHE_DIR, else the platform's user cache folder
+    ($XDG_CACHE_HOME or ~/.cache, then resnet-deploy/calibration). Not beside the model: a model in a read-only
+    folder calibrates as well, and every build of the same source and images finds the same file."""
+    import os
+
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV]) / "calibration"
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "resnet-deploy" / "calibration"
+
+
+def cache_path_for(key: dict[str, Any], method: str) -> Path:
+    """The cache file of exactly this key (source hash, calibration set hash, method, settings, versions): builds of
+    one model for ONNX Runtime, OpenVINO and TensorRT share it, whatever their outputs are called."""
+    return cache_folder() / f"{method}-{_key_digest(key)[:32]}.json"
 
 
 def cache_key(*, source_sha256: str, images: CalibrationImages, method: str, samples: int) -> dict[str, Any]:
@@ -253,9 +269,15 @@ def read_cache(path: Path, key: dict[str, Any]) -> tuple[dict[str, Any] | None, 
     return document["ranges"], "hit"
 
 
-def write_cache(path: Path, key: dict[str, Any], ranges: dict[str, Any]) -> None:
+def write_cache(path: Path, key: dict[str, Any], ranges: dict[str, Any]) -> bool:
+    """Write the cache; False (nothing written, the build goes on) where the cache folder is not writable."""
     document = {"format": CACHE_FORMAT, "key_sha256": _key_digest(key), "key": key, "ranges": ranges}
-    write_text(path, json.dumps(document, sort_keys=True) + "\n")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_text(path, json.dumps(document, sort_keys=True) + "\n")
+    except (OSError, UsageError):
+        return False
+    return True
 
 
 # --- running the calibrators ----------------------------------------------------------------------------

@@ -83,10 +83,10 @@ def quantize_int8(
 ) -> PrecisionResult:
     """A Q/DQ INT8 model of the FP32 `source_onnx`, calibrated on `calib_data` and checked against it.
 
-    `method` is percentile (the default), entropy, minmax or auto (each method, scored on held-out
-    images by top-1 agreement with FP32; the best is kept). Calibration caches live beside `cache_base` (default
-    `output`) as `<name>.calib-<method>.json`. Raises UsageError for bad input, CheckFailed (writing
-    nothing) when the model misses the gate.
+    `method` is percentile (the default), entropy, minmax or auto (each method, scored on held-out images by
+    top-1 agreement with FP32; the best is kept). Calibration caches live in the user's cache folder
+    (`calibration.cache_folder()`), named by their key; `cache_base` is accepted and unused. Raises UsageError
+    for bad input, CheckFailed (writing nothing) when the model misses the gate.
 
     `weight_bits` None: what `cpu_target` needs (None: this machine's class). 7 quantizes weights to [-64, 64]
     (ONNX Runtime's reduce_range), for CPUs whose u8×s8 integer kernels saturate (`isa.py`; `cpu_target` names
@@ -248,14 +248,15 @@ def _calibration_prop(report: CalibrationReport) -> dict[str, Any]:
 
 def _ranges(src: _Source, calib: CalibrationImages, method: str, prepared: Path, base: Path, batch: int,
             static: bool, samples: int, progress: ProgressFn | None) -> tuple[dict[str, Any], CacheStatus]:
-    """The method's activation ranges: from the cache beside the model when its key matches, else computed."""
+    """The method's activation ranges: from the user's cache folder when its key matches, else computed."""
     key = cache_key(source_sha256=src.sha256, images=calib, method=method, samples=samples)
-    path = cache_path_for(base, method)
+    path = cache_path_for(key, method)  # the user's cache folder (`base` is no longer where caches live)
     ranges, status = read_cache(path, key)
     if ranges is None:
         ranges = compute_ranges(prepared, calib.images, method, input_name=src.input_name, batch=batch,
                                 static=static, progress=progress)
-        write_cache(path, key, ranges)
+        if not write_cache(path, key, ranges):
+            status = "not written (cache folder not writable)"
     elif progress is not None:
         progress(f"calibrate {method} (cached)", len(calib.images), len(calib.images))
     return ranges, CacheStatus(path, status)

@@ -47,7 +47,7 @@ class Quantizer:
     @classmethod
     def prepare(cls, src: Any, calib: Any, method: str, tmp: Path, base: Path, batch: int, static: bool,
                 samples: int, progress: Any = None, fp16_remainder: bool = False, weight_bits: int = 8) -> Quantizer:
-        """Pre-process the source and take the method's ranges from the cache beside `base` (or compute them)."""
+        """Pre-process the source and take the method's ranges from the calibration cache (or compute them)."""
         from resnet_deploy.precision.int8 import _pre_process, _ranges
 
         prepared = tmp / "prepared.onnx"

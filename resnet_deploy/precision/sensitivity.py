@@ -158,7 +158,7 @@ def analyse(
     """Rank the quantized nodes of `source_onnx` by how much keeping each alone out of INT8 helps.
 
     Held-out images: `images` from `data` when given, else the calibration folder's held-out slice.
-    The ranges are cached beside `cache_base` (default `<name>.int8.onnx`, where build-engine keeps them).
+    The ranges come from the calibration cache build-engine uses (the user's cache folder; `cache_base` is unused).
     `weight_bits` None: what `build-engine --int8` takes for this CPU (7 where its integer kernels saturate).
     Every model runs as its Q/DQ arithmetic (optimizations off), as the build's own checks do."""
     import time
