@@ -1,0 +1,118 @@
+"""The battery of issue 27 (bad inputs and faults the first hardening round missed), each as the user meets
+it: one `error:` line, the documented exit code, the input left intact. docs/RELIABILITY.md lists them.
+
+The fixture is test_hardening's `kit`: a random-weight resnet20 card for two classes at 16x16, its ONNX
+export and a tiny two-class ImageFolder of noise PNGs.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import test_hardening
+from test_hardening import assert_usage_error, run, sha
+
+kit = test_hardening.kit  # the same module-scoped fixture
+
+
+def external_data_copy(source: Path, folder: Path, location: str = "model.data") -> Path:
+    """`source` re-saved with its weights in the external-data file `location` beside it."""
+    import onnx
+
+    folder.mkdir(parents=True, exist_ok=True)
+    model = onnx.load(str(source))
+    path = folder / "ext.onnx"
+    onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location=location,
+                    size_threshold=1024)  # small tensors stay inline: shape inference reads them
+    return path
+
+
+# --- data loss: an output over a file an input consists of, or inside the data set ---------------------------
+
+
+@pytest.mark.parametrize("command", ["validate", "bench"])
+def test_a_report_over_the_models_external_data_is_refused(kit, tmp_path, command) -> None:
+    model = external_data_copy(kit["onnx"], tmp_path)
+    weights = tmp_path / "model.data"
+    before = sha(weights)
+    args = ["validate", str(model), "--data", str(kit["data"])] if command == "validate" else \
+        ["bench", str(model), "--iters", "1"]
+    assert_usage_error(run(*args, "--report", str(weights)), "would destroy the input", "model.data")
+    assert sha(weights) == before
+
+
+def test_a_report_over_an_image_of_the_data_set_is_refused(kit, tmp_path) -> None:
+    data = tmp_path / "data"
+    shutil.copytree(kit["data"], data)
+    image = data / "a" / "0.png"
+    before = sha(image)
+    assert_usage_error(run("validate", str(kit["onnx"]), "--data", str(data), "--report", str(image)),
+                       "inside the data set")
+    assert sha(image) == before
+
+
+@pytest.mark.parametrize("case", ["report-over-model", "plot-over-calibration-image", "read-only-report"])
+def test_sensitivity_guards_its_outputs_before_the_analysis(kit, tmp_path, case) -> None:
+    model = tmp_path / "model.onnx"
+    shutil.copy(kit["onnx"], model)
+    data = tmp_path / "data"
+    shutil.copytree(kit["data"], data)
+    image = data / "a" / "0.png"
+    before = {p: sha(p) for p in (model, image)}
+    flag, output, needle = {
+        "report-over-model": ("--report", model, "would destroy the input"),
+        "plot-over-calibration-image": ("--plot", image, "inside the data set"),
+        "read-only-report": ("--report", Path("/proc/self/sensitivity.md"), "/proc/self/sensitivity.md"),
+    }[case]
+    result = run("sensitivity", str(model), "--calib-data", str(data), "--calib-samples", "2", flag, str(output))
+    assert_usage_error(result, needle)
+    assert ".tmp" not in result.stderr and "calibrating" not in result.stderr  # refused before any work
+    assert {p: sha(p) for p in before} == before
+
+
+def test_build_engine_keeps_the_users_own_file_where_its_intermediate_would_go(kit, tmp_path) -> None:
+    pytest.importorskip("openvino")
+    out = tmp_path / "out"
+    out.mkdir()
+    model = tmp_path / "x.onnx"
+    shutil.copy(kit["onnx"], model)
+    mine = out / "x.fp16.onnx"
+    mine.write_bytes(b"the user's own, different model")
+    result = run("build-engine", "--onnx", str(model), "--fp16", "--target", "openvino", "-o", str(out / "x.fp16.xml"))
+    assert_usage_error(result, str(mine), "would be overwritten")
+    assert mine.read_bytes() == b"the user's own, different model"
+    assert not (out / "x.fp16.xml").exists()
+
+
+def test_train_out_inside_the_data_set_is_refused_before_creating_it(tmp_path) -> None:
+    from test_trainer_cli import FAST, make_folder
+
+    data = make_folder(tmp_path / "d")
+    result = run("train", "--arch", "resnet20", "--data", str(data), "--out", str(data / "train" / "zz_run"), *FAST,
+                 "--iters", "2")
+    assert_usage_error(result, "inside the data set")
+    assert not (data / "train" / "zz_run").exists()
+
+
+def test_build_engine_rebuilds_over_its_own_earlier_intermediate(kit, tmp_path) -> None:
+    pytest.importorskip("openvino")
+    model = tmp_path / "x.onnx"
+    shutil.copy(kit["onnx"], model)
+    args = ("build-engine", "--onnx", str(model), "--fp16", "--target", "openvino", "-o", str(tmp_path / "x.fp16.xml"))
+    for _ in range(2):  # the second run replaces the first run's x.fp16.onnx: an earlier build of the same source
+        result = run(*args)
+        assert result.returncode == 0, result.stderr
+    assert (tmp_path / "x.fp16.onnx").is_file()
+
+
+# --- silent wrong results -------------------------------------------------------------------------------------
+
+
+def test_sensitivity_refuses_a_calibration_folder_that_leaves_nothing_held_out(kit, tmp_path) -> None:
+    one = tmp_path / "one"
+    one.mkdir()
+    shutil.copy(kit["data"] / "a" / "0.png", one / "0.png")
+    result = run("sensitivity", str(kit["onnx"]), "--calib-data", str(one))
+    assert_usage_error(result, "1 image(s)", "at least 2", "514 images", "--data")
