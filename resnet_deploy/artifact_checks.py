@@ -62,9 +62,20 @@ def _load_onnx_header(path: Path) -> Any:
     import onnx
 
     try:
-        return onnx.load(str(path), load_external_data=False)
+        model = onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # onnx raises DecodeError / ValueError for non-ONNX bytes
         raise UsageError(f"{path}: not a readable ONNX model ({exc})") from None
+    return require_graph(model, path)
+
+
+def require_graph(model: Any, path: str | Path) -> Any:
+    """`model`, if it has a graph: protobuf reads an empty file (or any bytes that happen to parse) as an
+    empty ModelProto without complaint, which would pass for a model with nothing in it."""
+    if not model.HasField("graph"):
+        size = Path(path).stat().st_size if Path(path).is_file() else None
+        what = "an empty file (0 bytes)" if size == 0 else "not an ONNX model (it holds no graph)"
+        raise UsageError(f"{path}: {what}; give the .onnx file an exporter wrote")
+    return model
 
 
 def check_onnx_external_data(path: str | Path, model: Any = None) -> None:

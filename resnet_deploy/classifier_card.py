@@ -17,9 +17,8 @@ from resnet_deploy.card import CARD_METADATA_KEY, ModelCard, Preprocessing, stam
 from resnet_deploy.classifier_onnx import (
     ClassifierIO,
     ImportResult,
-    checked_clean,
     classifier_io,
-    clean_model,
+    clean_and_check,
     load_onnx,
     save_onnx,
 )
@@ -128,8 +127,7 @@ def import_onnx(
     card = foreign_card(io, pre, name=name or source.name.split(".")[0], class_names=class_names, dataset=dataset,
                         source_file=source.name, source_sha256=digest)
     had_card = any(p.key == CARD_METADATA_KEY for p in model.metadata_props)
-    cleaned, changes = clean_model(model, source)
-    report = checked_clean(model, cleaned, io, changes, source, input_size=pre.input_size)
+    cleaned, report = clean_and_check(model, io, source, input_size=pre.input_size)
     if had_card:
         report.changes.append("replaced the model card the source carried")
     attach_card(cleaned, card, io, source_sha256=digest)

@@ -7,7 +7,12 @@ export and a tiny two-class ImageFolder of noise PNGs.
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -116,3 +121,94 @@ def test_sensitivity_refuses_a_calibration_folder_that_leaves_nothing_held_out(k
     shutil.copy(kit["data"] / "a" / "0.png", one / "0.png")
     result = run("sensitivity", str(kit["onnx"]), "--calib-data", str(one))
     assert_usage_error(result, "1 image(s)", "at least 2", "514 images", "--data")
+
+
+# --- hangs: long native work stays interruptible --------------------------------------------------------------
+
+
+def constant_loop_classifier(path: Path, trips: int) -> Path:
+    """A card-less classifier ([N,3,16,16] → [N,3]) whose output adds an all-constant Loop of `trips` trips:
+    cleaning folds the Loop, i.e. runs it."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    body = helper.make_graph(
+        [helper.make_node("Identity", ["cond_in"], ["cond_out"]), helper.make_node("Add", ["v_in", "one"], ["v_out"])],
+        "body",
+        [helper.make_tensor_value_info("i", TensorProto.INT64, []),
+         helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("v_in", TensorProto.FLOAT, [3])],
+        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("v_out", TensorProto.FLOAT, [3])],
+        [numpy_helper.from_array(np.ones(3, np.float32), "one")])
+    graph = helper.make_graph(
+        [helper.make_node("Loop", ["trips", "cond", "v0"], ["v"], body=body),
+         helper.make_node("GlobalAveragePool", ["x"], ["p"]), helper.make_node("Flatten", ["p"], ["f"]),
+         helper.make_node("Add", ["f", "v"], ["y"])],
+        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 16, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])],
+        [numpy_helper.from_array(np.array(trips, np.int64), "trips"), numpy_helper.from_array(np.array(True), "cond"),
+         numpy_helper.from_array(np.zeros(3, np.float32), "v0")])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), str(path))
+    return path
+
+
+FOREIGN_FLAGS = ("--mean", "0.5,0.5,0.5", "--std", "0.25,0.25,0.25", "--classes", "a,b,c")
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_build_engine_cleaning_an_endless_constant_loop_stops_on_a_signal(tmp_path, signum) -> None:
+    model = constant_loop_classifier(tmp_path / "loop.onnx", 2**40)
+    command = [sys.executable, "-m", "resnet_deploy", "build-engine", "--onnx", str(model), *FOREIGN_FLAGS,
+               "--target", "onnxruntime", "-o", str(tmp_path / "loop.cpu.onnx")]
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
+                               env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        assert process.stderr is not None
+        for line in process.stderr:  # wait until the cleaning has begun
+            if "cleaning the graph" in line:
+                break
+        time.sleep(3)  # well inside the Loop by now
+        process.send_signal(signum)
+        _, err = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+            pytest.fail("build-engine ignored the signal while cleaning the graph")
+    assert process.returncode == 130 and "error: interrupted" in err and "Traceback" not in err, err
+    assert not (tmp_path / "loop.cpu.onnx").exists()
+
+
+def test_build_engine_cleans_a_short_constant_loop_as_before(tmp_path) -> None:
+    model = constant_loop_classifier(tmp_path / "loop.onnx", 5)
+    result = run("build-engine", "--onnx", str(model), *FOREIGN_FLAGS, "--target", "onnxruntime", "-o",
+                 str(tmp_path / "loop.cpu.onnx"))
+    assert result.returncode == 0, result.stderr
+    assert "Loop: 1 → 0" in result.stderr
+
+
+def test_inspect_of_an_empty_onnx_file_is_an_error(tmp_path) -> None:
+    empty = tmp_path / "empty.onnx"
+    empty.write_bytes(b"")
+    assert_usage_error(run("inspect", str(empty)), "empty.onnx", "empty file (0 bytes)")
+
+
+def test_inspect_counts_huge_declared_initializers_without_overflow(kit, tmp_path) -> None:
+    import json
+
+    import onnx
+    from onnx import TensorProto
+
+    model = onnx.load(str(kit["onnx"]))
+    huge = model.graph.initializer.add()
+    huge.name, huge.data_type = "huge", TensorProto.FLOAT
+    huge.dims.extend([2**40, 2**40])  # declared only: inspect reads shapes, never the data
+    path = tmp_path / "huge.onnx"
+    onnx.save(model, str(path))
+    result = run("inspect", str(path), "--json")
+    assert result.returncode == 0, result.stderr
+    weights = onnx.load(str(kit["onnx"])).graph.initializer
+    expected = 2**80 + sum(int(onnx.numpy_helper.to_array(t).size) for t in weights)
+    assert json.loads(result.stdout)["parameters"] == expected
