@@ -212,3 +212,34 @@ def test_inspect_counts_huge_declared_initializers_without_overflow(kit, tmp_pat
     weights = onnx.load(str(kit["onnx"])).graph.initializer
     expected = 2**80 + sum(int(onnx.numpy_helper.to_array(t).size) for t in weights)
     assert json.loads(result.stdout)["parameters"] == expected
+
+
+# --- a signal while the process exits -------------------------------------------------------------------------
+
+LATE_SIGNAL_SCRIPT = """
+import atexit, time
+import typer
+from resnet_deploy.runner import run_command
+
+app = typer.Typer()
+
+@app.command()
+def work() -> None:
+    atexit.register(time.sleep, 4)  # an exit handler still busy, as multiprocessing joining decoding workers
+    print("done", flush=True)
+
+run_command(typer.main.get_command(app), [], "resnet-deploy")
+"""
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_during_the_exit_handlers_is_an_interrupt_without_a_traceback(signum) -> None:
+    process = subprocess.Popen([sys.executable, "-c", LATE_SIGNAL_SCRIPT], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    assert process.stdout is not None
+    assert process.stdout.readline().strip() == "done"  # the command returned; the exit handlers run now
+    time.sleep(1)
+    process.send_signal(signum)
+    out, err = process.communicate(timeout=30)
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+    assert process.returncode == 130 and err.strip() == "error: interrupted", err
