@@ -79,19 +79,56 @@ def require_graph(model: Any, path: str | Path) -> Any:
 
 
 def check_onnx_external_data(path: str | Path, model: Any = None) -> None:
-    """Every external-data file an ONNX model names is there (else one error naming it, exit 2)."""
+    """Every external-data file an ONNX model names is there, and is one the onnx library will read: a relative
+    location inside the model's folder (subfolders allowed), not a symbolic link, holding the bytes the tensor
+    claims. Else one error naming the file, exit 2, whichever command opened the model (the library's own
+    refusals are exceptions of its own, and ONNX Runtime's differ again)."""
     from onnx import TensorProto
 
     path = Path(path)
     model = model if model is not None else _load_onnx_header(path)
+    folder = path.parent
     for tensor in model.graph.initializer:
         if tensor.data_location != TensorProto.EXTERNAL:
             continue
-        location = next((entry.value for entry in tensor.external_data if entry.key == "location"), None)
-        file = path.parent / (location or "")
+        entries = {entry.key: entry.value for entry in tensor.external_data}
+        location = entries.get("location") or ""
+        where = f"the ONNX model {path.name} keeps its weights (tensor {tensor.name}) in"
+        if location and (Path(location).is_absolute() or location.startswith(("/", "\\"))):
+            raise UsageError(f"{path}: {where} the absolute path {location}; external data must lie beside the "
+                             "model (a relative location): re-save the model with its weights beside it")
+        file = folder / location
+        if location and not _within(file, folder):
+            raise UsageError(f"{path}: {where} {location}, outside the model's folder {folder}; external data must "
+                             "lie beside the model: copy the weights there and re-save the model")
+        if location and file.is_symlink():
+            raise UsageError(f"{file}: a symbolic link; {where} this file, and ONNX reads external data only from "
+                             "plain files beside the model: copy the real file there")
         if not location or not file.is_file():
-            raise UsageError(f"{file}: missing; the ONNX model {path.name} keeps its weights (tensor "
-                             f"{tensor.name}) in this external-data file: copy it beside the model")
+            raise UsageError(f"{file}: missing; {where} this external-data file: copy it beside the model")
+        _check_extent(file, tensor.name, entries)
+
+
+def _within(file: Path, folder: Path) -> bool:
+    try:
+        return folder.resolve() in file.resolve().parents
+    except (OSError, RuntimeError):  # a symlink loop
+        return False
+
+
+def _check_extent(file: Path, tensor: str, entries: dict[str, str]) -> None:
+    """offset + length lie within the file (the library would fail reading past its end)."""
+    try:
+        offset, length = int(entries.get("offset") or 0), entries.get("length")
+        length_value = int(length) if length is not None else None
+    except ValueError:
+        raise UsageError(f"{file}: the external-data offset/length of tensor {tensor} are not numbers "
+                         f"({entries.get('offset')!r}, {entries.get('length')!r}); the model is damaged") from None
+    size = file.stat().st_size
+    end = offset + (length_value or 0)
+    if offset < 0 or (length_value is not None and length_value < 0) or offset > size or end > size:
+        raise UsageError(f"{file}: {size} bytes, but tensor {tensor} claims bytes {offset} to {end} of it; the "
+                         "weights file is truncated or belongs to another model")
 
 
 def check_onnx_input(path: str | Path, card: CardT, model: Any = None) -> CardT:

@@ -26,7 +26,7 @@ def external_data_copy(source: Path, folder: Path, location: str = "model.data")
     """`source` re-saved with its weights in the external-data file `location` beside it."""
     import onnx
 
-    folder.mkdir(parents=True, exist_ok=True)
+    (folder / location).parent.mkdir(parents=True, exist_ok=True)
     model = onnx.load(str(source))
     path = folder / "ext.onnx"
     onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location=location,
@@ -243,3 +243,58 @@ def test_a_signal_during_the_exit_handlers_is_an_interrupt_without_a_traceback(s
     out, err = process.communicate(timeout=30)
     assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
     assert process.returncode == 130 and err.strip() == "error: interrupted", err
+
+
+# --- wrong exit codes: the onnx library's external-data refusals ----------------------------------------------
+
+
+def bad_external_data(kit: dict[str, Path], root: Path, case: str) -> Path:
+    """The kit's model with its weights in external data, then broken the way `case` says."""
+    import os
+
+    import onnx
+
+    location = "weights/w.bin" if case == "subfolder" else "w.bin"
+    model = external_data_copy(kit["onnx"], root, location=location)
+    header = onnx.load(str(model), load_external_data=False)
+    for tensor in header.graph.initializer:
+        for entry in tensor.external_data:
+            if entry.key == "location":
+                entry.value = {"outside": "../w.bin", "absolute": str((root / "w.bin").resolve()),
+                               "symlink": "link.bin"}.get(case, entry.value)
+            if entry.key == "length" and case == "past-end":
+                entry.value = str(int(entry.value) + 10**9)
+    onnx.save(header, str(model))
+    if case == "outside":
+        shutil.copy(root / "w.bin", root.parent / "w.bin")
+    if case == "symlink":
+        os.symlink("w.bin", root / "link.bin")
+    return model
+
+
+EXTERNAL_CASES = {"outside": "outside the model's folder", "absolute": "absolute path", "symlink": "symbolic link",
+                  "past-end": "claims bytes"}
+FOREIGN_CARD = ("--mean", "0.5,0.5,0.5", "--std", "0.25,0.25,0.25")
+
+
+@pytest.mark.parametrize("case", sorted(EXTERNAL_CASES))
+def test_external_data_the_onnx_library_refuses_is_a_usage_error(kit, tmp_path, case) -> None:
+    model = bad_external_data(kit, tmp_path / "m", case)
+    result = run("import-onnx", str(model), "-o", str(tmp_path / "out.onnx"), *FOREIGN_CARD)
+    assert_usage_error(result, EXTERNAL_CASES[case])
+
+
+@pytest.mark.parametrize("command", ["validate", "bench", "build-engine"])
+def test_external_data_outside_the_folder_is_a_usage_error_in_every_command(kit, tmp_path, command) -> None:
+    model = bad_external_data(kit, tmp_path / "m", "outside")
+    args = {"validate": ["validate", str(model), "--data", str(kit["data"])],
+            "bench": ["bench", str(model), "--iters", "1", "--batch-sizes", "1"],
+            "build-engine": ["build-engine", "--onnx", str(model), "--target", "onnxruntime", "-o",
+                             str(tmp_path / "out.cpu.onnx")]}[command]
+    assert_usage_error(run(*args), "outside the model's folder")
+
+
+def test_external_data_in_a_subfolder_still_loads(kit, tmp_path) -> None:
+    model = bad_external_data(kit, tmp_path / "m", "subfolder")
+    result = run("inspect", str(model))
+    assert result.returncode == 0, result.stderr
