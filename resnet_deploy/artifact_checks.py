@@ -48,14 +48,47 @@ def check_artifact_files(path: str | Path) -> None:
 
 
 def _manifest(artifact: Path) -> dict[str, Any] | None:
-    path = artifact.with_name(artifact.name + ".json")
+    return load_manifest(artifact.with_name(artifact.name + ".json"))
+
+
+def load_manifest(path: Path) -> dict[str, Any] | None:
+    """The manifest at `path` (None if there is none); a damaged one (not UTF-8, not JSON, not an object,
+    nested past the recursion limit) is a UsageError naming it."""
     if not path.is_file():
         return None
     try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise UsageError(f"{path}: unreadable manifest ({exc})") from None
-    return data if isinstance(data, dict) else None
+        data = json.loads(path.read_bytes().decode("utf-8"))
+    except OSError as exc:
+        raise UsageError(f"{path}: unreadable manifest ({exc.strerror or exc})") from None
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"{path}: unreadable manifest (not UTF-8 text: byte {exc.start}); rebuild the artifact "
+                         "with `resnet-deploy build-engine`") from None
+    except (ValueError, RecursionError) as exc:
+        reason = "nested too deeply" if isinstance(exc, RecursionError) else f"not JSON: {exc}"
+        raise UsageError(f"{path}: unreadable manifest ({reason}); rebuild the artifact with "
+                         "`resnet-deploy build-engine`") from None
+    if not isinstance(data, dict):
+        raise UsageError(f"{path}: unreadable manifest (a JSON {type(data).__name__}, not an object); rebuild the "
+                         "artifact with `resnet-deploy build-engine`")
+    return data
+
+
+def metadata_of(model: Any, path: str | Path) -> dict[str, str]:
+    """An ONNX model's metadata_props as a dict; protobuf decodes each string when it is read, so bytes that are
+    not UTF-8 (a damaged card) fail there: a UsageError naming the file, not a UnicodeDecodeError."""
+    props: dict[str, str] = {}
+    for index, prop in enumerate(model.metadata_props):
+        key, value = prop.key, prop.value  # protobuf hands back bytes for a string that is not UTF-8
+        for text in (key, value):
+            if isinstance(text, bytes):
+                try:
+                    text.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    name = repr(key) if isinstance(key, str) else f"#{index}"
+                    raise UsageError(f"{path}: the ONNX metadata entry {name} is not UTF-8 text (byte {exc.start}); "
+                                     "the model card is damaged: re-export or re-import the model") from None
+        props[str(key)] = value if isinstance(value, str) else value.decode("utf-8")
+    return props
 
 
 def _load_onnx_header(path: Path) -> Any:

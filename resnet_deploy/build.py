@@ -336,6 +336,11 @@ def foreign_card(request: BuildRequest, say: BuildListener) -> ModelCard | None:
 
     model = load_onnx(request.onnx)
     if has_card(model):
+        from resnet_deploy.artifact_checks import metadata_of
+        from resnet_deploy.card import CARD_METADATA_KEY, ModelCard
+
+        # a damaged card (not UTF-8, not JSON) is refused here, naming the file
+        ModelCard.from_json(metadata_of(model, request.onnx)[CARD_METADATA_KEY], request.onnx)
         if request.card_flags is not None:
             say.warn(f"{request.onnx} carries its model card; the preprocessing flags are ignored")
         return None

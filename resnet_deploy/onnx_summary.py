@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from resnet_deploy.artifact_checks import require_graph
+from resnet_deploy.artifact_checks import metadata_of, require_graph
 from resnet_deploy.card import CARD_METADATA_KEY
 from resnet_deploy.errors import UsageError
 from resnet_deploy.manifest_summary import hash_checks, manifest_rows
@@ -139,7 +139,7 @@ def summarize_onnx(path: str | Path) -> OnnxSummary:
         node_counts=dict(Counter(node.op_type for node in graph.node)),
         initializers=len(graph.initializer),
         parameters=parameters,
-        metadata={prop.key: prop.value for prop in model.metadata_props},
+        metadata=metadata_of(model, source),
         **_manifest_fields(source),
     )
 

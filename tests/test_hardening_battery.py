@@ -298,3 +298,41 @@ def test_external_data_in_a_subfolder_still_loads(kit, tmp_path) -> None:
     model = bad_external_data(kit, tmp_path / "m", "subfolder")
     result = run("inspect", str(model))
     assert result.returncode == 0, result.stderr
+
+
+# --- wrong exit codes: damaged manifests and cards ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("case", ["not-utf8", "a-list", "nested-100000"])
+def test_a_damaged_manifest_is_a_usage_error_naming_it(kit, tmp_path, case) -> None:
+    model = tmp_path / "m.onnx"
+    shutil.copy(kit["onnx"], model)
+    manifest = tmp_path / "m.onnx.json"
+    manifest.write_bytes({"not-utf8": b'{"a": "\xff\xfe"}', "a-list": b"[1, 2]",
+                          "nested-100000": b"[" * 100_000 + b"]" * 100_000}[case])
+    for args in (["inspect", str(model)], ["validate", str(model), "--data", str(kit["data"])]):
+        assert_usage_error(run(*args), "m.onnx.json: unreadable manifest")
+
+
+def card_bytes_edited(kit: dict[str, Path], path: Path, edit) -> Path:  # noqa: ANN001 - a bytes editor
+    """The kit's model with the serialized card string edited in place (the protobuf stays well-formed)."""
+    import onnx
+
+    from resnet_deploy.card import CARD_METADATA_KEY
+
+    model = onnx.load(str(kit["onnx"]))
+    card = next(p.value for p in model.metadata_props if p.key == CARD_METADATA_KEY).encode()
+    raw = model.SerializeToString()
+    path.write_bytes(raw.replace(card, edit(card)))
+    return path
+
+
+def test_non_utf8_bytes_in_the_card_are_a_usage_error(kit, tmp_path) -> None:
+    model = card_bytes_edited(kit, tmp_path / "m.onnx", lambda card: b"\xff" + card[1:])
+    for args in (["inspect", str(model)], ["validate", str(model), "--data", str(kit["data"])]):
+        assert_usage_error(run(*args), "m.onnx", "not UTF-8")
+
+
+def test_a_card_that_is_not_json_names_the_file(kit, tmp_path) -> None:
+    model = card_bytes_edited(kit, tmp_path / "m.onnx", lambda card: b"{" + card[1:].replace(b":", b" ", 1))
+    assert_usage_error(run("validate", str(model), "--data", str(kit["data"])), "m.onnx", "not valid JSON")
