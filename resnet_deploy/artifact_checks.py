@@ -32,7 +32,9 @@ def check_artifact_files(path: str | Path) -> None:
         raise UsageError(f"{artifact.with_suffix('.bin')}: missing; the OpenVINO model {artifact.name} keeps its "
                          "weights there (copy the .xml and .bin together, or rebuild with build-engine)")
     if suffix == ".onnx":
-        check_onnx_external_data(artifact)
+        header = _load_onnx_header(artifact)
+        check_onnx_opset(header, artifact)
+        check_onnx_external_data(artifact, header)
     manifest = _manifest(artifact)
     if manifest is None:
         return
@@ -162,6 +164,18 @@ def _check_extent(file: Path, tensor: str, entries: dict[str, str]) -> None:
     if offset < 0 or (length_value is not None and length_value < 0) or offset > size or end > size:
         raise UsageError(f"{file}: {size} bytes, but tensor {tensor} claims bytes {offset} to {end} of it; the "
                          "weights file is truncated or belongs to another model")
+
+
+def check_onnx_opset(model: Any, path: str | Path) -> None:
+    """The model's ONNX operator set is one this onnx knows (opset 99 would fail deep inside a runtime)."""
+    import onnx
+
+    newest = onnx.defs.onnx_opset_version()
+    for entry in model.opset_import:
+        if entry.domain in ("", "ai.onnx") and entry.version > newest:
+            raise UsageError(f"{path}: the model imports ONNX opset {entry.version}, but the newest this onnx "
+                             f"({onnx.__version__}) knows is {newest}: re-export it at opset {newest} or lower "
+                             "(`resnet-deploy export` writes 20)")
 
 
 def check_onnx_input(path: str | Path, card: CardT, model: Any = None) -> CardT:

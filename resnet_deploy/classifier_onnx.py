@@ -115,13 +115,14 @@ def load_onnx(path: str | Path) -> Any:
     if zipfile.is_zipfile(source):  # torch.save / torch.jit.save archives are zip files; ONNX is protobuf
         raise UsageError(f"{source}: a PyTorch archive (torch.save or TorchScript), not an ONNX model; export it "
                          "with torch.onnx.export, or give a state_dict to import-weights")
-    from resnet_deploy.artifact_checks import check_onnx_external_data, require_graph
+    from resnet_deploy.artifact_checks import check_onnx_external_data, check_onnx_opset, require_graph
 
     try:
         model = onnx.load(str(source), load_external_data=False)
     except Exception as exc:  # onnx raises DecodeError / ValueError for non-ONNX bytes
         raise UsageError(f"{source}: not a readable ONNX model ({_first_line(exc)})") from None
     require_graph(model, source)
+    check_onnx_opset(model, source)
     check_onnx_external_data(source, model)  # a missing weights file is named, as in every other command
     load_external_data_for_model(model, str(source.parent))
     return model

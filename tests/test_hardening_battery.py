@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import test_hardening
-from test_hardening import assert_usage_error, run, sha
+from test_hardening import SIZE, assert_usage_error, run, sha
 
 kit = test_hardening.kit  # the same module-scoped fixture
 
@@ -336,3 +336,64 @@ def test_non_utf8_bytes_in_the_card_are_a_usage_error(kit, tmp_path) -> None:
 def test_a_card_that_is_not_json_names_the_file(kit, tmp_path) -> None:
     model = card_bytes_edited(kit, tmp_path / "m.onnx", lambda card: b"{" + card[1:].replace(b":", b" ", 1))
     assert_usage_error(run("validate", str(model), "--data", str(kit["data"])), "m.onnx", "not valid JSON")
+
+
+# --- wrong exit codes: graphs no runtime can load, inputs no machine can hold ---------------------------------
+
+
+def carded_graph(kit: dict[str, Path], path: Path, nodes: list, input_shape: list, card_edit=None) -> Path:  # noqa: ANN001
+    """A tiny classifier graph (→ [N, 2]) carrying the kit's card (edited by `card_edit`)."""
+    import json
+
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from resnet_deploy.card import CARD_METADATA_KEY
+
+    card = json.loads(next(p.value for p in onnx.load(str(kit["onnx"])).metadata_props if p.key == CARD_METADATA_KEY))
+    if card_edit is not None:
+        card_edit(card)
+    nodes = [*nodes, helper.make_node("GlobalAveragePool", ["a"], ["p"]), helper.make_node("Flatten", ["p"], ["f"]),
+             helper.make_node("Gemm", ["f", "w", "b"], ["logits"], transB=1)]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("input", TensorProto.FLOAT, input_shape)],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [input_shape[0], 2])],
+                              [numpy_helper.from_array(np.ones((2, 3), np.float32), "w"),
+                               numpy_helper.from_array(np.zeros(2, np.float32), "b")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    helper.set_model_props(model, {CARD_METADATA_KEY: json.dumps(card)})
+    onnx.save(model, str(path))
+    return path
+
+
+def test_a_graph_with_a_cycle_is_a_usage_error(kit, tmp_path) -> None:
+    from onnx import helper
+
+    cycle = [helper.make_node("Add", ["input", "z"], ["a"]), helper.make_node("Identity", ["a"], ["z"])]
+    model = carded_graph(kit, tmp_path / "cycle.onnx", cycle, ["N", 3, SIZE, SIZE])
+    assert_usage_error(run("validate", str(model), "--data", str(kit["data"])), "cycle.onnx", "not acyclic")
+
+
+def test_an_onnx_importing_opset_99_is_a_usage_error(kit, tmp_path) -> None:
+    import onnx
+
+    model = onnx.load(str(kit["onnx"]))
+    for entry in model.opset_import:
+        if entry.domain in ("", "ai.onnx"):
+            entry.version = 99
+    path = tmp_path / "opset99.onnx"
+    onnx.save(model, str(path))
+    for args in (["validate", str(path), "--data", str(kit["data"])],
+                 ["build-engine", "--onnx", str(path), "--target", "onnxruntime", "-o", str(tmp_path / "o.cpu.onnx")]):
+        assert_usage_error(run(*args), "opset99.onnx", "opset 99")
+
+
+def test_bench_refuses_a_static_input_larger_than_memory_before_allocating(kit, tmp_path) -> None:
+    from onnx import helper
+
+    def at_4096(card: dict) -> None:
+        card["preprocessing"].update(input_size=4096, resize_size=None)
+
+    model = carded_graph(kit, tmp_path / "huge.onnx", [helper.make_node("Identity", ["input"], ["a"])],
+                         [600, 3, 4096, 4096], at_4096)  # 112.5 GiB of float32
+    assert_usage_error(run("bench", str(model), "--iters", "1"), "huge.onnx", "112.5 GiB", "available")
