@@ -397,3 +397,17 @@ def test_bench_refuses_a_static_input_larger_than_memory_before_allocating(kit, 
     model = carded_graph(kit, tmp_path / "huge.onnx", [helper.make_node("Identity", ["input"], ["a"])],
                          [600, 3, 4096, 4096], at_4096)  # 112.5 GiB of float32
     assert_usage_error(run("bench", str(model), "--iters", "1"), "huge.onnx", "112.5 GiB", "available")
+
+
+# --- unclear messages -----------------------------------------------------------------------------------------
+
+
+def test_inspect_of_a_broken_openvino_ir_gives_openvinos_whole_reason_and_nothing_else(tmp_path) -> None:
+    pytest.importorskip("openvino")
+    xml = tmp_path / "m.xml"
+    xml.write_text("garbage, not an IR")
+    (tmp_path / "m.bin").write_bytes(b"x")
+    result = run("inspect", str(xml))
+    assert_usage_error(result, "m.xml", "OpenVINO cannot read this IR", "Unable to read the model")
+    assert result.stderr.strip().startswith("error:"), result.stderr  # no raw native log line before it
+    assert "Exception from src" not in result.stderr, result.stderr
