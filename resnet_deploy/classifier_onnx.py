@@ -113,8 +113,7 @@ def load_onnx(path: str | Path) -> Any:
     if not source.is_file():
         raise UsageError(f"{source}: no such file")
     if zipfile.is_zipfile(source):  # torch.save / torch.jit.save archives are zip files; ONNX is protobuf
-        raise UsageError(f"{source}: a PyTorch archive (torch.save or TorchScript), not an ONNX model; export it "
-                         "with torch.onnx.export, or give a state_dict to import-weights")
+        raise UsageError(describe_zip(source))
     from resnet_deploy.artifact_checks import check_onnx_external_data, check_onnx_opset, require_graph
 
     try:
@@ -126,6 +125,24 @@ def load_onnx(path: str | Path) -> Any:
     check_onnx_external_data(source, model)  # a missing weights file is named, as in every other command
     load_external_data_for_model(model, str(source.parent))
     return model
+
+
+def describe_zip(source: Path) -> str:
+    """Why a zip file is no ONNX model, saying which zip it is: a PyTorch archive (its `data.pkl` or
+    TorchScript `constants.pkl`), or a plain zip (naming an .onnx inside when there is one)."""
+    try:
+        with zipfile.ZipFile(source) as archive:
+            names = archive.namelist()
+    except (zipfile.BadZipFile, OSError) as exc:
+        return f"{source}: a damaged zip archive ({exc}), not an ONNX model"
+    if any(Path(name).name in ("data.pkl", "constants.pkl") for name in names):
+        return (f"{source}: a PyTorch archive (torch.save or TorchScript), not an ONNX model; export it with "
+                "torch.onnx.export, or give a state_dict to import-weights")
+    inside = [name for name in names if name.lower().endswith(".onnx")]
+    hint = f"; it holds {inside[0]}: extract it and give that file" if inside else ""
+    shown = ", ".join(names[:3]) + (", …" if len(names) > 3 else "")
+    return (f"{source}: a zip archive of {len(names)} file(s) ({shown}), not an ONNX model (an .onnx file is a "
+            f"protobuf, not a zip){hint}")
 
 
 def default_opset(model: Any) -> int:

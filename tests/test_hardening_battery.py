@@ -411,3 +411,32 @@ def test_inspect_of_a_broken_openvino_ir_gives_openvinos_whole_reason_and_nothin
     assert_usage_error(result, "m.xml", "OpenVINO cannot read this IR", "Unable to read the model")
     assert result.stderr.strip().startswith("error:"), result.stderr  # no raw native log line before it
     assert "Exception from src" not in result.stderr, result.stderr
+
+
+def test_class_names_differing_only_in_unicode_form_are_told_apart(kit, tmp_path) -> None:
+    import dataclasses
+
+    from resnet_deploy.card import ModelCard, save_card
+
+    composed, decomposed = "caf\u00e9", "cafe\u0301"  # both print as café
+    card = ModelCard.default_for("resnet20", class_names=["b", composed])
+    card = dataclasses.replace(card, preprocessing=dataclasses.replace(card.preprocessing, input_size=SIZE,
+                                                                       resize_size=None))
+    save_card(tmp_path / "card.safetensors", card.build_model(), card)
+    data = tmp_path / "data"
+    shutil.copytree(kit["data"] / "a", data / "b")
+    shutil.copytree(kit["data"] / "b", data / decomposed)
+    result = run("validate", str(tmp_path / "card.safetensors"), "--data", str(data))
+    assert_usage_error(result, ascii(composed), ascii(decomposed), "NFC", "NFD", "Unicode normal form")
+
+
+def test_a_plain_zip_named_onnx_is_called_a_zip_not_a_pytorch_archive(tmp_path) -> None:
+    import zipfile
+
+    path = tmp_path / "model.onnx"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("readme.txt", "hello")
+        archive.writestr("resnet.onnx", b"\x08\x07")
+    result = run("import-onnx", str(path), "-o", str(tmp_path / "out.onnx"), *FOREIGN_CARD)
+    assert_usage_error(result, "a zip archive of 2 file(s)", "resnet.onnx")
+    assert "PyTorch" not in result.stderr
