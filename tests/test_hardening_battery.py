@@ -101,6 +101,7 @@ def test_train_out_inside_the_data_set_is_refused_before_creating_it(tmp_path) -
     assert not (data / "train" / "zz_run").exists()
 
 
+@pytest.mark.slow  # two full builds per case: a check that the refusal above lets reruns through
 @pytest.mark.parametrize("source", ["carded", "card-less"])
 def test_build_engine_rebuilds_over_its_own_earlier_intermediate(kit, tmp_path, source) -> None:
     pytest.importorskip("openvino")
@@ -188,6 +189,7 @@ def test_build_engine_cleaning_an_endless_constant_loop_stops_on_a_signal(tmp_pa
     assert not (tmp_path / "loop.cpu.onnx").exists()
 
 
+@pytest.mark.slow  # a full build: a check that cleaning in a child process still folds the Loop
 def test_build_engine_cleans_a_short_constant_loop_as_before(tmp_path) -> None:
     model = constant_loop_classifier(tmp_path / "loop.onnx", 5)
     result = run("build-engine", "--onnx", str(model), *FOREIGN_FLAGS, "--target", "onnxruntime", "-o",
