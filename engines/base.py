@@ -29,6 +29,12 @@ class EngineError(Exception):
     exit_code = 1
 
 
+class ModelLoadError(EngineError):
+    """The runtime refused the model file itself (a cycle, an unknown opset, a broken graph): bad input."""
+
+    exit_code = 2
+
+
 class EngineInputError(EngineError, ValueError):
     """The batch has the wrong shape or dtype for this engine."""
 

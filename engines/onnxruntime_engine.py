@@ -12,7 +12,15 @@ from typing import Any
 
 import numpy as np
 
-from engines.base import BackendUnavailableError, Engine, EngineError, PreparedRun, TensorInfo, host_timed
+from engines.base import (
+    BackendUnavailableError,
+    Engine,
+    EngineError,
+    ModelLoadError,
+    PreparedRun,
+    TensorInfo,
+    host_timed,
+)
 
 PROVIDER_ALIASES = {
     "cpu": "CPUExecutionProvider",
@@ -77,7 +85,7 @@ class OnnxRuntimeEngine(Engine):
             self._session = ort.InferenceSession(str(self.path), sess_options=options, providers=wanted)
         except Exception as exc:  # ORT raises its own exception types (Fail, InvalidGraph, NoSuchFile)
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise EngineError(f"{self.path}: ONNX Runtime cannot load this model ({first})") from None
+            raise ModelLoadError(f"{self.path}: ONNX Runtime cannot load this model ({first})") from None
         super().__init__(precision=precision or graph_precision(self.path), device=device)
         self.providers = self._session.get_providers()
         self.threads = threads

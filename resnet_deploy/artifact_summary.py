@@ -5,7 +5,12 @@ plan is described by its manifest and by the version in its header."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
+import tempfile
 import xml.etree.ElementTree as ElementTree
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -137,9 +142,10 @@ def _io_from_openvino(xml: Path) -> tuple[list[TensorSummary], list[TensorSummar
     import openvino as ov  # ImportError → the XML fallback
 
     try:
-        model = ov.Core().read_model(str(xml))
+        with _native_stderr_captured():  # its frontends (TensorFlow's absl) log raw lines as they probe the file
+            model = ov.Core().read_model(str(xml))
     except Exception as exc:  # OpenVINO raises its own types for a bad IR
-        raise UsageError(f"{xml}: OpenVINO cannot read this IR ({str(exc).strip().splitlines()[0]})") from None
+        raise UsageError(f"{xml}: OpenVINO cannot read this IR ({openvino_reason(exc)})") from None
 
     def port(p: Any) -> TensorSummary:
         names = sorted(p.get_names())
@@ -241,3 +247,32 @@ def _attach_manifest(summary: ArtifactSummary) -> None:
         summary.manifest_path = None
         return
     summary.hashes_match = hash_checks(summary.path, summary.manifest)
+
+
+def openvino_reason(exc: BaseException) -> str:
+    """OpenVINO's message without its source-location lines ("Exception from src/…/core.cpp:84:"), which
+    come first and say nothing to a user: the reason is what follows them, whole."""
+    lines = [line.strip() for line in str(exc).splitlines()]
+    reason = " ".join(line for line in lines if line and not line.startswith("Exception from "))
+    return reason or type(exc).__name__
+
+
+@contextlib.contextmanager
+def _native_stderr_captured() -> Iterator[None]:
+    """File descriptor 2 goes to a temporary file while native code runs: its log lines would come before,
+    and instead of, our one `error:` line. Python-level stderr is untouched."""
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no real descriptor 2 (a captured stream): nothing to redirect
+        yield
+        return
+    try:
+        with tempfile.TemporaryFile() as sink:
+            os.dup2(sink.fileno(), 2)
+            try:
+                yield
+            finally:
+                os.dup2(saved, 2)
+    finally:
+        os.close(saved)

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from engines.base import Engine
-from resnet_deploy.artifact_checks import check_artifact_files, check_onnx_input
+from resnet_deploy.artifact_checks import check_artifact_files, check_onnx_input, metadata_of
 from resnet_deploy.errors import UsageError
 from resnet_deploy.paths import require_input_file
 
@@ -83,13 +83,9 @@ def manifest_path(artifact: str | Path) -> Path:
 
 
 def read_manifest(artifact: str | Path) -> dict[str, Any] | None:
-    path = manifest_path(artifact)
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise UsageError(f"{path}: unreadable manifest ({exc})") from None
+    from resnet_deploy.artifact_checks import load_manifest
+
+    return load_manifest(manifest_path(artifact))
 
 
 def onnx_metadata(path: str | Path) -> dict[str, str]:
@@ -99,7 +95,7 @@ def onnx_metadata(path: str | Path) -> dict[str, str]:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # onnx raises DecodeError / ValueError for non-ONNX bytes
         raise UsageError(f"{path}: not a readable ONNX model ({exc})") from None
-    return {prop.key: prop.value for prop in model.metadata_props}
+    return metadata_of(model, path)
 
 
 # --- the one manifest ---------------------------------------------------------------------------------------------
@@ -233,7 +229,7 @@ class Artifact:
         if self.backend == "onnxruntime":
             text = self.metadata.get(CARD_KEY)
             if text:
-                return check_onnx_input(self.path, ModelCard.from_json(text))
+                return check_onnx_input(self.path, ModelCard.from_json(text, self.path))
             raise UsageError(
                 f"{self.path}: the ONNX model carries no resnet-deploy model card in its metadata; "
                 "export it with `resnet-deploy export` (or import its weights with `import-weights`)"

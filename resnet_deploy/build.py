@@ -210,6 +210,9 @@ def build(request: BuildRequest, listener: BuildListener | None = None) -> Build
                 raise UsageError(f"{precision_path}: the {target.name} build keeps its {request.tag} ONNX model "
                                  "there, but that file is a built artifact (it has a manifest); move it, or give "
                                  "the ONNX Runtime artifact its default name (<name>.<precision>.cpu.onnx)")
+            if keep:
+                refuse_foreign_file(precision_path, {src.sha256, sha256_file(original)}, f"the {target.name} build "
+                                    f"keeps its {request.tag} ONNX model (made from {original.name}) there")
             result = make_precision(src, precision_path, request, say, cache_base=precision_path if keep else output,
                                     cpu_target=cpu_target, shown_as=output if not keep else None)
         model = precision_path if result is not None else source
@@ -459,6 +462,31 @@ def check_output(path: Path, target: Target, source: Path) -> None:
     require_writable_folder(path)  # the default output too, before the work starts
 
 
+def refuse_foreign_file(path: Path, sources: set[str], why: str) -> None:
+    """Refuse to overwrite `path` unless it is absent or an earlier build's model of the same source: its
+    metadata names one of the `sources` hashes as the ONNX it came from, or (a card-less source, cleaned anew
+    each build) as the file its card was made from. A file the user made, or one of another model, is theirs."""
+    import json
+
+    from resnet_deploy.artifacts import SOURCE_ONNX_SHA256_KEY, onnx_metadata
+    from resnet_deploy.card import CARD_METADATA_KEY
+
+    if not path.exists():
+        return
+    ours = False
+    if path.is_file():
+        try:
+            meta = onnx_metadata(path)
+            lineage = json.loads(meta.get(CARD_METADATA_KEY) or "{}").get("lineage") or {}
+            recorded = {meta.get(SOURCE_ONNX_SHA256_KEY), meta.get("source_sha256"), lineage.get("source_sha256")}
+            ours = SOURCE_ONNX_SHA256_KEY in meta and bool(recorded & sources)
+        except (UsageError, ValueError, AttributeError):  # not an ONNX model of ours at all
+            ours = False
+    if not ours:
+        raise UsageError(f"{path}: {why}, but that file is not an earlier build's model of this source; it would be "
+                         "overwritten: move it, or give --output another name or folder")
+
+
 # --- a foreign (card-less) source -------------------------------------------------------------------------------
 
 
@@ -475,6 +503,11 @@ def foreign_card(request: BuildRequest, say: BuildListener) -> ModelCard | None:
 
     model = load_onnx(request.onnx)
     if has_card(model):
+        from resnet_deploy.artifact_checks import metadata_of
+        from resnet_deploy.card import CARD_METADATA_KEY, ModelCard
+
+        # a damaged card (not UTF-8, not JSON) is refused here, naming the file
+        ModelCard.from_json(metadata_of(model, request.onnx)[CARD_METADATA_KEY], request.onnx)
         if request.card_flags is not None:
             say.warn(f"{request.onnx} carries its model card; the preprocessing flags are ignored")
         return None

@@ -157,11 +157,22 @@ class ModelCard:
         return json.dumps(self.check().to_dict(), sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str) -> ModelCard:
+    def from_json(cls, text: str, source: str | os.PathLike[str] | None = None) -> ModelCard:
+        """The card in `text`; `source` (the file it came from) is named in every error."""
+        where = f"{source}: " if source is not None else ""
         try:
-            return cls.from_dict(json.loads(text))
-        except json.JSONDecodeError as exc:
-            raise UsageError(f"model card metadata is not valid JSON ({exc})") from None
+            data = json.loads(text)
+        except (ValueError, RecursionError) as exc:  # JSONDecodeError, or nesting past the recursion limit
+            reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
+            raise UsageError(f"{where}model card metadata is not valid JSON ({reason}); the card is damaged: "
+                             "re-export the model") from None
+        if not isinstance(data, dict):
+            raise UsageError(f"{where}model card metadata is a JSON {type(data).__name__}, not an object; the card "
+                             "is damaged: re-export the model")
+        try:
+            return cls.from_dict(data)
+        except UsageError as exc:
+            raise UsageError(f"{where}{exc}") from None
 
 
 def library_versions() -> dict[str, str]:
@@ -206,4 +217,4 @@ def read_card(path: str | os.PathLike[str]) -> ModelCard | None:
     """The card stored in a safetensors file, or None for plain (foreign) safetensors weights."""
     metadata = read_safetensors_metadata(path)
     text = metadata.get(CARD_METADATA_KEY)
-    return ModelCard.from_json(text) if text else None
+    return ModelCard.from_json(text, path) if text else None

@@ -12,14 +12,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from resnet_deploy.artifact_checks import metadata_of
 from resnet_deploy.atomic import sha256_file
 from resnet_deploy.card import CARD_METADATA_KEY, ModelCard, Preprocessing, stamp_lineage
 from resnet_deploy.classifier_onnx import (
     ClassifierIO,
     ImportResult,
-    checked_clean,
     classifier_io,
-    clean_model,
+    clean_and_check,
     load_onnx,
     save_onnx,
 )
@@ -128,8 +128,7 @@ def import_onnx(
     card = foreign_card(io, pre, name=name or source.name.split(".")[0], class_names=class_names, dataset=dataset,
                         source_file=source.name, source_sha256=digest)
     had_card = any(p.key == CARD_METADATA_KEY for p in model.metadata_props)
-    cleaned, changes = clean_model(model, source)
-    report = checked_clean(model, cleaned, io, changes, source, input_size=pre.input_size)
+    cleaned, report = clean_and_check(model, io, source, input_size=pre.input_size)
     if had_card:
         report.changes.append("replaced the model card the source carried")
     attach_card(cleaned, card, io, source_sha256=digest)
@@ -160,9 +159,9 @@ def card_or_flags(
     """The card an ONNX carries, or one from the preprocessing flags for a card-less graph (refused, naming
     the flags, when they are missing); the graph's classifier contract is checked either way."""
     io = classifier_io(model, source)
-    text = next((p.value for p in model.metadata_props if p.key == CARD_METADATA_KEY), None)
+    text = metadata_of(model, source).get(CARD_METADATA_KEY)
     if text:
-        return ModelCard.from_json(text)
+        return ModelCard.from_json(text, source)
     pre = preprocessing_for(io, mean=mean, std=std, input_size=input_size, resize_size=resize_size,
                             interpolation=interpolation)
     return foreign_card(io, pre, name=Path(source).name.split(".")[0], class_names=class_names,

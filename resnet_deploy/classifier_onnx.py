@@ -113,17 +113,36 @@ def load_onnx(path: str | Path) -> Any:
     if not source.is_file():
         raise UsageError(f"{source}: no such file")
     if zipfile.is_zipfile(source):  # torch.save / torch.jit.save archives are zip files; ONNX is protobuf
-        raise UsageError(f"{source}: a PyTorch archive (torch.save or TorchScript), not an ONNX model; export it "
-                         "with torch.onnx.export, or give a state_dict to import-weights")
-    from resnet_deploy.artifact_checks import check_onnx_external_data
+        raise UsageError(describe_zip(source))
+    from resnet_deploy.artifact_checks import check_onnx_external_data, check_onnx_opset, require_graph
 
     try:
         model = onnx.load(str(source), load_external_data=False)
     except Exception as exc:  # onnx raises DecodeError / ValueError for non-ONNX bytes
         raise UsageError(f"{source}: not a readable ONNX model ({_first_line(exc)})") from None
+    require_graph(model, source)
+    check_onnx_opset(model, source)
     check_onnx_external_data(source, model)  # a missing weights file is named, as in every other command
     load_external_data_for_model(model, str(source.parent))
     return model
+
+
+def describe_zip(source: Path) -> str:
+    """Why a zip file is no ONNX model, saying which zip it is: a PyTorch archive (its `data.pkl` or
+    TorchScript `constants.pkl`), or a plain zip (naming an .onnx inside when there is one)."""
+    try:
+        with zipfile.ZipFile(source) as archive:
+            names = archive.namelist()
+    except (zipfile.BadZipFile, OSError) as exc:
+        return f"{source}: a damaged zip archive ({exc}), not an ONNX model"
+    if any(Path(name).name in ("data.pkl", "constants.pkl") for name in names):
+        return (f"{source}: a PyTorch archive (torch.save or TorchScript), not an ONNX model; export it with "
+                "torch.onnx.export, or give a state_dict to import-weights")
+    inside = [name for name in names if name.lower().endswith(".onnx")]
+    hint = f"; it holds {inside[0]}: extract it and give that file" if inside else ""
+    shown = ", ".join(names[:3]) + (", …" if len(names) > 3 else "")
+    return (f"{source}: a zip archive of {len(names)} file(s) ({shown}), not an ONNX model (an .onnx file is a "
+            f"protobuf, not a zip){hint}")
 
 
 def default_opset(model: Any) -> int:
@@ -321,10 +340,26 @@ def clean_graph(source: str | Path, output: str | Path, *, input_size: int | Non
     """Clean a classifier ONNX into `output` (atomically, after verification); the source is never modified."""
     model = load_onnx(source)
     io = classifier_io(model, source)
-    cleaned, changes = clean_model(model, source)
-    report = checked_clean(model, cleaned, io, changes, source, input_size=input_size)
+    cleaned, report = clean_and_check(model, io, source, input_size=input_size)
     save_onnx(cleaned, output)
     return report
+
+
+def clean_and_check(model: Any, io: ClassifierIO, source: str | Path, *,
+                    input_size: int | None) -> tuple[Any, CleanReport]:
+    """`clean_model` then `checked_clean`, in a child process: both run the graph in native code (constant
+    folding, the verification run), which a hostile graph (an all-constant Loop of 2^40 trips) holds for
+    ever; there Ctrl-C and SIGTERM still stop it."""
+    from resnet_deploy.isolated import run_isolated
+
+    return run_isolated(_clean_and_check_here, model, io, str(source), input_size=input_size,
+                        what=f"{source}: cleaning the graph")
+
+
+def _clean_and_check_here(model: Any, io: ClassifierIO, source: str, *,
+                          input_size: int | None) -> tuple[Any, CleanReport]:
+    cleaned, changes = clean_model(model, source)
+    return cleaned, checked_clean(model, cleaned, io, changes, source, input_size=input_size)
 
 
 def checked_clean(original: Any, cleaned: Any, io: ClassifierIO, changes: list[str], source: str | Path,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import pickle
 import random
+import unicodedata
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -303,10 +304,33 @@ def check_classes(dataset: ImageDataset, class_names: Sequence[str], artifact: s
     placeholder = all(name == f"class_{i}" for i, name in enumerate(class_names))
     if not placeholder and list(class_names) != list(dataset.class_names):
         pairs = enumerate(zip(class_names, dataset.class_names, strict=True))
-        differing = [f"{i}: {a!r} vs {b!r}" for i, (a, b) in pairs if a != b]
+        differing = [f"{i}: {_two_names(a, b)}" for i, (a, b) in pairs if a != b]
+        hint = ""
+        if any(_same_but_form(a, b) for a, b in zip(class_names, dataset.class_names, strict=True)):
+            hint = ("; some differ only in Unicode normal form (the same letters, composed or decomposed): rename "
+                    "the folders, or the card's names, to one form (NFC)")
         raise UsageError(
-            f"{artifact}: class names differ from {dataset.root} (model vs data: {', '.join(differing[:5])})"
+            f"{artifact}: class names differ from {dataset.root} (model vs data: {', '.join(differing[:5])}){hint}"
         )
+
+
+def _same_but_form(a: str, b: str) -> bool:
+    return a != b and unicodedata.normalize("NFC", a) == unicodedata.normalize("NFC", b)
+
+
+def _two_names(a: str, b: str) -> str:
+    """Two differing names as the user can tell them apart: names that print alike (Unicode normal forms)
+    are shown as escapes, with the form of each."""
+    if not _same_but_form(a, b):
+        return f"{a!r} vs {b!r}"
+    return f"{ascii(a)} ({_form(a)}) vs {ascii(b)} ({_form(b)})"
+
+
+def _form(name: str) -> str:
+    for form in ("NFC", "NFD"):
+        if unicodedata.normalize(form, name) == name:
+            return form
+    return "mixed form"
 
 
 # --- batched decoding for evaluation (validate): decode once, apply every distinct transform -------

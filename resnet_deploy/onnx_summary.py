@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import math
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from resnet_deploy.artifact_checks import metadata_of, require_graph
 from resnet_deploy.card import CARD_METADATA_KEY
 from resnet_deploy.errors import UsageError
 from resnet_deploy.manifest_summary import hash_checks, manifest_rows
@@ -110,7 +112,6 @@ class OnnxSummary:
 
 
 def summarize_onnx(path: str | Path) -> OnnxSummary:
-    import numpy as np
     import onnx
 
     source = Path(path)
@@ -120,9 +121,11 @@ def summarize_onnx(path: str | Path) -> OnnxSummary:
         model = onnx.load(str(source), load_external_data=False)
     except Exception as exc:  # onnx raises DecodeError / ValueError for non-ONNX bytes
         raise UsageError(f"{source}: not a readable ONNX model ({_first_line(exc)})") from None
+    require_graph(model, source)
     graph = model.graph
     initializer_names = {init.name for init in graph.initializer}
-    parameters = sum(int(np.prod(init.dims)) if init.dims else 1 for init in graph.initializer)
+    # Python ints: a declared [2^40, 2^40] would wrap around in int64 (numpy) and show a small count
+    parameters = sum(math.prod(int(d) for d in init.dims) for init in graph.initializer)
     producer = " ".join(p for p in (model.producer_name, model.producer_version) if p)
     return OnnxSummary(
         path=source,
@@ -136,7 +139,7 @@ def summarize_onnx(path: str | Path) -> OnnxSummary:
         node_counts=dict(Counter(node.op_type for node in graph.node)),
         initializers=len(graph.initializer),
         parameters=parameters,
-        metadata={prop.key: prop.value for prop in model.metadata_props},
+        metadata=metadata_of(model, source),
         **_manifest_fields(source),
     )
 

@@ -7,11 +7,14 @@ the trainer importing the CLI.
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import errno
 import os
 import signal
 import sys
 import threading
+from typing import Any
 
 import typer
 from typer.exceptions import TyperException
@@ -44,16 +47,53 @@ def run_command(command: typer.core.TyperCommand | typer.core.TyperGroup, argv: 
     KeyboardInterrupt into a returned 130 before the branches below could see it, so the handler notes
     the signal. An OSError naming a file (disk full, permission, read-only) is the user's to fix: one
     line naming the path and the reason, exit 2."""
-    args = rewrite_hidden_aliases(sys.argv[1:] if argv is None else list(argv))
     received: list[int] = []
+    _shutdown.update(begun=False, signals=[], code=None)  # a fresh run (tests call this many times in one process)
 
     def interrupt(signum: int, frame: object) -> None:
         received.append(signum)
+        if _shutdown["begun"]:  # exit handlers are running: an exception there is a traceback and a lost exit code
+            _shutdown["signals"].append(signum)
+            return
         raise KeyboardInterrupt
 
     if threading.current_thread() is threading.main_thread():
         for signum in (signal.SIGINT, signal.SIGTERM):
             signal.signal(signum, interrupt)
+        # Runs after the exit handlers the command registers (multiprocessing joining the decoding workers):
+        # a signal that arrived during those still ends in `error: interrupted`, exit 130.
+        atexit.unregister(_exit_if_interrupted_late)
+        atexit.register(_exit_if_interrupted_late)
+    try:
+        _run(command, argv, prog, received)
+    except SystemExit as exc:
+        _shutdown["code"] = exc.code
+        atexit.unregister(_shutdown_begins)
+        atexit.register(_shutdown_begins)  # registered last, so the first exit handler to run
+        raise
+
+
+_shutdown: dict[str, Any] = {"begun": False, "signals": [], "code": None}
+
+
+def _shutdown_begins() -> None:
+    _shutdown["begun"] = True
+
+
+def _exit_if_interrupted_late() -> None:
+    """The last exit handler: a SIGINT/SIGTERM during the exit handlers gives the exit every other interrupt
+    gives (the work may be done, but whoever sent the signal is told it was cut short), never a traceback."""
+    if not _shutdown["signals"] or _shutdown["code"] == 130:
+        return
+    with contextlib.suppress(Exception):
+        sys.stdout.flush()
+        print("error: interrupted", file=sys.stderr, flush=True)
+    os._exit(130)
+
+
+def _run(command: typer.core.TyperCommand | typer.core.TyperGroup, argv: list[str] | None, prog: str,
+         received: list[int]) -> None:
+    args = rewrite_hidden_aliases(sys.argv[1:] if argv is None else list(argv))
     try:
         result = command.main(args=args, prog_name=prog, standalone_mode=False)
     except TyperException as exc:  # Typer's parsing errors (it vendors click; this is its public base class)

@@ -15,6 +15,7 @@ from resnet_deploy.card import ModelCard, Preprocessing
 from resnet_deploy.data import eval_transform
 from resnet_deploy.errors import UsageError
 from resnet_deploy.models import CIFAR, IMAGENET, create_model, get_entry
+from resnet_deploy.paths import inside
 from trainer import distributed
 from trainer.checkpoint import ResumeState, load_training_state
 from trainer.config import TrainConfig
@@ -178,6 +179,11 @@ class _Setup:
     def _out_dir(self, resuming: bool) -> Path:
         """Create the run folder, prove it takes writes and lock it before any work (rank 0 only)."""
         out = Path(self.config.out or Path("runs") / self.config.arch)
+        data = self.config.data
+        if data is not None and not self.config.synthetic and inside(out, data):
+            # refused before anything is created: the data set would read the run folder as a class of its own
+            raise UsageError(f"--out {out} is inside the data set {data}; the run folder would become part of the "
+                             "data: choose a folder outside it")
         if self.ctx.is_main:
             try:
                 out.mkdir(parents=True, exist_ok=True)

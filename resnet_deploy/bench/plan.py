@@ -298,6 +298,11 @@ def _label_and_card(artifact: Any, notes: list[str]) -> tuple[str, Any, int | No
     from resnet_deploy.classifier_onnx import classifier_io, load_onnx
 
     io = classifier_io(load_onnx(artifact.path), artifact.path)  # a graph that is no image classifier is refused
+    if io.batch is not None and io.height is not None and io.width is not None:
+        from resnet_deploy.bench.timing import require_memory_for
+
+        # refused before any engine opens: nothing that size is ever allocated
+        require_memory_for((io.batch, 3, io.height, io.width), "its static input", f"{artifact.path}: ")
     if io.batch is not None:
         notes.append(f"{artifact.path.name}: the graph's batch is fixed at {io.batch}; it is benchmarked at batch "
                      f"{io.batch} only, whatever --batch-sizes asks")

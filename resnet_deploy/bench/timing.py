@@ -16,6 +16,8 @@ runner (`include_copies=False`). Engines are timed only through their contract (
 
 from __future__ import annotations
 
+import math
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -24,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from engines.base import Engine
+from resnet_deploy.errors import UsageError
 
 #: a coefficient of variation above this is reported as a warning (the machine or its clocks are noisy)
 CV_WARN_THRESHOLD = 0.10
@@ -184,8 +187,36 @@ class Runner:
 
 def random_batch(shape: Sequence[int], rng: np.random.Generator | None = None) -> np.ndarray:
     """Real-shaped, normalized-image-like random input (standard normal), never zeros."""
+    require_memory_for(shape, "the input batch")
     rng = rng if rng is not None else np.random.default_rng()
     return rng.standard_normal(tuple(shape), dtype=np.float32)
+
+
+def require_memory_for(shape: Sequence[int], what: str, source: str = "") -> None:
+    """Refuse a float32 tensor of `shape` larger than the memory available now (a static [600, 3, 4096, 4096]
+    input is 112 GiB: allocating it ends in the kernel's OOM killer or swap, never in a measurement)."""
+    needed = 4 * math.prod(int(d) for d in shape)
+    available = available_memory_bytes()
+    if available is not None and needed > available:
+        dims = ", ".join(str(d) for d in shape)
+        raise UsageError(f"{source}{what} [{dims}] float32 needs {needed / 2**30:.1f} GiB, more than the "
+                         f"{available / 2**30:.1f} GiB of memory available here; bench a model with a smaller "
+                         "input or batch")
+
+
+def available_memory_bytes() -> int | None:
+    """MemAvailable (Linux), else free physical pages; None when the system does not say."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return None
 
 
 def host_runner(engine: Engine, batch: np.ndarray, *, copies: str) -> Runner:

@@ -125,7 +125,7 @@ def bench(
         raise UsageError(f"--threads must be at least 1, got {threads}")
     if plot is not None and plot.suffix.lower() != ".png":
         raise UsageError(f"--plot {plot}: the plot is a PNG; give a path ending in .png")
-    check_io(inputs=artifacts, outputs=[("--report", report), ("--plot", plot)])
+    check_io(inputs=artifacts, outputs=[("--report", report), ("--plot", plot)], data=[data, calib_data])
     _check_accuracy_options(accuracy, data, accuracy_images, from_artifacts=bool(artifacts))
     if artifacts:
         for path in artifacts:

@@ -10,6 +10,10 @@ import typer
 from resnet_deploy.commands._options import JsonOption
 from resnet_deploy.commands._output import PhaseProgress, emit_json, info, warn
 from resnet_deploy.errors import UsageError
+from resnet_deploy.paths import check_io
+
+#: images the measurement needs that calibration did not use (an agreement on one image says nothing)
+MIN_HELD_OUT = 2
 
 if TYPE_CHECKING:
     from resnet_deploy.precision.sensitivity import SensitivityResult
@@ -47,10 +51,15 @@ def sensitivity(
         raise UsageError("--images must be at least 2 and --calib-samples positive")
     if plot is not None and plot.suffix.lower() != ".png":
         raise UsageError(f"--plot {plot}: the chart is a .png file")
-    if not model.is_file():
-        raise UsageError(f"{model}: no such ONNX file")
     if not calib_data.is_dir():
         raise UsageError(f"{calib_data}: no such calibration folder")
+    if data is not None and not data.is_dir():
+        raise UsageError(f"--data {data}: no such folder")
+    # before the analysis: an output over the model or an image, or in a folder that takes no files, is
+    # refused now, naming the user's path (not the temporary file the atomic writer would have failed on)
+    check_io(inputs=[model], outputs=[("--report", report), ("--plot", plot)], data=[calib_data, data])
+    if data is None:
+        _require_held_out(calib_data, calib_samples)
     info(f"sensitivity of {model.name}: calibrating once on {calib_data} ({calib_method}), then one model per layer")
     bar = PhaseProgress()
     try:
@@ -70,6 +79,28 @@ def sensitivity(
         emit_json(result.to_dict())
         return
     _print_table(result, top)
+
+
+def _require_held_out(calib_data: Path, calib_samples: int) -> None:
+    """Without --data the measurement uses the calibration folder's images calibration did not draw: refuse a
+    folder too small to leave two of them, rather than measure on calibration images and call them held-out."""
+    from resnet_deploy.data import open_image_folder_unlabelled
+    from resnet_deploy.precision.calibration import calibration_folder
+
+    root = calibration_folder(calib_data)
+    try:
+        count = len(open_image_folder_unlabelled(root))
+    except UsageError:
+        return  # the analysis says what is wrong with the folder, in its own words
+    left = count - min(calib_samples, count)
+    if left < MIN_HELD_OUT:
+        ways = [f"give a folder of at least {calib_samples + MIN_HELD_OUT} images"]
+        if count > MIN_HELD_OUT:
+            ways.append(f"lower --calib-samples to {count - MIN_HELD_OUT} or less")
+        ways.append("pass --data with held-out images")
+        raise UsageError(f"--calib-data {root}: {count} image(s); calibrating on {min(calib_samples, count)} leaves "
+                         f"{left} held out, and the measurement needs at least {MIN_HELD_OUT} images calibration "
+                         f"did not use: {', '.join(ways[:-1])}, or {ways[-1]}")
 
 
 def _print_table(result: SensitivityResult, top: int) -> None:

@@ -103,7 +103,7 @@ def validate(
     for name, value in (("--max-top1-drop", max_top1_drop), ("--min-agreement", min_agreement)):
         if value is not None and not 0 <= value <= 100:
             raise UsageError(f"{name} is in percentage points, 0 to 100; got {value}")
-    check_io(inputs=[*artifacts, reference], outputs=[("--report", report)])
+    check_io(inputs=[*artifacts, reference], outputs=[("--report", report)], data=[data])
     options = ValidateOptions(split=split, limit=limit, batch_size=batch_size, workers=workers, device=device,
                               ten_crop=ten_crop, ensemble=ensemble, max_top1_drop=max_top1_drop,
                               min_agreement=min_agreement, skip_bad=skip_bad,
