@@ -297,3 +297,18 @@ def resnet20_engine(loaded: Any, precision: str = "fp32") -> Any:
 
     return TorchEngine(copy.deepcopy(loaded.model), input_shape=(3, 32, 32), num_classes=10, precision=precision,
                        threads=1)
+
+
+# --- a real Triton server (test_triton_server, test_serve) ------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def triton_install():
+    """The tritonserver of the nvidia-pytriton wheel (the serve extra); skips with the reason where there is none."""
+    from resnet_deploy.errors import BackendUnavailable
+    from resnet_deploy.serving.tritonserver import find_tritonserver
+
+    try:
+        return find_tritonserver()
+    except BackendUnavailable as exc:
+        pytest.skip(f"no Triton server here: {exc}")

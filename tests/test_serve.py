@@ -23,20 +23,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from resnet_deploy.errors import BackendUnavailable
-
 pytest.importorskip("tritonclient.http", reason="tritonclient is an optional extra (resnet-deploy[serve])")
 REPO = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture(scope="module")
-def triton_install():
-    from resnet_deploy.serving.tritonserver import find_tritonserver
-
-    try:
-        return find_tritonserver()
-    except BackendUnavailable as exc:
-        pytest.skip(f"no Triton server here: {exc}")
 
 
 def _free_ports() -> int:

@@ -17,19 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from resnet_deploy.errors import BackendUnavailable
-
 pytest.importorskip("tritonclient.http", reason="tritonclient is an optional extra (resnet-deploy[serve])")
-
-
-@pytest.fixture(scope="module")
-def triton_install():
-    from resnet_deploy.serving.tritonserver import find_tritonserver
-
-    try:
-        return find_tritonserver()
-    except BackendUnavailable as exc:
-        pytest.skip(f"no Triton server here: {exc}")
 
 
 @pytest.fixture(scope="module")
