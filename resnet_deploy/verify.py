@@ -70,7 +70,7 @@ class ArtifactVerdict:
         if self.informational:
             verdict = f"informational ({self.informational})"
         rows.append(("artifact gate", f"{verdict}: {self.gate}; judged on {self.judged_on}"))
-        return rows
+        return rows + [("note", note) for note in self.notes]
 
     def to_dict(self) -> dict[str, Any]:
         return {"cpu": self.cpu, "cpu_target": self.cpu_target, "weight_bits": self.weight_bits,
@@ -176,7 +176,10 @@ def judge_here(artifact: Path, manifest: Manifest, *, model: Path, src: Any, pre
         notes.append(f"built for {cpu_target} on a {cpu.cpu_class} CPU: the artifact runs its self-check when first "
                      f"opened on a {cpu_target} CPU")
     policy = build_gate_for(precision, min_agreement=min_agreement, labelled=labels is not None)
-    verdict_raw = judge(policy, agreement=subject.comparison.agreement, top1_delta=subject.top1_delta,
+    delta, set_aside = subject.gated_delta(policy.max_top1_drop)
+    if set_aside:
+        notes.append(set_aside)
+    verdict_raw = judge(policy, agreement=subject.comparison.agreement, top1_delta=delta,
                         finite=subject.comparison.finite, informational=informational)
     failures = list(verdict_raw.failures)
     saturated, gap, p = False, None, None

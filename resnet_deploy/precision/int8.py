@@ -165,7 +165,8 @@ def quantize_int8(
         policy = build_gate_for("int8", min_agreement=min_agreement, labelled=check.top1_delta is not None)
         mixed = None
         if gate is not None and comparison.finite and max_fallback_layers > 0 \
-                and not judge(policy, agreement=comparison.agreement, top1_delta=check.top1_delta).passed:
+                and not judge(policy, agreement=comparison.agreement,
+                              top1_delta=check.gated_delta(policy.max_top1_drop)[0]).passed:
             mixed = search_mixed(best_quantizer, src, reference, calib.check_images, comparison, policy,
                                  max_fallback_layers=max_fallback_layers, batch=batch, progress=progress,
                                  labels=labels)

@@ -129,7 +129,8 @@ def search_mixed(quantizer: Quantizer, src: Any, reference: np.ndarray, images: 
                       "top1_delta": judged_step.top1_delta})
         if progress is not None:
             progress("mixed precision", len(excluded), min(max_fallback_layers, len(ranked)))
-        if step.finite and judge(gate, agreement=step.agreement, top1_delta=judged_step.top1_delta).passed:
+        delta = judged_step.gated_delta(gate.max_top1_drop)[0]
+        if step.finite and judge(gate, agreement=step.agreement, top1_delta=delta).passed:
             met = True
             break
     judged_check = judged(ref_confirmation, run_logits(session(path), confirmation, batch=batch), lab_confirmation)
@@ -141,7 +142,8 @@ def search_mixed(quantizer: Quantizer, src: Any, reference: np.ndarray, images: 
                    f"{len(steps)} most sensitive layer(s) out of INT8 ({', '.join(s['block'] for s in steps)}) "
                    f"it reached {reached:.2f}% on the {len(selection)} selection images, still below the build "
                    f"gate: {render_gate(gate)} (--max-fallback-layers {max_fallback_layers})")
-    elif not (checked.finite and judge(gate, agreement=checked.agreement, top1_delta=judged_check.top1_delta).passed):
+    elif not (checked.finite and judge(gate, agreement=checked.agreement,
+                                       top1_delta=judged_check.gated_delta(gate.max_top1_drop)[0]).passed):
         failure = (f"with {len(steps)} layer(s) out of INT8 the model met the build gate on the {len(selection)} "
                    f"selection images but not on the {len(confirmation)} confirmation images "
                    f"({judged_check.describe()}): {render_gate(gate)}")
