@@ -152,3 +152,36 @@ def _props(path: Path) -> dict[str, str]:
     import onnx
 
     return {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+
+
+def _logits_for(top1: np.ndarray, classes: int = 10) -> np.ndarray:
+    logits = np.zeros((len(top1), classes), dtype=np.float32)
+    logits[np.arange(len(top1)), top1] = 1.0
+    return logits
+
+
+def test_the_build_refuses_a_top1_drop_only_with_confidence() -> None:
+    from resnet_deploy.precision.common import judged
+
+    labels = np.zeros(1000, dtype=np.int64)
+    reference = np.where(np.arange(1000) < 600, 0, 1)  # FP32 right on 600 images
+    marginal = reference.copy()
+    marginal[:18] = 1  # 18 right answers lost, 5 gained: Δ -1.3 points, not beyond 1 with confidence
+    marginal[600:605] = 0
+    check = judged(_logits_for(reference), _logits_for(marginal), labels)
+    assert check.top1_delta == pytest.approx(-1.3) and check.top1_delta_ci[1] > -1.0
+    delta, note = check.gated_delta(1.0)
+    assert delta is None and "not with confidence" in note
+    broken = reference.copy()
+    broken[:100] = 1  # ten points lost: refused
+    check = judged(_logits_for(reference), _logits_for(broken), labels)
+    assert check.gated_delta(1.0) == (pytest.approx(-10.0), None)
+    assert judged(_logits_for(reference), _logits_for(reference), labels).gated_delta(1.0) == (0.0, None)
+
+
+def test_saturation_is_claimed_on_strong_evidence_only() -> None:
+    from resnet_deploy.gates import saturating
+
+    assert saturating(80, 2, 1000)[0]  # 7.8 points one way: the AVX2 8-bit case
+    assert not saturating(15, 4, 1000)[0]  # 1.1 points, p ~ 0.02: kernels that round differently
+    assert not saturating(3, 0, 100)[0]  # three flips on 100 images
