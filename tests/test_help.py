@@ -80,7 +80,8 @@ def test_bench_without_arguments_names_artifact_paths() -> None:
 
 # Options a README section names for another tool or command (torchrun's, a neighbouring command's).
 README_OTHERS = {"inspect": {"--target"}, "import-weights": {"--checkpoint"}, "train": {"--nproc"},
-                 "build-engine": {"--data", "--plot", "--report", "--verify"}, "bench": {"--fp16"}}
+                 "build-engine": {"--data", "--plot", "--report", "--verify"}, "bench": {"--fp16"},
+                 "finetune-int8": {"--int8", "--onnx", "--target"}}  # the build-engine command it hands over to
 
 
 def test_every_option_the_readme_gives_a_command_is_in_its_help() -> None:
