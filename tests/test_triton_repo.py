@@ -320,7 +320,7 @@ def test_external_data_symlink_refused_and_subfolder_works(artifacts, tmp_path):
     (tmp_path / "secret.bin").write_bytes((tmp_path / "m" / "weights" / "w.bin").read_bytes())
     (tmp_path / "m" / "weights" / "w.bin").unlink()
     (tmp_path / "m" / "weights" / "w.bin").symlink_to(tmp_path / "secret.bin")
-    with pytest.raises(UsageError, match="symbolic link"):
+    with pytest.raises(UsageError, match="symbolic link|outside the model.s folder"):
         read_artifact_io(tmp_path / "m" / "x.onnx")
 
 
