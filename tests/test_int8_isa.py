@@ -132,20 +132,21 @@ def test_inspect_verify_runs_the_check_on_demand(ort_int8, tmp_path, cli) -> Non
 
 
 def test_a_refused_build_names_the_users_output_and_leaves_nothing(digits, tmp_path) -> None:
+    from test_sensitivity import _make_sensitive
+
     from resnet_deploy.build import BuildRequest, build
 
-    source = tmp_path / "digits.onnx"
-    shutil.copy(digits.onnx, source)
+    # The digits model with a fragile first convolution (test_sensitivity's): full INT8 misses 98.5 % there.
+    source = _make_sensitive(digits.onnx, tmp_path / "digits.onnx")
     output = tmp_path / "out" / "mine.int8.cpu.onnx"
     with pytest.raises(CheckFailed) as failed:
-        build(BuildRequest(onnx=source, int8=True, calib_data=digits.root / "train", calib_samples=64,
-                           check_images=100, calib_method="minmax", target="onnxruntime", min_agreement=100.0,
-                           max_fallback_layers=0, output=output))
+        build(BuildRequest(onnx=source, int8=True, calib_data=digits.root / "train", calib_samples=128,
+                           target="onnxruntime", min_agreement=98.5, max_fallback_layers=0, output=output))
     message = str(failed.value)
     assert message.startswith(str(output)) and "resnet-deploy-build-" not in message
     assert "finetune-int8" in message  # the way past calibration's ceiling is named
     assert not output.exists() and not output.with_name(output.name + ".json").exists()
-    assert not [p for p in output.parent.iterdir() if p.name.startswith(".")]  # no staging folder left
+    assert not output.parent.exists() or not [p for p in output.parent.iterdir() if p.name.startswith(".")]
 
 
 def _props(path: Path) -> dict[str, str]:
