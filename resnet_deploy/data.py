@@ -290,6 +290,17 @@ def sample_labelled(dataset: ImageDataset, pre: Preprocessing, count: int, seed:
     return np.stack(arrays).astype(np.float32), labels
 
 
+def labels_as_card_classes(dataset: ImageDataset, folder_labels: Sequence[int], class_names: Sequence[str] | None,
+                           ) -> np.ndarray | None:
+    """`folder_labels` (indices of the dataset's class folders) as indices of the card's `class_names`, when the
+    folders are exactly the card's classes; None otherwise (an unlabelled folder, or other classes)."""
+    names = list(class_names or [])
+    if len(names) < 2 or sorted(dataset.class_names) != sorted(names):
+        return None
+    index = {name: i for i, name in enumerate(names)}
+    return np.asarray([index[dataset.class_names[label]] for label in folder_labels], dtype=np.int64)
+
+
 def check_classes(dataset: ImageDataset, class_names: Sequence[str], artifact: str) -> None:
     """Refuse a data set whose classes disagree with the artifact's card (count, then names), or with one
     class only: every prediction would be right, and top-1 100 % would mean nothing."""

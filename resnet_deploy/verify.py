@@ -102,16 +102,12 @@ def check_set_for(result: Any, request: Any, src: Any, say: Any) -> CheckSet | N
 def labelled_images(folder: Path, card: Any, count: int, seed: int) -> tuple[np.ndarray, np.ndarray | None]:
     """`count` images of `folder` through the card's transform, and their labels when the folder's class
     subfolders are the card's classes."""
-    from resnet_deploy.data import open_image_folder_unlabelled, sample_labelled
+    from resnet_deploy.data import labels_as_card_classes, open_image_folder_unlabelled, sample_labelled
     from resnet_deploy.precision.calibration import calibration_folder
 
     dataset = open_image_folder_unlabelled(calibration_folder(folder))
     images, folder_labels = sample_labelled(dataset, card.preprocessing, count, seed)
-    names = list(card.class_names or [])
-    if len(names) < 2 or sorted(dataset.class_names) != sorted(names):
-        return images, None
-    index = {name: i for i, name in enumerate(names)}
-    return images, np.asarray([index[dataset.class_names[i]] for i in folder_labels], dtype=np.int64)
+    return images, labels_as_card_classes(dataset, folder_labels, card.class_names)
 
 
 def judge_here(artifact: Path, manifest: Manifest, *, model: Path, src: Any, precision: str,

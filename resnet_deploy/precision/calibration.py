@@ -109,7 +109,13 @@ def load_calibration_images(
 
     With `class_names` (the card's), check images get labels when the folder's class subfolders are those
     classes."""
-    from resnet_deploy.data import BadImageError, eval_transform, open_image_folder_unlabelled, stratified_indices
+    from resnet_deploy.data import (
+        BadImageError,
+        eval_transform,
+        labels_as_card_classes,
+        open_image_folder_unlabelled,
+        stratified_indices,
+    )
 
     if samples < 1:
         raise UsageError(f"--calib-samples must be positive, got {samples}")
@@ -151,10 +157,7 @@ def load_calibration_images(
 
     images, names = decode(chosen, "read calibration images", True)
     check_images, _ = decode(check, "read check images", False)
-    labels = None
-    if class_names is not None and sorted(dataset.class_names) == sorted(class_names) and len(class_names) > 1:
-        index = {name: i for i, name in enumerate(class_names)}
-        labels = np.asarray([index[dataset.class_names[dataset.labels[i]]] for i in check], dtype=np.int64)
+    labels = labels_as_card_classes(dataset, [dataset.labels[i] for i in check], class_names)
     return CalibrationImages(source=str(root), images=images, names=names, sha256=digest.hexdigest(),
                              check_images=check_images, check_held_out=bool(rest), seed=seed, check_labels=labels)
 
