@@ -197,7 +197,7 @@ def _scenario(scenario: str, backend: str, precision: str, p50: float, rate: flo
 @pytest.mark.parametrize("models", [("resnet20",), ("resnet20", "resnet152")])
 @pytest.mark.parametrize("width", TERMINALS)
 def test_loadgen_scenario_table_fits(width, models):
-    from resnet_deploy.bench.report import scenario_table
+    from resnet_deploy.bench.scenario_report import scenario_table
 
     results = [_scenario(s, b, p, 23.456, 257.3, model=m, server=s == "server") for m in models
                for s in ("single-stream", "offline", "server") for b, p in (("torch", "fp32"), ("onnxruntime", "int8"))]

@@ -27,9 +27,10 @@ from typing import Any
 import numpy as np
 
 from engines.base import Engine
+from resnet_deploy.bench.request import SCENARIO_NAMES
 from resnet_deploy.errors import BackendUnavailable, UsageError
 
-SCENARIOS = ("single-stream", "offline", "server")
+SCENARIOS = SCENARIO_NAMES
 EXTRA = "pip install 'resnet-deploy[loadgen]'"
 PERFORMANCE_SAMPLES = 64  # random images resident in memory, as LoadGen's performance sample set
 DEFAULT_SERVER_LATENCY_MS = 15.0  # MLPerf's bound for ResNet-50 in the Server scenario
@@ -94,7 +95,8 @@ class ScenarioResult:
         return asdict(self)
 
 
-def _loadgen() -> Any:
+def require_loadgen() -> Any:
+    """The `mlperf_loadgen` module; a missing extra is one error line naming what to install."""
     try:
         import mlperf_loadgen
     except ImportError:
@@ -155,7 +157,7 @@ class _SystemUnderTest:
 
     def issue(self, query_samples: Sequence[Any]) -> None:
         if self._abandoned:
-            lg = _loadgen()
+            lg = require_loadgen()
             lg.QuerySamplesComplete([lg.QuerySampleResponse(sample.id, 0, 0) for sample in query_samples])
             return
         if self.threaded:
@@ -183,7 +185,7 @@ class _SystemUnderTest:
             self._run(chunk)
 
     def _run(self, chunk: list[Any]) -> None:
-        lg = _loadgen()
+        lg = require_loadgen()
         if self._abandoned:
             lg.QuerySamplesComplete([lg.QuerySampleResponse(sample.id, 0, 0) for sample in chunk])
             return
@@ -272,7 +274,7 @@ def run_scenario(engine: Engine, samples: np.ndarray, scenario: str, options: Sc
     """One LoadGen run. With `labels`, LoadGen's accuracy mode: every sample once, top-1 from the answers."""
     if scenario not in SCENARIOS:
         raise UsageError(f"--scenario must be one of {', '.join(SCENARIOS)}, got {scenario!r}")
-    lg = _loadgen()
+    lg = require_loadgen()
     accuracy = labels is not None
     batch = {"single-stream": 1, "offline": options.offline_batch, "server": options.server_batch}[scenario]
     if engine.input.shape[0] is not None and engine.input.shape[0] != batch:
@@ -367,7 +369,7 @@ def run_plan_accuracy(cases: Sequence[Any], labelled: Callable[[Any], tuple[np.n
     """LoadGen's accuracy mode on every bench case: every labelled image once, Offline (batched), top-1 from the
     answers, then MLPerf's criterion against the FP32 row. `labelled(case)` gives the case's images, already
     through its own preprocessing, and their labels."""
-    _loadgen()
+    require_loadgen()
     results = []
     for case in cases:
         samples, labels = labelled(case)
@@ -422,7 +424,7 @@ def run_plan_scenarios(cases: Sequence[Any], scenarios: Sequence[str], options: 
                        peak_qps: bool = False, progress: Callable[[str], None] = lambda message: None,
                        ) -> list[ScenarioResult]:
     """Every scenario on every bench case (`bench.plan.BenchCase`: model, backend, precision, open())."""
-    _loadgen()  # a missing extra is one error before any engine is opened
+    require_loadgen()  # a missing extra is one error before any engine is opened
     results = []
     for case in cases:
         with case.open() as engine:

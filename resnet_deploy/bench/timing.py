@@ -351,9 +351,12 @@ class BenchReport:
     notes: list[str] = field(default_factory=list)
     interrupted: bool = False  # Ctrl-C or SIGTERM: `results` holds the rows measured before it
     planned_rows: int | None = None  # case x batch size combinations the run set out to measure
+    command: str | None = None  # the command line that asked for the run (`bench`), first in the JSON
+    scenarios: list[Any] | None = None  # LoadGen's `ScenarioResult`s, when scenarios or accuracy were asked for
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            **({"command": self.command} if self.command is not None else {}),
             "environment": self.environment,
             "timing": {**asdict(self.timing), "method": self.timing.describe(),
                        "interleaving": INTERLEAVING, "cv_warn_threshold": CV_WARN_THRESHOLD,
@@ -363,6 +366,7 @@ class BenchReport:
             "results": [r.to_dict() for r in self.results],
             "skipped": [s.to_dict() for s in self.skipped],
             "notes": self.notes,
+            **({"scenarios": [r.to_dict() for r in self.scenarios]} if self.scenarios is not None else {}),
         }
 
     def flagged(self) -> list[BenchResult]:

@@ -115,3 +115,17 @@ def parse_class_names(classes: str | None, classes_from: Path | None) -> list[st
     if classes_from:
         return class_names_from_folder(classes_from)
     return [c.strip() for c in classes.split(",")] if classes else None
+
+
+# --- MLPerf LoadGen scenarios (bench, on artifacts and on served models) --------------------------------------
+
+ScenarioOption = Annotated[str | None, typer.Option(
+    "--scenario", help="Also run MLPerf LoadGen scenarios, comma-separated: single-stream, offline, server "
+                       "(extra: resnet-deploy[loadgen]).", show_default=False)]
+TargetQpsOption = Annotated[float | None, typer.Option(
+    "--target-qps", help="Server scenario: target queries/s [default: half of what one stream sustains].",
+    show_default=False)]
+TargetLatencyOption = Annotated[float, typer.Option(
+    "--target-latency-ms", help="Server scenario: the p99 latency bound (MLPerf ResNet-50: 15 ms).")]
+PeakQpsOption = Annotated[bool, typer.Option(
+    "--peak-qps", help="Server scenario: search the highest target QPS LoadGen judges VALID.")]
