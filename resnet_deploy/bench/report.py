@@ -11,14 +11,15 @@ from pathlib import Path
 from typing import Any
 
 from resnet_deploy.atomic import atomic_path, write_text
+from resnet_deploy.bench.request import ALL_BACKENDS, ALL_PRECISIONS
 from resnet_deploy.bench.scenario_report import scenario_markdown
 from resnet_deploy.bench.timing import CV_WARN_THRESHOLD, INTERLEAVING, ROUND_SPREAD_LIMIT, BenchReport, BenchResult
 
 BACKEND_COLORS = {"torch": "#ee4c2c", "onnxruntime": "#1f77b4", "openvino": "#7b2d8e", "tensorrt": "#76b900"}
 PRECISION_MARKERS = {"fp32": "o", "fp16": "s", "bf16": "D", "int8": "^"}
 PRECISION_LINES = {"fp32": "-", "fp16": "--", "bf16": "-.", "int8": ":"}
-BACKEND_ORDER = ("torch", "onnxruntime", "openvino", "tensorrt")
-PRECISION_ORDER = ("fp32", "fp16", "bf16", "int8")
+BACKEND_ORDER = ALL_BACKENDS  # the table's order is the order `--backends` lists them in
+PRECISION_ORDER = ALL_PRECISIONS
 
 
 def series_key(result: BenchResult) -> tuple[int, int, str, str]:
