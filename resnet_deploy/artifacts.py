@@ -24,13 +24,13 @@ from typing import TYPE_CHECKING, Any
 from engines.base import Engine
 from resnet_deploy.artifact_checks import check_artifact_files, check_onnx_input, metadata_of
 from resnet_deploy.errors import UsageError
+from resnet_deploy.metadata_keys import CARD_KEY  # re-exported: the card's own key lives below card.py
 from resnet_deploy.paths import require_input_file
 
-if TYPE_CHECKING:  # card.py imports the keys below; the card class is imported where it is used
+if TYPE_CHECKING:  # the card class is imported where it is used (it brings torch)
     from resnet_deploy.card import ModelCard
 
 # --- ONNX metadata_props keys (and the safetensors metadata key of the card) ----------------------------------
-CARD_KEY = "resnet_deploy.card"  # the model card, as JSON
 PRECISION_KEY = "resnet_deploy.precision"  # fp32 | fp16 | int8
 ARTIFACT_KEY = "resnet_deploy.artifact"  # set on runtime-specific artifacts (ONNX Runtime target)
 SOURCE_ONNX_SHA256_KEY = "resnet_deploy.source_onnx_sha256"  # the FP32 ONNX a precision model came from

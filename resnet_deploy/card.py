@@ -20,9 +20,9 @@ from typing import Any
 import torch
 
 from resnet_deploy import __version__
-from resnet_deploy.artifacts import CARD_KEY as CARD_METADATA_KEY  # defined once, with the other keys
 from resnet_deploy.atomic import atomic_path
 from resnet_deploy.errors import UsageError
+from resnet_deploy.metadata_keys import CARD_KEY as CARD_METADATA_KEY  # defined once, below both
 from resnet_deploy.models import FamilyDefaults, get_entry
 
 CARD_FORMAT_VERSION = 1
