@@ -31,12 +31,12 @@ from typing import Any
 
 import numpy as np
 
-from resnet_deploy.artifacts import PRECISION_KEY
 from resnet_deploy.atomic import atomic_path, sha256_file
 from resnet_deploy.card import CARD_METADATA_KEY, ModelCard
 from resnet_deploy.checkpoints import LoadedModel
 from resnet_deploy.compare import LogitComparison, compare_logits
 from resnet_deploy.errors import CheckFailed, UsageError
+from resnet_deploy.metadata_keys import PRECISION_KEY
 
 DEFAULT_OPSET = 20  # torch 2.14's exporter default; ONNX Runtime 1.31 and TensorRT 10 parse it
 MIN_OPSET = 18  # the torch exporter's own operator library targets opset 18

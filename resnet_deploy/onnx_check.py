@@ -14,6 +14,7 @@ import numpy as np
 
 from resnet_deploy.compare import LogitComparison, compare_logits
 from resnet_deploy.errors import UsageError
+from resnet_deploy.samples import batches_of
 
 
 def session(path: str | Path, *, level: str = "all", providers: list[str] | None = None,
@@ -60,8 +61,6 @@ def input_spec(sess: Any) -> tuple[str, int | None]:
 
 def run_logits(sess: Any, images: np.ndarray, *, batch: int | None = None) -> np.ndarray:
     """Logits (float32) for `images`, batch by batch (the model's static batch when it has one)."""
-    from resnet_deploy.precision.calibration import batches_of
-
     name, static = input_spec(sess)
     size = static or batch or 16
     outputs = [sess.run(None, {name: chunk})[0] for chunk in batches_of(images, size, static=static is not None)]
@@ -95,8 +94,6 @@ def activation_maxima(model: Any, images: np.ndarray, *, batch: int) -> tuple[np
         path = Path(tmp) / "augmented.onnx"
         onnx.save(augmented, str(path))
         sess = session(path, level="basic")
-        from resnet_deploy.precision.calibration import batches_of
-
         input_name, static = input_spec(sess)
         out_names = [o.name for o in sess.get_outputs()]
         maxima = dict.fromkeys(names, 0.0)

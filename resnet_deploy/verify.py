@@ -25,6 +25,7 @@ import numpy as np
 
 from resnet_deploy.errors import CheckFailed
 from resnet_deploy.gates import SATURATION_GAP, build_gate_for, judge, render_gate, saturating
+from resnet_deploy.samples import batches_of
 
 if TYPE_CHECKING:
     from resnet_deploy.artifacts import Manifest
@@ -211,8 +212,6 @@ def judge_here(artifact: Path, manifest: Manifest, *, model: Path, src: Any, pre
 
 
 def _infer(engine: Any, images: np.ndarray, static: int | None, progress: Any = None) -> np.ndarray:
-    from resnet_deploy.precision.calibration import batches_of
-
     step = static or 32
     outputs = []
     done = 0

@@ -8,7 +8,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from resnet_deploy.artifacts import (
+from resnet_deploy.atomic import atomic_path, sha256_file
+from resnet_deploy.errors import CheckFailed, UsageError
+from resnet_deploy.gates import build_gate_for, judge
+from resnet_deploy.metadata_keys import (
     CALIBRATION_KEY,
     FP16_REMAINDER_KEY,
     MIXED_PRECISION_KEY,
@@ -16,9 +19,6 @@ from resnet_deploy.artifacts import (
     SOURCE_ONNX_SHA256_KEY,
     VERIFICATION_KEY,
 )
-from resnet_deploy.atomic import atomic_path, sha256_file
-from resnet_deploy.errors import CheckFailed, UsageError
-from resnet_deploy.gates import build_gate_for, judge
 from resnet_deploy.onnx_check import arithmetic_session, run_logits
 from resnet_deploy.precision.calibration import (
     DEFAULT_CHECK_SAMPLES,

@@ -14,10 +14,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from resnet_deploy.compare import LogitTally, finite_rows, softmax, topk_indices
+from resnet_deploy.confidence import PairedCounts
 
 # The gates live in resnet_deploy.gates (one policy for build-engine and validate); re-exported for callers here.
 from resnet_deploy.gates import DEFAULT_GATES, Gate, gate_failures, gate_for
-from resnet_deploy.validate.confidence import PairedCounts
 
 __all__ = ["DEFAULT_GATES", "AccuracyTally", "Gate", "ParityTally", "finite_rows", "gate_failures", "gate_for",
            "softmax", "topk_indices"]

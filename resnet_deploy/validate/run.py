@@ -19,10 +19,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from resnet_deploy.confidence import SIGNIFICANCE, mcnemar_exact_p, paired_delta_interval, wilson_percent
 from resnet_deploy.errors import UsageError
 from resnet_deploy.gates import RANDOM_WEIGHTS_REASON, judge
 from resnet_deploy.validate.arithmetic import arithmetic_for, saturation_failure
-from resnet_deploy.validate.confidence import SIGNIFICANCE, mcnemar_exact_p, paired_delta_interval, wilson_percent
 from resnet_deploy.validate.parity import (
     AccuracyTally,
     Gate,
@@ -220,8 +220,8 @@ def _same_file(a: Path, b: Path) -> bool:
 
 def artifact_lineage(artifact: Artifact) -> dict[str, Any]:
     """Where an artifact came from: its hash, the card's lineage, its manifest and ONNX metadata (read once)."""
-    from resnet_deploy.artifacts import CARD_KEY
     from resnet_deploy.atomic import sha256_file
+    from resnet_deploy.metadata_keys import CARD_KEY
 
     card = artifact.card
     lineage: dict[str, Any] = {"sha256": sha256_file(artifact.path), "arch": card.arch,
@@ -237,7 +237,7 @@ def artifact_lineage(artifact: Artifact) -> dict[str, Any]:
 def artifact_card_or_flags(artifact: Artifact, flags: CardFlags | None) -> ModelCard:
     """The artifact's card; an ONNX model without one gets its card from the preprocessing flags (refused,
     naming them, when they are missing) and keeps it, so its lineage reads like any other's."""
-    from resnet_deploy.artifacts import CARD_KEY
+    from resnet_deploy.metadata_keys import CARD_KEY
 
     artifact.require_file()
     if artifact.backend != "onnxruntime" or artifact.metadata.get(CARD_KEY):
