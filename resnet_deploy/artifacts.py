@@ -128,7 +128,7 @@ def now_iso() -> str:
 def manifest_versions(*extra: tuple[str, str | None]) -> dict[str, str | None]:
     """resnet-deploy and the installed libraries (from `environment`), plus what only the build knows."""
     from resnet_deploy import __version__
-    from resnet_deploy.environment import library_versions
+    from resnet_deploy.versions import library_versions
 
     return {"resnet_deploy": __version__, **library_versions(), **dict(extra)}
 

@@ -35,6 +35,7 @@ from resnet_deploy.atomic import atomic_path
 from resnet_deploy.card import ModelCard
 from resnet_deploy.errors import CheckFailed, UsageError, first_line
 from resnet_deploy.onnx_check import session
+from resnet_deploy.samples import random_images
 
 MIN_OPSET = 19  # FP16 Q/DQ scales need opset 19 (precision/common.py)
 TARGET_OPSET = 20  # what `resnet-deploy export` writes; raised to when below MIN_OPSET
@@ -300,7 +301,7 @@ def verify_cleaned(original: Any, cleaned: Any, io: ClassifierIO, *, input_size:
     """Max |logit difference| of `cleaned` against `original` on ONNX Runtime (random images); past
     VERIFY_TOLERANCE × max(1, |logit|) it is a CheckFailed and nothing is written."""
     size = io.input_size or input_size or 224
-    images = np.random.default_rng(seed).standard_normal((io.batch or 2, 3, size, size), dtype=np.float32)
+    images = random_images((io.batch or 2, 3, size, size), seed=seed)
     reference, candidate = _run(original, io, images), _run(cleaned, io, images)
     if candidate.shape != reference.shape:
         raise CheckFailed(f"the cleaned graph returns {candidate.shape}, the original {reference.shape}")

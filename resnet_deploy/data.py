@@ -151,6 +151,16 @@ def open_dataset(path: str | Path, split: str | None = None) -> ImageDataset:
     return ImageDataset(folder, "imagefolder", split_name, [c.name for c in classes], samples, labels)
 
 
+def calibration_folder(folder: str | Path) -> Path:
+    """The folder to draw from: a data set root with a `train/` split calibrates on it, never on test images."""
+    root = Path(folder)
+    if not root.exists():
+        raise UsageError(f"{root}: no such calibration folder")
+    if (root / "train").is_dir():
+        return root / "train"
+    return root
+
+
 def open_image_folder_unlabelled(path: str | Path) -> ImageDataset:
     """Any folder of images, with or without class subfolders (calibration needs no labels)."""
     root = Path(path)

@@ -39,6 +39,7 @@ import numpy as np
 
 from resnet_deploy.atomic import write_text
 from resnet_deploy.card import Preprocessing
+from resnet_deploy.data import calibration_folder  # noqa: F401 - also imported from here
 from resnet_deploy.errors import UsageError
 from resnet_deploy.samples import batches_of  # noqa: F401 - also imported from here
 
@@ -161,16 +162,6 @@ def load_calibration_images(
     labels = labels_as_card_classes(dataset, [dataset.labels[i] for i in check], class_names)
     return CalibrationImages(source=str(root), images=images, names=names, sha256=digest.hexdigest(),
                              check_images=check_images, check_held_out=bool(rest), seed=seed, check_labels=labels)
-
-
-def calibration_folder(folder: str | Path) -> Path:
-    """The folder to draw from: a data set root with a `train/` split calibrates on it, never on test images."""
-    root = Path(folder)
-    if not root.exists():
-        raise UsageError(f"{root}: no such calibration folder")
-    if (root / "train").is_dir():
-        return root / "train"
-    return root
 
 
 def random_calibration_images(

@@ -19,6 +19,7 @@ from resnet_deploy.errors import CheckFailed, UsageError
 from resnet_deploy.gates import RANDOM_INPUTS_REASON, RANDOM_WEIGHTS_REASON, build_gate_for, judge, render_gate
 from resnet_deploy.metadata_keys import ARTIFACT_KEY, PRECISION_KEY  # noqa: F401 - re-exported to fp16/int8
 from resnet_deploy.paths import require_input_file
+from resnet_deploy.samples import images_or_random
 
 # Default build-time gates on real held-out images, percent top-1 agreement with FP32: validate's gate plus
 # the build margin, both from resnet_deploy.gates (one policy for build-engine and validate).
@@ -257,13 +258,10 @@ def drop_unused_opsets(model: Any) -> None:
 
 def _check_images_or_random(src: _Source, images: np.ndarray | None, seed: int) -> tuple[np.ndarray, str]:
     size = src.card.preprocessing.input_size
-    if images is not None:
-        if images.ndim != 4 or tuple(images.shape[1:]) != (3, size, size):
-            raise UsageError(f"check images must be preprocessed NCHW arrays of shape (N, 3, {size}, {size}), "
-                             f"got {tuple(images.shape)}")
-        return images.astype(np.float32, copy=False), "images"
-    rng = np.random.default_rng(seed)
-    return rng.standard_normal((RANDOM_CHECK_SAMPLES, 3, size, size), dtype=np.float32), "random"
+    if images is not None and (images.ndim != 4 or tuple(images.shape[1:]) != (3, size, size)):
+        raise UsageError(f"check images must be preprocessed NCHW arrays of shape (N, 3, {size}, {size}), "
+                         f"got {tuple(images.shape)}")
+    return images_or_random(images, (3, size, size), count=RANDOM_CHECK_SAMPLES, seed=seed)
 
 
 def _gate(min_agreement: float | None, default: float, src: _Source, data: str) -> float | None:

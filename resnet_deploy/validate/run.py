@@ -22,6 +22,7 @@ import numpy as np
 from resnet_deploy.confidence import SIGNIFICANCE, mcnemar_exact_p, paired_delta_interval, wilson_percent
 from resnet_deploy.errors import UsageError
 from resnet_deploy.gates import RANDOM_WEIGHTS_REASON, judge
+from resnet_deploy.samples import batches_of
 from resnet_deploy.validate.arithmetic import arithmetic_for, saturation_failure
 from resnet_deploy.validate.parity import (
     AccuracyTally,
@@ -256,18 +257,13 @@ def _display_labels(paths: Sequence[Path]) -> list[str]:
 
 
 def _run_engine(engine: Any, batch: np.ndarray) -> np.ndarray:
-    """Infer a batch; an engine with a fixed batch size gets it in chunks, the last one zero-padded."""
+    """Infer a batch; an engine with a fixed batch size gets it in chunks (`samples.batches_of`: the last one
+    filled by repetition, its extra outputs dropped)."""
     fixed = engine.input.shape[0]
     if fixed is None or fixed == len(batch):
         return engine.infer(batch)
-    outputs = []
-    for start in range(0, len(batch), fixed):
-        chunk = batch[start:start + fixed]
-        n = len(chunk)
-        if n < fixed:
-            chunk = np.concatenate([chunk, np.zeros((fixed - n, *chunk.shape[1:]), dtype=chunk.dtype)])
-        outputs.append(engine.infer(np.ascontiguousarray(chunk))[:n])
-    return np.concatenate(outputs)
+    chunks = batches_of(batch, fixed, static=True)
+    return np.concatenate([engine.infer(np.ascontiguousarray(chunk)) for chunk in chunks])[: len(batch)]
 
 
 def validate(
