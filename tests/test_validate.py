@@ -237,7 +237,8 @@ def test_ten_crop_views() -> None:
     import torch
     from PIL import Image
 
-    from resnet_deploy.data import TenCrop, eval_transform
+    from resnet_deploy.data import eval_transform
+    from resnet_deploy.validate.views import TenCrop
 
     pre = Preprocessing(16, 20, (0.5, 0.4, 0.3), (0.2, 0.25, 0.3))
     rng = np.random.default_rng(0)

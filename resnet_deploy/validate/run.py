@@ -49,7 +49,7 @@ class ValidateOptions:
     split: str | None = None
     limit: int | None = None
     batch_size: int = 64
-    workers: int | None = None  # None: resnet_deploy.data.default_workers()
+    workers: int | None = None  # None: validate.views.default_workers()
     device: str = "cpu"
     ten_crop: bool = False
     ensemble: bool = False
@@ -159,17 +159,8 @@ def validate(
     Raises UsageError for bad input (a missing file, classes that disagree with a card, a corrupt image
     without `skip_bad`); gate failures are recorded in the result, not raised."""
     from resnet_deploy.artifacts import Artifact
-    from resnet_deploy.data import (
-        BadImageError,
-        TenCrop,
-        check_classes,
-        default_workers,
-        eval_transform,
-        iterate_views,
-        open_dataset,
-        stratified_indices,
-        ten_crop_problem,
-    )
+    from resnet_deploy.data import BadImageError, check_classes, eval_transform, open_dataset, stratified_indices
+    from resnet_deploy.validate.views import TenCrop, default_workers, iterate_views, ten_crop_problem
 
     options = options or ValidateOptions()
     if not artifacts:
