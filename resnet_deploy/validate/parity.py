@@ -8,12 +8,11 @@ so no run ever holds the logits of a whole data set. Percentages are 0–100.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
 
-from resnet_deploy.compare import LogitTally, finite_rows, softmax, topk_indices
+from resnet_deploy.compare import LogitTally, finite_rows, percent, softmax, topk_indices
 from resnet_deploy.confidence import PairedCounts
 
 # The gates live in resnet_deploy.gates (one policy for build-engine and validate); re-exported for callers here.
@@ -43,11 +42,11 @@ class AccuracyTally:
 
     @property
     def top1(self) -> float:
-        return 100.0 * self.top1_correct / self.images if self.images else math.nan
+        return percent(self.top1_correct, self.images)
 
     @property
     def topk(self) -> float:
-        return 100.0 * self.topk_correct / self.images if self.images else math.nan
+        return percent(self.topk_correct, self.images)
 
     @property
     def images_per_s(self) -> float | None:
