@@ -35,6 +35,13 @@ class ModelLoadError(EngineError):
     exit_code = 2
 
 
+def first_line(exc: BaseException) -> str:
+    """The first non-blank line of an exception's message (runtimes' run to pages), else its type's name.
+    The one such helper of engines and resnet_deploy (`resnet_deploy.errors` re-exports it)."""
+    lines = [line for line in str(exc).strip().splitlines() if line.strip()]
+    return lines[0] if lines else type(exc).__name__
+
+
 class EngineInputError(EngineError, ValueError):
     """The batch has the wrong shape or dtype for this engine."""
 

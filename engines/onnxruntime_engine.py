@@ -19,6 +19,7 @@ from engines.base import (
     ModelLoadError,
     PreparedRun,
     TensorInfo,
+    first_line,
     host_timed,
 )
 
@@ -29,6 +30,35 @@ PROVIDER_ALIASES = {
     "openvino": "OpenVINOExecutionProvider",
 }
 _ORT_DTYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(double)": "float64"}
+
+
+# Graph optimization levels by name. "disable": the graph exactly as written; for a Q/DQ model that is the
+# quantization arithmetic itself, the same on every CPU (the reference this machine's integer kernels are judged by).
+LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED",
+          "all": "ORT_ENABLE_ALL"}
+
+
+def create_session(model: str | Path | bytes, *, level: str = "all", providers: list[str] | None = None,
+                   threads: int | None = None, optimized_path: str | Path | None = None,
+                   shown_as: str | Path | None = None) -> Any:
+    """The one place an ONNX Runtime session is made (this engine, the library's build checks, graph cleaning):
+    log kept to errors, CPU unless `providers` say otherwise. `optimized_path`: ORT also writes the graph it
+    optimized there. A model ORT refuses is a ModelLoadError naming `shown_as` (else the path)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, LEVELS[level])
+    if optimized_path is not None:
+        options.optimized_model_filepath = str(optimized_path)
+    if threads is not None:
+        options.intra_op_num_threads = threads
+    options.log_severity_level = 3  # errors only: provider fallbacks stay off the user's terminal
+    source = model if isinstance(model, bytes) else str(model)
+    try:
+        return ort.InferenceSession(source, sess_options=options, providers=providers or ["CPUExecutionProvider"])
+    except Exception as exc:  # ORT raises its own exception types (Fail, InvalidGraph, NoSuchFile)
+        name = shown_as or ("the model" if isinstance(model, bytes) else model)
+        raise ModelLoadError(f"{name}: ONNX Runtime cannot load this model ({first_line(exc)})") from None
 
 
 def default_providers(device: str) -> list[str]:
@@ -76,16 +106,7 @@ class OnnxRuntimeEngine(Engine):
             raise BackendUnavailableError(
                 f"ONNX Runtime provider(s) {', '.join(missing)} not available here (available: {', '.join(available)})"
             )
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if threads is not None:
-            options.intra_op_num_threads = threads
-        options.log_severity_level = 3  # errors only: provider fallbacks stay off the user's terminal
-        try:
-            self._session = ort.InferenceSession(str(self.path), sess_options=options, providers=wanted)
-        except Exception as exc:  # ORT raises its own exception types (Fail, InvalidGraph, NoSuchFile)
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise ModelLoadError(f"{self.path}: ONNX Runtime cannot load this model ({first})") from None
+        self._session = create_session(self.path, providers=wanted, threads=threads)
         super().__init__(precision=precision or graph_precision(self.path), device=device)
         self.providers = self._session.get_providers()
         self.threads = threads

@@ -9,7 +9,7 @@
 
 A manifest is named after the whole artifact name (`model.fp16.plan` → `model.fp16.plan.json`), so
 an ONNX model and the engine built from it never share one. Every target writes the same `Manifest`
-schema; the metadata keys the pipeline writes into ONNX models are defined here and nowhere else.
+schema; the metadata keys the pipeline writes into ONNX models are defined once, in `metadata_keys.py`.
 """
 
 from __future__ import annotations
@@ -24,23 +24,43 @@ from typing import TYPE_CHECKING, Any
 from engines.base import Engine
 from resnet_deploy.artifact_checks import check_artifact_files, check_onnx_input, metadata_of
 from resnet_deploy.errors import UsageError
+from resnet_deploy.metadata_keys import (
+    ARTIFACT_KEY as ARTIFACT_KEY,
+)
+from resnet_deploy.metadata_keys import (
+    CALIBRATION_KEY as CALIBRATION_KEY,
+)
+from resnet_deploy.metadata_keys import (  # re-exported: the keys live below card.py and precision/
+    CARD_KEY as CARD_KEY,
+)
+from resnet_deploy.metadata_keys import (
+    FP16_KEY as FP16_KEY,
+)
+from resnet_deploy.metadata_keys import (
+    FP16_REMAINDER_KEY as FP16_REMAINDER_KEY,
+)
+from resnet_deploy.metadata_keys import (
+    MIXED_PRECISION_KEY as MIXED_PRECISION_KEY,
+)
+from resnet_deploy.metadata_keys import (
+    ONNXRUNTIME_KEY as ONNXRUNTIME_KEY,
+)
+from resnet_deploy.metadata_keys import (
+    PRECISION_KEY as PRECISION_KEY,
+)
+from resnet_deploy.metadata_keys import (
+    QUANTIZATION_KEY as QUANTIZATION_KEY,
+)
+from resnet_deploy.metadata_keys import (
+    SOURCE_ONNX_SHA256_KEY as SOURCE_ONNX_SHA256_KEY,
+)
+from resnet_deploy.metadata_keys import (
+    VERIFICATION_KEY as VERIFICATION_KEY,
+)
 from resnet_deploy.paths import require_input_file
 
-if TYPE_CHECKING:  # card.py imports the keys below; the card class is imported where it is used
+if TYPE_CHECKING:  # the card class is imported where it is used (it brings torch)
     from resnet_deploy.card import ModelCard
-
-# --- ONNX metadata_props keys (and the safetensors metadata key of the card) ----------------------------------
-CARD_KEY = "resnet_deploy.card"  # the model card, as JSON
-PRECISION_KEY = "resnet_deploy.precision"  # fp32 | fp16 | int8
-ARTIFACT_KEY = "resnet_deploy.artifact"  # set on runtime-specific artifacts (ONNX Runtime target)
-SOURCE_ONNX_SHA256_KEY = "resnet_deploy.source_onnx_sha256"  # the FP32 ONNX a precision model came from
-FP16_KEY = "resnet_deploy.fp16"  # how FP16 was made (converter, FP32 nodes kept)
-FP16_REMAINDER_KEY = "resnet_deploy.fp16_remainder"  # INT8 with the unquantized rest in FP16
-QUANTIZATION_KEY = "resnet_deploy.quantization"
-CALIBRATION_KEY = "resnet_deploy.calibration"
-VERIFICATION_KEY = "resnet_deploy.verification"  # the precision model's check against FP32
-MIXED_PRECISION_KEY = "resnet_deploy.mixed_precision"  # INT8: the budget search's steps and the layers kept out
-ONNXRUNTIME_KEY = "resnet_deploy.onnxruntime"  # how the ONNX Runtime artifact was optimized
 
 # --- suffixes -----------------------------------------------------------------------------------------------------
 SUFFIXES: dict[str, tuple[str, ...]] = {
@@ -108,7 +128,7 @@ def now_iso() -> str:
 def manifest_versions(*extra: tuple[str, str | None]) -> dict[str, str | None]:
     """resnet-deploy and the installed libraries (from `environment`), plus what only the build knows."""
     from resnet_deploy import __version__
-    from resnet_deploy.environment import library_versions
+    from resnet_deploy.versions import library_versions
 
     return {"resnet_deploy": __version__, **library_versions(), **dict(extra)}
 

@@ -20,10 +20,11 @@ from typing import Any
 import torch
 
 from resnet_deploy import __version__
-from resnet_deploy.artifacts import CARD_KEY as CARD_METADATA_KEY  # defined once, with the other keys
 from resnet_deploy.atomic import atomic_path
 from resnet_deploy.errors import UsageError
+from resnet_deploy.metadata_keys import CARD_KEY as CARD_METADATA_KEY  # defined once, below both
 from resnet_deploy.models import FamilyDefaults, get_entry
+from resnet_deploy.versions import library_versions
 
 CARD_FORMAT_VERSION = 1
 # What a card may promise: sizes a ResNet can take (the CIFAR nets need 8 px for their three stages; beyond
@@ -175,18 +176,12 @@ class ModelCard:
             raise UsageError(f"{where}{exc}") from None
 
 
-def library_versions() -> dict[str, str]:
-    import torchvision
-
-    return {"resnet_deploy": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__}
-
-
 def stamp_lineage(card: ModelCard, *, source_sha256: str | None = None, **extra: Any) -> ModelCard:
     """Record where the weights came from and with which library versions."""
     lineage = dict(card.lineage)
     if source_sha256 is not None:
         lineage["source_sha256"] = source_sha256
-    lineage.update(library_versions())
+    lineage.update({"resnet_deploy": __version__, **library_versions("torch", "torchvision", imported=True)})
     lineage["created"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     lineage.update(extra)
     return dataclasses.replace(card, lineage=lineage)

@@ -32,7 +32,7 @@ from torch import nn
 
 from resnet_deploy.atomic import sha256_file
 from resnet_deploy.card import ModelCard, read_card, stamp_lineage
-from resnet_deploy.errors import UsageError
+from resnet_deploy.errors import UsageError, first_line
 
 # Our trainer's checkpoint is a dict with this marker; "card" holds the card JSON, "model" the weights.
 TRAINER_CHECKPOINT_FORMAT = "resnet_deploy.trainer/1"
@@ -78,9 +78,9 @@ def torch_load_untrusted(path: Path) -> Any:
     except pickle.UnpicklingError as exc:
         if "weights only load failed" in str(exc).lower() or "weights_only" in str(exc):
             raise UsageError(_refusal(path)) from None
-        raise UsageError(f"{path}: not a PyTorch checkpoint ({_first_line(exc)})") from None
+        raise UsageError(f"{path}: not a PyTorch checkpoint ({first_line(exc)})") from None
     except Exception as exc:  # any parse failure of an untrusted file means "not a checkpoint"
-        raise UsageError(f"{path}: not a PyTorch checkpoint ({_first_line(exc)})") from None
+        raise UsageError(f"{path}: not a PyTorch checkpoint ({first_line(exc)})") from None
 
 
 def _refuse_torchscript(path: Path) -> None:
@@ -111,11 +111,6 @@ def _refusal(path: Path) -> str:
     return (f"{path}: refused to load: the file holds Python objects other than tensors and plain containers"
             f"{named}, which could run code (loaded with weights_only=True). Re-save just the state_dict from a "
             "trusted environment.")
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
 
 
 @dataclass

@@ -33,7 +33,9 @@ import numpy as np
 
 from resnet_deploy.atomic import atomic_path
 from resnet_deploy.card import ModelCard
-from resnet_deploy.errors import CheckFailed, UsageError
+from resnet_deploy.errors import CheckFailed, UsageError, first_line
+from resnet_deploy.onnx_check import session
+from resnet_deploy.samples import random_images
 
 MIN_OPSET = 19  # FP16 Q/DQ scales need opset 19 (precision/common.py)
 TARGET_OPSET = 20  # what `resnet-deploy export` writes; raised to when below MIN_OPSET
@@ -119,7 +121,7 @@ def load_onnx(path: str | Path) -> Any:
     try:
         model = onnx.load(str(source), load_external_data=False)
     except Exception as exc:  # onnx raises DecodeError / ValueError for non-ONNX bytes
-        raise UsageError(f"{source}: not a readable ONNX model ({_first_line(exc)})") from None
+        raise UsageError(f"{source}: not a readable ONNX model ({first_line(exc)})") from None
     require_graph(model, source)
     check_onnx_opset(model, source)
     check_onnx_external_data(source, model)  # a missing weights file is named, as in every other command
@@ -210,11 +212,6 @@ def _shape(dims: list[int | None]) -> str:
     return "[" + ", ".join("?" if d is None else str(d) for d in dims) + "]"
 
 
-def _first_line(exc: BaseException) -> str:
-    lines = [line for line in str(exc).strip().splitlines() if line.strip()]
-    return lines[0] if lines else type(exc).__name__
-
-
 # --- cleaning --------------------------------------------------------------------------------------------------
 
 
@@ -250,7 +247,7 @@ def _raise_opset(model: Any, source: str | Path) -> tuple[Any, list[str]]:
         converted = version_converter.convert_version(model, TARGET_OPSET)
     except Exception as exc:  # the converter raises RuntimeError/ValueError for ops it has no adapter for
         raise UsageError(f"{source}: the onnx version converter cannot raise opset {opset} to {TARGET_OPSET} "
-                         f"({_first_line(exc)}); re-export the model at opset {MIN_OPSET} or newer") from None
+                         f"({first_line(exc)}); re-export the model at opset {MIN_OPSET} or newer") from None
     return converted, [f"opset {opset} → {TARGET_OPSET} (onnx version converter; FP16 Q/DQ needs {MIN_OPSET}+)"]
 
 
@@ -266,18 +263,10 @@ def _slim(model: Any) -> Any:
 def _ort_basic(model: Any, stem: Path, source: str | Path) -> Any:
     """ONNX Runtime's offline optimizer at the basic level: standard ONNX ops only, so the file stays portable."""
     import onnx
-    import onnxruntime as ort
 
     src, dst = stem.with_suffix(".in.onnx"), stem.with_suffix(".out.onnx")
     onnx.save(model, str(src))
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-    options.optimized_model_filepath = str(dst)
-    options.log_severity_level = 3
-    try:
-        ort.InferenceSession(str(src), sess_options=options, providers=["CPUExecutionProvider"])
-    except Exception as exc:  # ORT raises its own exception types
-        raise UsageError(f"{source}: ONNX Runtime cannot load this model ({_first_line(exc)})") from None
+    session(src, level="basic", optimized_path=dst, shown_as=source)
     return onnx.load(str(dst))
 
 
@@ -312,7 +301,7 @@ def verify_cleaned(original: Any, cleaned: Any, io: ClassifierIO, *, input_size:
     """Max |logit difference| of `cleaned` against `original` on ONNX Runtime (random images); past
     VERIFY_TOLERANCE × max(1, |logit|) it is a CheckFailed and nothing is written."""
     size = io.input_size or input_size or 224
-    images = np.random.default_rng(seed).standard_normal((io.batch or 2, 3, size, size), dtype=np.float32)
+    images = random_images((io.batch or 2, 3, size, size), seed=seed)
     reference, candidate = _run(original, io, images), _run(cleaned, io, images)
     if candidate.shape != reference.shape:
         raise CheckFailed(f"the cleaned graph returns {candidate.shape}, the original {reference.shape}")
@@ -324,16 +313,11 @@ def verify_cleaned(original: Any, cleaned: Any, io: ClassifierIO, *, input_size:
 
 
 def _run(model: Any, io: ClassifierIO, images: np.ndarray) -> np.ndarray:
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
+    sess = session(model.SerializeToString())
     try:
-        sess = ort.InferenceSession(model.SerializeToString(), sess_options=options,
-                                    providers=["CPUExecutionProvider"])
         return np.asarray(sess.run([io.output_name], {io.input_name: images})[0], dtype=np.float32)
     except Exception as exc:  # ORT raises its own exception types
-        raise UsageError(f"ONNX Runtime cannot run this model ({_first_line(exc)})") from None
+        raise UsageError(f"ONNX Runtime cannot run this model ({first_line(exc)})") from None
 
 
 def clean_graph(source: str | Path, output: str | Path, *, input_size: int | None = None) -> CleanReport:
@@ -372,7 +356,7 @@ def checked_clean(original: Any, cleaned: Any, io: ClassifierIO, changes: list[s
     try:
         onnx.checker.check_model(cleaned, full_check=True)
     except Exception as exc:  # onnx raises ValidationError / InferenceError
-        raise CheckFailed(f"{source}: the cleaned graph fails onnx.checker ({_first_line(exc)})") from None
+        raise CheckFailed(f"{source}: the cleaned graph fails onnx.checker ({first_line(exc)})") from None
     diff = verify_cleaned(original, cleaned, io, input_size=input_size)
     counts = Counter(node.op_type for node in cleaned.graph.node)
     return CleanReport(changes=changes, opset_before=io.opset, opset_after=after.opset,

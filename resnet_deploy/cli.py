@@ -53,19 +53,24 @@ def root(
     """Train ResNets (He et al. 2016) and carry them to production: ONNX, FP16, INT8, TensorRT."""
 
 
-app.command("train")(verbosity_options(train_cmd.train))
-app.command("export")(verbosity_options(export_cmd.export))
-app.command("build-engine")(verbosity_options(build_engine_cmd.build_engine))
-app.command("validate")(verbosity_options(validate_cmd.validate))
-app.command("bench")(verbosity_options(bench_cmd.bench))
-app.command("inspect")(verbosity_options(inspect_cmd.inspect))
-app.command("import-weights")(verbosity_options(import_weights_cmd.import_weights))
-app.command("import-onnx")(verbosity_options(import_onnx_cmd.import_onnx))
-app.command("demo")(verbosity_options(demo_cmd.demo))
-app.command("triton-repo")(verbosity_options(triton_repo_cmd.triton_repo))
-app.command("serve")(verbosity_options(serve_cmd.serve))
-app.command("sensitivity")(verbosity_options(sensitivity_cmd.sensitivity))
-app.command("finetune-int8")(verbosity_options(finetune_int8_cmd.finetune_int8))
+# The commands, in the order --help lists them; each takes --quiet/--verbose.
+COMMANDS = {
+    "train": train_cmd.train,
+    "export": export_cmd.export,
+    "build-engine": build_engine_cmd.build_engine,
+    "validate": validate_cmd.validate,
+    "bench": bench_cmd.bench,
+    "inspect": inspect_cmd.inspect,
+    "import-weights": import_weights_cmd.import_weights,
+    "import-onnx": import_onnx_cmd.import_onnx,
+    "demo": demo_cmd.demo,
+    "triton-repo": triton_repo_cmd.triton_repo,
+    "serve": serve_cmd.serve,
+    "sensitivity": sensitivity_cmd.sensitivity,
+    "finetune-int8": finetune_int8_cmd.finetune_int8,
+}
+for _name, _command in COMMANDS.items():
+    app.command(_name)(verbosity_options(_command))
 
 
 def main(argv: list[str] | None = None) -> None:

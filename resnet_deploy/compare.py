@@ -40,6 +40,11 @@ def topk_indices(scores: np.ndarray, k: int) -> np.ndarray:
     return np.argsort(-scores, axis=1, kind="stable")[:, :k]
 
 
+def percent(count: float, images: int) -> float:
+    """`count` per image as a percentage; NaN when no image was seen (no rate, rather than 0 %)."""
+    return 100.0 * count / images if images else math.nan
+
+
 def finite_rows(array: np.ndarray) -> np.ndarray:
     """A boolean per leading row: True where every value in the row is finite."""
     return np.isfinite(array.reshape(array.shape[0], -1)).all(axis=1)
@@ -151,11 +156,11 @@ class LogitTally:
 
     @property
     def agreement(self) -> float:
-        return 100.0 * self.agree / self.images if self.images else math.nan
+        return percent(self.agree, self.images)
 
     @property
     def topk_overlap(self) -> float:
-        return 100.0 * self.overlap / self.images if self.images else math.nan
+        return percent(self.overlap, self.images)
 
     @property
     def mean_abs(self) -> float | None:

@@ -13,9 +13,10 @@ import platform
 import shutil
 import subprocess
 import sys
-from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+from resnet_deploy.versions import library_versions  # re-exported: bench and scripts read it from here
 
 # Thread-count variables that change CPU latency; recorded so two runs can be compared honestly.
 THREAD_ENV_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "ORT_NUM_THREADS")
@@ -23,15 +24,6 @@ THREAD_ENV_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
 CPU_FLAGS_OF_INTEREST = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "avx_vnni", "amx_bf16", "amx_int8")
 # The instruction-set class INT8 results depend on (precision/isa.py): avx2 | vnni | amx | other.
 # Distribution names per library: the same module ships under several names (onnxruntime-gpu, tensorrt-cu13).
-_DISTRIBUTIONS = {
-    "torch": ("torch",),
-    "torchvision": ("torchvision",),
-    "onnx": ("onnx",),
-    "onnxruntime": ("onnxruntime", "onnxruntime-gpu", "onnxruntime-openvino", "onnxruntime-directml"),
-    "tensorrt": ("tensorrt", "tensorrt-cu13", "tensorrt-cu12", "tensorrt-cu11", "tensorrt-lean", "tensorrt-dispatch"),
-    "openvino": ("openvino",),
-    "numpy": ("numpy",),
-}
 _NVIDIA_SMI_FIELDS = (
     "name", "driver_version", "memory.total", "clocks.sm", "clocks.max.sm", "clocks.mem", "clocks.max.mem",
     "persistence_mode", "power.limit", "temperature.gpu",
@@ -86,20 +78,6 @@ def _cpu_mhz() -> dict[str, Any] | None:
         return None
     return {"min": round(min(values)), "max": round(max(values)), "mean": round(sum(values) / len(values)),
             "cpus": len(values), "source": source}
-
-
-def library_versions() -> dict[str, str | None]:
-    """Installed versions read from package metadata (nothing is imported; absent → None)."""
-    return {name: _dist_version(candidates) for name, candidates in _DISTRIBUTIONS.items()}
-
-
-def _dist_version(candidates: tuple[str, ...]) -> str | None:
-    for dist in candidates:
-        try:
-            return metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            continue
-    return None
 
 
 def cpu_info() -> dict[str, Any]:

@@ -5,6 +5,8 @@ Exit codes follow DESIGN.md: 2 for bad usage or input, 1 for a failed check.
 
 from __future__ import annotations
 
+from engines.base import first_line as first_line  # re-exported: the first line of an exception, for messages
+
 
 class ResnetDeployError(Exception):
     """A known failure with a message meant for the user."""

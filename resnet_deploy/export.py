@@ -31,12 +31,13 @@ from typing import Any
 
 import numpy as np
 
-from resnet_deploy.artifacts import PRECISION_KEY
 from resnet_deploy.atomic import atomic_path, sha256_file
 from resnet_deploy.card import CARD_METADATA_KEY, ModelCard
 from resnet_deploy.checkpoints import LoadedModel
 from resnet_deploy.compare import LogitComparison, compare_logits
-from resnet_deploy.errors import CheckFailed, UsageError
+from resnet_deploy.errors import CheckFailed, UsageError, first_line
+from resnet_deploy.metadata_keys import PRECISION_KEY
+from resnet_deploy.samples import batches_of, random_images
 
 DEFAULT_OPSET = 20  # torch 2.14's exporter default; ONNX Runtime 1.31 and TensorRT 10 parse it
 MIN_OPSET = 18  # the torch exporter's own operator library targets opset 18
@@ -227,7 +228,7 @@ def export_onnx(
     try:
         onnx.checker.check_model(model, full_check=True)
     except onnx.checker.ValidationError as exc:
-        raise CheckFailed(f"the exported graph fails onnx.checker: {_first_line(exc)}") from None
+        raise CheckFailed(f"the exported graph fails onnx.checker: {first_line(exc)}") from None
 
     target = Path(output)
     verification = None
@@ -298,7 +299,7 @@ def to_onnx_proto(module: Any, spec: ExportSpec) -> Any:
                 verbose=False,
             )
         except Exception as exc:  # the exporter raises many types; the user needs one line
-            raise CheckFailed(f"torch.onnx.export failed: {_first_line(exc)}") from None
+            raise CheckFailed(f"torch.onnx.export failed: {first_line(exc)}") from None
     model = program.model_proto
     remaining = sum(node.op_type == "BatchNormalization" for node in model.graph.node)
     if remaining:
@@ -380,14 +381,15 @@ def verify_onnx(
         num_classes = int(ort_engine.output.shape[-1] or 0)
         with TorchEngine(reference, input_shape=shape, num_classes=num_classes) as torch_engine:
             for size in spec.verify_batch_sizes:
-                batch = rng.standard_normal((size, *shape), dtype=np.float32)
+                batch = random_images((size, *shape), seed=rng)
                 verification.comparisons.append(
                     _compare(torch_engine.infer(batch), ort_engine.infer(batch), "random", size,
                              spec.tolerance, relative))
             if real_images is not None and len(real_images):
                 size = spec.batch or len(real_images)
                 reference_logits, onnx_logits = [], []
-                for chunk in _chunks(real_images.astype(np.float32, copy=False), size, pad=spec.batch is not None):
+                real = real_images.astype(np.float32, copy=False)
+                for chunk in batches_of(real, size, static=spec.batch is not None):
                     reference_logits.append(torch_engine.infer(chunk))
                     onnx_logits.append(ort_engine.infer(chunk))
                 n = len(real_images)
@@ -402,16 +404,6 @@ def _compare(reference: np.ndarray, candidate: np.ndarray, inputs: str, batch_si
     return Comparison(inputs, batch_size, compare_logits(reference, candidate, tolerance=tolerance, relative=relative))
 
 
-def _chunks(images: np.ndarray, size: int, *, pad: bool) -> list[np.ndarray]:
-    """Split into batches of `size`; with `pad` (a static batch), repeat rows to fill the last one."""
-    chunks = [images[i:i + size] for i in range(0, len(images), size)]
-    if pad and len(chunks[-1]) < size:
-        last = chunks[-1]
-        filler = np.repeat(last[:1], size - len(last), axis=0)
-        chunks[-1] = np.concatenate([last, filler])
-    return chunks
-
-
 def _check_images(images: np.ndarray, spec: ExportSpec) -> None:
     want = (spec.channels, spec.input_size, spec.input_size)
     if images.ndim != 4 or tuple(images.shape[1:]) != want:
@@ -422,8 +414,3 @@ def _check_images(images: np.ndarray, spec: ExportSpec) -> None:
 def _shape_of(value: Any) -> list[int | str]:
     dims = value.type.tensor_type.shape.dim
     return [d.dim_param if d.dim_param else int(d.dim_value) for d in dims]
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = [line for line in str(exc).strip().splitlines() if line.strip()]
-    return lines[0] if lines else type(exc).__name__

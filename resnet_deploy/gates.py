@@ -2,7 +2,7 @@
 
 A gate bounds two numbers of an artifact against its reference on the same images: the top-1 drop
 (points; `validate` only, it needs labels) and the top-1 agreement (%). `validate` judges the point
-estimates on the whole evaluation set; its table also shows the 95 % intervals (`validate.confidence`).
+estimates on the whole evaluation set; its table also shows the 95 % intervals (`confidence.py`).
 
 The build-time check (`build-engine --fp16/--int8`) runs on images the calibration did not use and
 has no labels, so it judges agreement only, and it aims above validate's gate by a fixed margin
@@ -51,7 +51,7 @@ def saturating(only_arithmetic: int, only_kernels: int, images: int) -> tuple[bo
     `only_kernels` the other way round. The gap must exceed `SATURATION_GAP` and be significant (p <
     `SATURATION_P`): on 100 images one flip is a point, and kernels that round differently flip a few near-ties
     either way."""
-    from resnet_deploy.validate.confidence import mcnemar_exact_p
+    from resnet_deploy.confidence import mcnemar_exact_p
 
     gap = 100.0 * (only_arithmetic - only_kernels) / images if images else 0.0
     p = mcnemar_exact_p(only_kernels, only_arithmetic)

@@ -89,8 +89,12 @@ class BasicBlock(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         self.conv2 = conv3x3(planes, planes)
         self.bn2 = nn.BatchNorm2d(planes)
-        self.has_shortcut = shortcut != "none"
-        self.downsample, self.zero_pad = make_shortcut(shortcut, in_planes, planes, stride)
+        self._add_shortcut(shortcut, in_planes, planes, stride)
+
+    def _add_shortcut(self, option: ShortcutOption, in_planes: int, out_planes: int, stride: int) -> None:
+        """The identity, projection (B/C) or zero-padding (A) shortcut; "none" gives the plain twin."""
+        self.has_shortcut = option != "none"
+        self.downsample, self.zero_pad = make_shortcut(option, in_planes, out_planes, stride)
         self.stride = stride
 
     def last_bn(self) -> nn.BatchNorm2d:
@@ -143,9 +147,7 @@ class Bottleneck(BasicBlock):
         self.conv3 = conv1x1(planes, out_planes)
         self.bn3 = nn.BatchNorm2d(out_planes)
         self.relu = nn.ReLU(inplace=True)
-        self.has_shortcut = shortcut != "none"
-        self.downsample, self.zero_pad = make_shortcut(shortcut, in_planes, out_planes, stride)
-        self.stride = stride
+        self._add_shortcut(shortcut, in_planes, out_planes, stride)
 
     def last_bn(self) -> nn.BatchNorm2d:
         return self.bn3

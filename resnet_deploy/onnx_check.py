@@ -1,4 +1,4 @@
-"""ONNX Runtime sessions for the library (the one place they are created), and ONNX models run side by side.
+"""ONNX Runtime sessions for the library (made by the engine's factory), and ONNX models run side by side.
 
 Used at build time: an FP16 or INT8 model against its FP32 source, and an ONNX Runtime artifact
 against the precision model it was optimized from. Also measures the largest magnitude each
@@ -14,35 +14,27 @@ import numpy as np
 
 from resnet_deploy.compare import LogitComparison, compare_logits
 from resnet_deploy.errors import UsageError
+from resnet_deploy.samples import batches_of
 
 
-def session(path: str | Path, *, level: str = "all", providers: list[str] | None = None,
+def session(path: str | Path | bytes, *, level: str = "all", providers: list[str] | None = None,
             optimized_path: str | Path | None = None, shown_as: str | Path | None = None) -> Any:
-    """An ONNX Runtime session with its log kept to errors; a model it cannot load is a UsageError.
+    """An ONNX Runtime session from the engine's factory (`engines.onnxruntime_engine.create_session`, the one
+    place sessions are made); a model it cannot load is a UsageError.
 
+    `level`: disable | basic | extended | all. "disable" runs a Q/DQ model as written: the quantization
+    arithmetic, the same on every CPU, the reference this machine's integer kernels are judged against.
     `optimized_path`: ORT also writes the graph it optimized there (ONNX format), as the ORT target saves it.
     `shown_as`: the name the error gives the model (a staged copy is better named by its source).
     """
-    import onnxruntime as ort
+    from engines.base import ModelLoadError
+    from engines.onnxruntime_engine import create_session
 
-    options = ort.SessionOptions()
-    if optimized_path is not None:
-        options.optimized_model_filepath = str(optimized_path)
-    options.graph_optimization_level = {
-        # "disable": the graph exactly as written. For a Q/DQ model that is the quantization arithmetic itself
-        # (QuantizeLinear/DequantizeLinear and float operators), the same on every CPU: the reference against
-        # which this machine's integer kernels (the other levels) are judged.
-        "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-    }[level]
-    options.log_severity_level = 3
     try:
-        return ort.InferenceSession(str(path), sess_options=options, providers=providers or ["CPUExecutionProvider"])
-    except Exception as exc:  # ORT raises its own exception types
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise UsageError(f"{shown_as or path}: ONNX Runtime cannot load this model ({first})") from None
+        return create_session(path, level=level, providers=providers, optimized_path=optimized_path,
+                              shown_as=shown_as)
+    except ModelLoadError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def arithmetic_session(path: str | Path) -> Any:
@@ -60,8 +52,6 @@ def input_spec(sess: Any) -> tuple[str, int | None]:
 
 def run_logits(sess: Any, images: np.ndarray, *, batch: int | None = None) -> np.ndarray:
     """Logits (float32) for `images`, batch by batch (the model's static batch when it has one)."""
-    from resnet_deploy.precision.calibration import batches_of
-
     name, static = input_spec(sess)
     size = static or batch or 16
     outputs = [sess.run(None, {name: chunk})[0] for chunk in batches_of(images, size, static=static is not None)]
@@ -95,8 +85,6 @@ def activation_maxima(model: Any, images: np.ndarray, *, batch: int) -> tuple[np
         path = Path(tmp) / "augmented.onnx"
         onnx.save(augmented, str(path))
         sess = session(path, level="basic")
-        from resnet_deploy.precision.calibration import batches_of
-
         input_name, static = input_spec(sess)
         out_names = [o.name for o in sess.get_outputs()]
         maxima = dict.fromkeys(names, 0.0)

@@ -11,7 +11,7 @@ from typing import Any
 
 from resnet_deploy.artifact_checks import metadata_of, require_graph
 from resnet_deploy.card import CARD_METADATA_KEY
-from resnet_deploy.errors import UsageError
+from resnet_deploy.errors import UsageError, first_line
 from resnet_deploy.manifest_summary import hash_checks, manifest_rows
 
 
@@ -120,7 +120,7 @@ def summarize_onnx(path: str | Path) -> OnnxSummary:
     try:
         model = onnx.load(str(source), load_external_data=False)
     except Exception as exc:  # onnx raises DecodeError / ValueError for non-ONNX bytes
-        raise UsageError(f"{source}: not a readable ONNX model ({_first_line(exc)})") from None
+        raise UsageError(f"{source}: not a readable ONNX model ({first_line(exc)})") from None
     require_graph(model, source)
     graph = model.graph
     initializer_names = {init.name for init in graph.initializer}
@@ -186,8 +186,3 @@ def _tensor(value: Any) -> TensorSummary:
 
 def _shorten(text: str, limit: int = 120) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = [line for line in str(exc).strip().splitlines() if line.strip()]
-    return lines[0] if lines else type(exc).__name__

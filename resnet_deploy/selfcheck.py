@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from resnet_deploy.errors import CheckFailed
+from resnet_deploy.samples import batches_of
 
 INPUTS = 8
 SEED = 20161210  # the paper's arXiv date; any fixed seed would do
@@ -102,14 +103,8 @@ def run_check(infer: Any, check: dict[str, Any], mean: tuple[float, ...], std: t
     if top.shape != values.shape or top.ndim != 2 or len(top) != len(images):
         return SelfCheckResult(False, float("nan"), tolerance, 0, len(images), "the recorded self-check is malformed "
                                "(its classes and logits do not match its inputs)")
-    step = static_batch or len(images)
-    outputs = []
-    for start in range(0, len(images), step):
-        chunk = images[start : start + step]
-        if static_batch and len(chunk) < static_batch:  # pad a static batch with the last input
-            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], static_batch - len(chunk), axis=0)])
-        outputs.append(np.asarray(infer(chunk), dtype=np.float64)[: len(images) - start])
-    logits = np.concatenate(outputs)
+    chunks = batches_of(images, static_batch or len(images), static=bool(static_batch))
+    logits = np.concatenate([np.asarray(infer(chunk), dtype=np.float64) for chunk in chunks])[: len(images)]
     if top.max(initial=0) >= logits.shape[1]:
         return SelfCheckResult(False, float("nan"), tolerance, 0, len(images),
                                f"the recorded classes go beyond the model's {logits.shape[1]} outputs")

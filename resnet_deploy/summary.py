@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from resnet_deploy.card import ModelCard
@@ -19,22 +19,11 @@ class ModelSummary:
     macs: int
     input_size: int
     num_classes: int
-    card: dict[str, Any] = field(default_factory=dict)
     source: str | None = None
+    card: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "arch": self.arch,
-            "family": self.family,
-            "depth": self.depth,
-            "plain": self.plain,
-            "params": self.params,
-            "macs": self.macs,
-            "input_size": self.input_size,
-            "num_classes": self.num_classes,
-            "source": self.source,
-            "card": self.card,
-        }
+        return asdict(self)  # the fields, in order, are the JSON
 
 
 def summarize(card: ModelCard, model: Any | None = None, source: str | None = None) -> ModelSummary:

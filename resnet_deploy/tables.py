@@ -7,6 +7,7 @@ rich is imported lazily: a library module calls this only when it renders."""
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 from collections.abc import Callable, Sequence
@@ -18,14 +19,21 @@ PIPED_WIDTH = 240
 FOLD_MIN = 14
 
 
+@functools.cache
+def stdout_console() -> Any:
+    """The one rich console on stdout (commands/_output.py's `stdout`): created here, where tables are made."""
+    from rich.console import Console
+
+    return Console(highlight=False)
+
+
 def table_console() -> Any:
     """Where a command prints its result tables: stdout. On a terminal rich uses its width; piped or redirected,
     the COLUMNS the user set (a script asking for 80 columns gets 80), else `PIPED_WIDTH` (rich would squeeze
     the table into 80)."""
     from rich.console import Console
 
-    from resnet_deploy.commands._output import stdout
-
+    stdout = stdout_console()
     if stdout.is_terminal:
         return stdout
     return Console(width=environment_width() or PIPED_WIDTH, highlight=False, soft_wrap=False)

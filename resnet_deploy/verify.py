@@ -25,6 +25,7 @@ import numpy as np
 
 from resnet_deploy.errors import CheckFailed
 from resnet_deploy.gates import SATURATION_GAP, build_gate_for, judge, render_gate, saturating
+from resnet_deploy.samples import batches_of, folder_images
 
 if TYPE_CHECKING:
     from resnet_deploy.artifacts import Manifest
@@ -102,12 +103,7 @@ def check_set_for(result: Any, request: Any, src: Any, say: Any) -> CheckSet | N
 def labelled_images(folder: Path, card: Any, count: int, seed: int) -> tuple[np.ndarray, np.ndarray | None]:
     """`count` images of `folder` through the card's transform, and their labels when the folder's class
     subfolders are the card's classes."""
-    from resnet_deploy.data import labels_as_card_classes, open_image_folder_unlabelled, sample_labelled
-    from resnet_deploy.precision.calibration import calibration_folder
-
-    dataset = open_image_folder_unlabelled(calibration_folder(folder))
-    images, folder_labels = sample_labelled(dataset, card.preprocessing, count, seed)
-    return images, labels_as_card_classes(dataset, folder_labels, card.class_names)
+    return folder_images(folder, card.preprocessing, count, seed, class_names=card.class_names)
 
 
 def judge_here(artifact: Path, manifest: Manifest, *, model: Path, src: Any, precision: str,
@@ -211,8 +207,6 @@ def judge_here(artifact: Path, manifest: Manifest, *, model: Path, src: Any, pre
 
 
 def _infer(engine: Any, images: np.ndarray, static: int | None, progress: Any = None) -> np.ndarray:
-    from resnet_deploy.precision.calibration import batches_of
-
     step = static or 32
     outputs = []
     done = 0

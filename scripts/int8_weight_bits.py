@@ -19,9 +19,8 @@ from resnet_deploy.data import open_dataset, sample_labelled
 from resnet_deploy.onnx_check import arithmetic_session, run_logits, session
 from resnet_deploy.precision.calibration import load_calibration_images
 from resnet_deploy.precision.common import read_source
-from resnet_deploy.precision.int8 import _pre_process, _ranges
 from resnet_deploy.precision.isa import this_cpu
-from resnet_deploy.precision.mixed import Quantizer
+from resnet_deploy.precision.qdq import Quantizer, activation_ranges, pre_process
 from resnet_deploy.targets.onnxruntime import int8_activations_to_uint8
 
 
@@ -46,8 +45,8 @@ def main(model: str, data: Path, count: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         prepared = tmp / "prepared.onnx"
-        _pre_process(src.path, prepared)
-        ranges, _ = _ranges(src, calib, "percentile", prepared, tmp / "cache.onnx", 64, False, 512, None)
+        pre_process(src.path, prepared)
+        ranges, _ = activation_ranges(src, calib, "percentile", prepared, tmp / "cache.onnx", 64, False, 512, None)
         for bits in (8, 7):
             folder = tmp / f"bits{bits}"
             folder.mkdir()

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from resnet_deploy.validate.confidence import (
+from resnet_deploy.confidence import (
     PairedCounts,
     mcnemar_exact_p,
     paired_delta_interval,

@@ -160,9 +160,9 @@ def test_random_weights_build_with_real_images_is_informational(cli, digits, tmp
 
 
 def test_validate_reports_intervals_and_the_gate_in_builds_words(cli, digits, tmp_path) -> None:
+    from resnet_deploy.confidence import wilson_percent
     from resnet_deploy.gates import gate_for, render_gate
     from resnet_deploy.precision import quantize_int8
-    from resnet_deploy.validate.confidence import wilson_percent
 
     int8 = quantize_int8(digits.onnx, tmp_path / "d.int8.onnx", calib_data=digits.root / "train", samples=128).path
     result = cli("validate", str(digits.onnx), str(int8), "--data", str(digits.root / "test"), "--workers", "0",

@@ -237,7 +237,8 @@ def test_ten_crop_views() -> None:
     import torch
     from PIL import Image
 
-    from resnet_deploy.data import TenCrop, eval_transform
+    from resnet_deploy.data import eval_transform
+    from resnet_deploy.validate.views import TenCrop
 
     pre = Preprocessing(16, 20, (0.5, 0.4, 0.3), (0.2, 0.25, 0.3))
     rng = np.random.default_rng(0)
@@ -252,8 +253,8 @@ def test_ten_crop_views() -> None:
 
 @pytest.mark.parametrize("resize", [None, 16, 12])
 def test_ten_crop_refuses_cards_without_a_larger_resize(resize) -> None:
-    from resnet_deploy.data import TenCrop, ten_crop_problem
     from resnet_deploy.errors import UsageError
+    from resnet_deploy.validate.views import TenCrop, ten_crop_problem
 
     pre = Preprocessing(16, resize, (0.5, 0.4, 0.3), (0.2, 0.25, 0.3))
     assert "single view of the 16×16 image" in ten_crop_problem(pre)

@@ -31,12 +31,14 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
+from resnet_deploy.tables import stdout_console
+
 #: seconds between plain progress lines when stderr is not a terminal (env override for logs and tests)
 PLAIN_PROGRESS_INTERVAL_S = 5.0
 _verbosity = 0  # -1: --quiet, 0: default, 1: --verbose
 
 stderr = Console(stderr=True, highlight=False)
-stdout = Console(highlight=False)
+stdout = stdout_console()  # the same console tables print to
 
 
 def plain(text: object) -> str:

@@ -3,27 +3,22 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from resnet_deploy.commands import _output
-from resnet_deploy.commands._card_flags import (
-    ClassesFromOption,
-    ClassesOption,
-    InputSizeOption,
-    InterpolationOption,
-    MeanOption,
-    ResizeSizeOption,
-    StdOption,
-    card_flags,
-)
+from resnet_deploy.commands._card_flags import with_card_flags
 from resnet_deploy.commands._options import DeviceOption, JsonOption
 from resnet_deploy.errors import CheckFailed, Interrupted, UsageError
 from resnet_deploy.paths import check_io
 from resnet_deploy.tables import table_console
 
+if TYPE_CHECKING:
+    from resnet_deploy.classifier_card import CardFlags
 
+
+@with_card_flags
 def validate(
     artifacts: Annotated[
         list[Path],
@@ -79,13 +74,7 @@ def validate(
         bool, typer.Option("--wide", help="Show every column (top-5 overlap, Δtop-5, mean Δlogit, cosine, gate); "
                                           "by default the table fits the terminal, naming what it leaves out.")
     ] = False,
-    mean: MeanOption = None,
-    std: StdOption = None,
-    input_size: InputSizeOption = None,
-    resize_size: ResizeSizeOption = None,
-    interpolation: InterpolationOption = None,
-    classes: ClassesOption = None,
-    classes_from: ClassesFromOption = None,
+    flags: CardFlags | None = None,  # the card-less preprocessing flags (`with_card_flags`)
     json_output: JsonOption = False,
 ) -> None:
     """Accuracy, parity and gates of artifacts.
@@ -107,8 +96,7 @@ def validate(
     options = ValidateOptions(split=split, limit=limit, batch_size=batch_size, workers=workers, device=device,
                               ten_crop=ten_crop, ensemble=ensemble, max_top1_drop=max_top1_drop,
                               min_agreement=min_agreement, skip_bad=skip_bad,
-                              card_flags=card_flags(mean, std, input_size, resize_size, interpolation, classes,
-                                                    classes_from))
+                              card_flags=flags)
 
     # Read the machine before any runtime or decoding process starts: querying CUDA after they did
     # crashed the process (SIGSEGV) on a CPU-only machine with OpenVINO and ONNX Runtime loaded.

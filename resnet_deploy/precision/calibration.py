@@ -39,7 +39,9 @@ import numpy as np
 
 from resnet_deploy.atomic import write_text
 from resnet_deploy.card import Preprocessing
+from resnet_deploy.data import calibration_folder  # noqa: F401 - also imported from here
 from resnet_deploy.errors import UsageError
+from resnet_deploy.samples import batches_of  # noqa: F401 - also imported from here
 
 METHODS = ("entropy", "minmax", "percentile")
 # Percentile (99.999th of |x|) by default: it kept top-1 within 0.3 point on a CIFAR-10 ResNet-20 and
@@ -160,16 +162,6 @@ def load_calibration_images(
     labels = labels_as_card_classes(dataset, [dataset.labels[i] for i in check], class_names)
     return CalibrationImages(source=str(root), images=images, names=names, sha256=digest.hexdigest(),
                              check_images=check_images, check_held_out=bool(rest), seed=seed, check_labels=labels)
-
-
-def calibration_folder(folder: str | Path) -> Path:
-    """The folder to draw from: a data set root with a `train/` split calibrates on it, never on test images."""
-    root = Path(folder)
-    if not root.exists():
-        raise UsageError(f"{root}: no such calibration folder")
-    if (root / "train").is_dir():
-        return root / "train"
-    return root
 
 
 def random_calibration_images(
@@ -396,15 +388,6 @@ def entropy_threshold(histogram: tuple[Any, ...], num_quantized_bins: int) -> tu
 def write_ort_cache(ranges: dict[str, Any], path: Path) -> None:
     """Write ranges where `quantize_static(calibration_cache_path=...)` reads them."""
     path.write_text(json.dumps(ranges))
-
-
-def batches_of(images: np.ndarray, batch: int, *, static: bool) -> list[np.ndarray]:
-    """Split into batches; a static-batch model takes only full ones, so its last batch is filled by repetition."""
-    chunks = [images[i:i + batch] for i in range(0, len(images), batch)]
-    if static and chunks and len(chunks[-1]) < batch:
-        last = chunks[-1]
-        chunks[-1] = np.concatenate([last, np.repeat(last[:1], batch - len(last), axis=0)])
-    return chunks
 
 
 class _OneBatchReader:

@@ -12,13 +12,14 @@ from typing import Any
 import numpy as np
 
 from resnet_deploy.artifact_checks import check_onnx_external_data, check_onnx_input
-from resnet_deploy.artifacts import ARTIFACT_KEY, PRECISION_KEY  # noqa: F401 - re-exported to fp16/int8
 from resnet_deploy.atomic import sha256_file
 from resnet_deploy.card import CARD_METADATA_KEY, ModelCard
 from resnet_deploy.compare import LogitComparison
 from resnet_deploy.errors import CheckFailed, UsageError
 from resnet_deploy.gates import RANDOM_INPUTS_REASON, RANDOM_WEIGHTS_REASON, build_gate_for, judge, render_gate
+from resnet_deploy.metadata_keys import ARTIFACT_KEY, PRECISION_KEY  # noqa: F401 - re-exported to fp16/int8
 from resnet_deploy.paths import require_input_file
+from resnet_deploy.samples import images_or_random
 
 # Default build-time gates on real held-out images, percent top-1 agreement with FP32: validate's gate plus
 # the build margin, both from resnet_deploy.gates (one policy for build-engine and validate).
@@ -55,7 +56,7 @@ class Judged:
 
     @property
     def agreement_ci(self) -> tuple[float, float]:
-        from resnet_deploy.validate.confidence import wilson_percent
+        from resnet_deploy.confidence import wilson_percent
 
         n = self.comparison.images
         return wilson_percent(round(self.comparison.agreement * n / 100), n)
@@ -98,7 +99,7 @@ def judged(reference: np.ndarray, candidate: np.ndarray, labels: np.ndarray | No
     comparison = compare_logits(reference, candidate)
     if labels is None or len(labels) != len(reference):
         return Judged(comparison)
-    from resnet_deploy.validate.confidence import PairedCounts, mcnemar_exact_p, paired_delta_interval
+    from resnet_deploy.confidence import PairedCounts, mcnemar_exact_p, paired_delta_interval
 
     ref_right, cand_right = reference.argmax(1) == labels, candidate.argmax(1) == labels
     counts = PairedCounts(int(np.sum(ref_right & cand_right)), int(np.sum(cand_right & ~ref_right)),
@@ -257,13 +258,10 @@ def drop_unused_opsets(model: Any) -> None:
 
 def _check_images_or_random(src: _Source, images: np.ndarray | None, seed: int) -> tuple[np.ndarray, str]:
     size = src.card.preprocessing.input_size
-    if images is not None:
-        if images.ndim != 4 or tuple(images.shape[1:]) != (3, size, size):
-            raise UsageError(f"check images must be preprocessed NCHW arrays of shape (N, 3, {size}, {size}), "
-                             f"got {tuple(images.shape)}")
-        return images.astype(np.float32, copy=False), "images"
-    rng = np.random.default_rng(seed)
-    return rng.standard_normal((RANDOM_CHECK_SAMPLES, 3, size, size), dtype=np.float32), "random"
+    if images is not None and (images.ndim != 4 or tuple(images.shape[1:]) != (3, size, size)):
+        raise UsageError(f"check images must be preprocessed NCHW arrays of shape (N, 3, {size}, {size}), "
+                         f"got {tuple(images.shape)}")
+    return images_or_random(images, (3, size, size), count=RANDOM_CHECK_SAMPLES, seed=seed)
 
 
 def _gate(min_agreement: float | None, default: float, src: _Source, data: str) -> float | None:

@@ -9,9 +9,9 @@ from typing import Any
 
 import numpy as np
 
-from resnet_deploy.artifacts import FP16_KEY, SOURCE_ONNX_SHA256_KEY, VERIFICATION_KEY
 from resnet_deploy.atomic import atomic_path, sha256_file
 from resnet_deploy.compare import compare_logits
+from resnet_deploy.metadata_keys import FP16_KEY, SOURCE_ONNX_SHA256_KEY, VERIFICATION_KEY
 from resnet_deploy.onnx_check import activation_maxima, run_logits
 from resnet_deploy.precision.common import (
     FP16_CONVERTER_CLIP,

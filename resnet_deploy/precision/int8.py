@@ -8,7 +8,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from resnet_deploy.artifacts import (
+from resnet_deploy.atomic import atomic_path, sha256_file
+from resnet_deploy.errors import CheckFailed, UsageError
+from resnet_deploy.gates import build_gate_for, judge
+from resnet_deploy.metadata_keys import (
     CALIBRATION_KEY,
     FP16_REMAINDER_KEY,
     MIXED_PRECISION_KEY,
@@ -16,9 +19,6 @@ from resnet_deploy.artifacts import (
     SOURCE_ONNX_SHA256_KEY,
     VERIFICATION_KEY,
 )
-from resnet_deploy.atomic import atomic_path, sha256_file
-from resnet_deploy.errors import CheckFailed, UsageError
-from resnet_deploy.gates import build_gate_for, judge
 from resnet_deploy.onnx_check import arithmetic_session, run_logits
 from resnet_deploy.precision.calibration import (
     DEFAULT_CHECK_SAMPLES,
@@ -26,20 +26,12 @@ from resnet_deploy.precision.calibration import (
     DEFAULT_SAMPLES,
     METHODS,
     CacheStatus,
-    CalibrationImages,
     ProgressFn,
-    cache_key,
-    cache_path_for,
     calibration_batch,
-    compute_ranges,
     load_calibration_images,
     random_calibration_images,
-    read_cache,
-    write_cache,
-    write_ort_cache,
 )
 from resnet_deploy.precision.common import (
-    INT8_EXTRA_OPTIONS,
     INT8_MIN_AGREEMENT,
     MIN_FP16_QDQ_OPSET,
     PRECISION_KEY,
@@ -49,9 +41,7 @@ from resnet_deploy.precision.common import (
     PrecisionResult,
     _enforce,
     _gate,
-    _quiet,
     _session,
-    _Source,
     _verification,
     _version,
     drop_unused_opsets,
@@ -59,7 +49,8 @@ from resnet_deploy.precision.common import (
     read_source,
     set_metadata,
 )
-from resnet_deploy.precision.mixed import DEFAULT_MAX_FALLBACK_LAYERS, Quantizer, search_mixed
+from resnet_deploy.precision.mixed import DEFAULT_MAX_FALLBACK_LAYERS, search_mixed
+from resnet_deploy.precision.qdq import Quantizer, activation_ranges, pre_process
 
 
 def quantize_int8(
@@ -139,13 +130,13 @@ def quantize_int8(
     with tempfile.TemporaryDirectory(prefix="resnet-deploy-int8-") as tmp_name:
         tmp = Path(tmp_name)
         prepared = tmp / "prepared.onnx"
-        _pre_process(src.path, prepared)
+        pre_process(src.path, prepared)
         reference = run_logits(_session(src.path), calib.check_images, batch=batch)
         if progress is not None:
             progress("check fp32", len(calib.check_images), len(calib.check_images))
         candidates: dict[str, tuple[Quantizer, Path, Judged, CacheStatus]] = {}
         for name in methods:
-            ranges, status = _ranges(src, calib, name, prepared, base, batch, static, samples, progress)
+            ranges, status = activation_ranges(src, calib, name, prepared, base, batch, static, samples, progress)
             quantizer = Quantizer(prepared, ranges, name, tmp, fp16_remainder, weight_bits=weight_bits)
             quantized = quantizer.build([])
             arithmetic = run_logits(arithmetic_session(quantized), calib.check_images, batch=batch)
@@ -245,63 +236,3 @@ def _calibration_prop(report: CalibrationReport) -> dict[str, Any]:
     data["scores"] = {method: {"agreement": score["agreement"], "max_abs_logit_diff": score["max_abs_logit_diff"]}
                       for method, score in report.scores.items()}
     return data
-
-
-def _ranges(src: _Source, calib: CalibrationImages, method: str, prepared: Path, base: Path, batch: int,
-            static: bool, samples: int, progress: ProgressFn | None) -> tuple[dict[str, Any], CacheStatus]:
-    """The method's activation ranges: from the user's cache folder when its key matches, else computed."""
-    key = cache_key(source_sha256=src.sha256, images=calib, method=method, samples=samples)
-    path = cache_path_for(key, method)  # the user's cache folder (`base` is no longer where caches live)
-    ranges, status = read_cache(path, key)
-    if ranges is None:
-        ranges = compute_ranges(prepared, calib.images, method, input_name=src.input_name, batch=batch,
-                                static=static, progress=progress)
-        if not write_cache(path, key, ranges):
-            status = "not written (cache folder not writable)"
-    elif progress is not None:
-        progress(f"calibrate {method} (cached)", len(calib.images), len(calib.images))
-    return ranges, CacheStatus(path, status)
-
-
-def _pre_process(source: Path, prepared: Path) -> None:
-    """ONNX Runtime's recommended step before quantization: shape inference and graph cleanup."""
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    with _quiet():
-        try:
-            quant_pre_process(str(source), str(prepared))
-        except Exception:  # symbolic shape inference fails on some graphs; ONNX's own inference then suffices
-            quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
-
-
-def _quantize(prepared: Path, output: Path, ranges: dict[str, Any], method: str, tmp: Path,
-              exclude: list[str] | None = None, op_types: list[str] | None = None, weight_bits: int = 8) -> None:
-    """`op_types` None: every op ONNX Runtime can quantize (its default). `weight_bits` 7: ORT's reduce_range,
-    which for symmetric int8 weights gives [-64, 64] (activations keep their 8 bits)."""
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-
-    cache = tmp / f"ranges-{method}.json"
-    write_ort_cache(ranges, cache)
-    ort_method = {"entropy": CalibrationMethod.Entropy, "minmax": CalibrationMethod.MinMax,
-                  "percentile": CalibrationMethod.Percentile}[method]
-    with _quiet():
-        quantize_static(
-            str(prepared), str(output), None, quant_format=QuantFormat.QDQ, per_channel=True,
-            reduce_range=weight_bits == 7,
-            activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, calibrate_method=ort_method,
-            extra_options=dict(INT8_EXTRA_OPTIONS), calibration_cache_path=str(cache),
-            nodes_to_exclude=list(exclude or []), op_types_to_quantize=op_types,
-        )
-
-
-def _fp16_remainder(path: Path) -> None:
-    """Convert what is left in float32 (activations between Q/DQ pairs, scales, biases) to FP16, I/O kept."""
-    import onnx
-    from onnxconverter_common import float16
-
-    model = onnx.load(str(path))
-    with _quiet():
-        converted = float16.convert_float_to_float16(model, keep_io_types=True)
-    onnx.save(converted, str(path))
-
-

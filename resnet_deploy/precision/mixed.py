@@ -1,6 +1,6 @@
 """Mixed precision to an accuracy budget: keep the most sensitive nodes out of INT8 until the gate holds.
 
-`Quantizer` makes the Q/DQ model from one set of cached ranges with any nodes excluded (no
+`Quantizer` (`qdq.py`) makes the Q/DQ model from one set of cached ranges with any nodes excluded (no
 re-calibration). `search_mixed` splits the held-out images in two interleaved halves: it ranks the
 nodes on the first (`sensitivity.score_layers`), excludes them greedily in that order, re-checking
 after each step, until the build gate is met there or the cap is reached, and confirms the final
@@ -9,7 +9,7 @@ model on the second half, which the search never saw: a model that only fits its
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,57 +19,10 @@ from resnet_deploy.compare import LogitComparison
 from resnet_deploy.gates import Gate, judge, render_gate
 from resnet_deploy.onnx_check import arithmetic_session as session
 from resnet_deploy.onnx_check import run_logits
+from resnet_deploy.precision.qdq import Quantizer
 
 DEFAULT_MAX_FALLBACK_LAYERS = 8
 RANK_IMAGES = 256  # images the sensitivity ranking runs on: its mean |Δ logit| is steady long before a flip count
-
-
-@dataclass
-class Quantizer:
-    """Q/DQ models of one prepared source from one set of activation ranges."""
-
-    prepared: Path  # the source after ONNX Runtime's pre-processing
-    ranges: dict[str, Any]
-    method: str
-    tmp: Path
-    fp16_remainder: bool = False
-    weight_bits: int = 8  # 7 for CPUs whose u8×s8 kernels saturate (precision/isa.py)
-    _built: dict[tuple[str, ...], Path] = field(default_factory=dict)
-    float_nodes: list[Any] = field(default_factory=list, init=False)  # kept out by rule (`float_by_rule`), always
-
-    def __post_init__(self) -> None:
-        import onnx
-
-        from resnet_deploy.precision.float_by_rule import float_by_rule
-
-        self.float_nodes = float_by_rule(onnx.load(str(self.prepared), load_external_data=False))
-
-    @classmethod
-    def prepare(cls, src: Any, calib: Any, method: str, tmp: Path, base: Path, batch: int, static: bool,
-                samples: int, progress: Any = None, fp16_remainder: bool = False, weight_bits: int = 8) -> Quantizer:
-        """Pre-process the source and take the method's ranges from the calibration cache (or compute them)."""
-        from resnet_deploy.precision.int8 import _pre_process, _ranges
-
-        prepared = tmp / "prepared.onnx"
-        _pre_process(src.path, prepared)
-        ranges, _ = _ranges(src, calib, method, prepared, base, batch, static, samples, progress)
-        return cls(prepared, ranges, method, tmp, fp16_remainder, weight_bits=weight_bits)
-
-    def build(self, exclude: list[str]) -> Path:
-        """The Q/DQ model with the `exclude`d nodes left in higher precision (built once per set)."""
-        from resnet_deploy.precision.float_by_rule import WEIGHT_OPS
-        from resnet_deploy.precision.int8 import _fp16_remainder, _quantize
-
-        key = tuple(sorted(exclude))
-        if key not in self._built:
-            output = self.tmp / f"{self.method}-{len(self._built)}.onnx"
-            by_rule = [n.node for n in self.float_nodes if n.node not in key]
-            _quantize(self.prepared, output, self.ranges, self.method, self.tmp, exclude=[*key, *by_rule],
-                      op_types=list(WEIGHT_OPS) if self.float_nodes else None, weight_bits=self.weight_bits)
-            if self.fp16_remainder:
-                _fp16_remainder(output)
-            self._built[key] = output
-        return self._built[key]
 
 
 @dataclass

@@ -170,7 +170,7 @@ def analyse(
     from resnet_deploy.precision.calibration import calibration_batch, load_calibration_images
     from resnet_deploy.precision.common import _session, read_source
     from resnet_deploy.precision.isa import this_cpu, weight_bits_for
-    from resnet_deploy.precision.mixed import Quantizer
+    from resnet_deploy.precision.qdq import Quantizer
 
     started = time.perf_counter()
     if method not in ("entropy", "minmax", "percentile"):

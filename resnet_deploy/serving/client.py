@@ -17,6 +17,7 @@ import numpy as np
 
 from engines.base import Engine, TensorInfo
 from resnet_deploy.errors import BackendUnavailable, UsageError
+from resnet_deploy.samples import random_images
 
 EXTRA = "pip install 'resnet-deploy[serve]'"
 NUMPY_TYPES = {"FP32": "float32", "FP16": "float16", "INT8": "int8", "UINT8": "uint8", "INT32": "int32",
@@ -155,7 +156,7 @@ def sample_batch(served: ServedModel, batch: int = 1, seed: int = 0) -> np.ndarr
     if served.max_batch == 0 and served.input.shape and served.input.shape[0] is not None:
         batch = served.input.shape[0]
     shape = [batch, *(d or 1 for d in served.input.shape[1:])]
-    return np.random.default_rng(seed).standard_normal(shape).astype(served.input.dtype)
+    return random_images(shape, seed=seed).astype(served.input.dtype, copy=False)
 
 
 @dataclass

@@ -8,16 +8,15 @@ so no run ever holds the logits of a whole data set. Percentages are 0–100.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
 
-from resnet_deploy.compare import LogitTally, finite_rows, softmax, topk_indices
+from resnet_deploy.compare import LogitTally, finite_rows, percent, softmax, topk_indices
+from resnet_deploy.confidence import PairedCounts
 
 # The gates live in resnet_deploy.gates (one policy for build-engine and validate); re-exported for callers here.
 from resnet_deploy.gates import DEFAULT_GATES, Gate, gate_failures, gate_for
-from resnet_deploy.validate.confidence import PairedCounts
 
 __all__ = ["DEFAULT_GATES", "AccuracyTally", "Gate", "ParityTally", "finite_rows", "gate_failures", "gate_for",
            "softmax", "topk_indices"]
@@ -43,11 +42,11 @@ class AccuracyTally:
 
     @property
     def top1(self) -> float:
-        return 100.0 * self.top1_correct / self.images if self.images else math.nan
+        return percent(self.top1_correct, self.images)
 
     @property
     def topk(self) -> float:
-        return 100.0 * self.topk_correct / self.images if self.images else math.nan
+        return percent(self.topk_correct, self.images)
 
     @property
     def images_per_s(self) -> float | None:

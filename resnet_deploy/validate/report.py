@@ -10,9 +10,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+from resnet_deploy.confidence import significance_note
 from resnet_deploy.gates import render_gate
-from resnet_deploy.validate.confidence import significance_note
-from resnet_deploy.validate.run import ArtifactResult, ValidationResult
+from resnet_deploy.validate.result import ArtifactResult, ValidationResult
 
 # "CI": 95 % intervals (Wilson; paired Newcombe for Δtop-1), explained in the report; `--wide` and the report.
 COLUMNS = ("artifact", "backend", "precision", "top-1 %", "top-1 CI", "top-5 %", "Δtop-1", "Δtop-1 CI", "Δtop-5",

@@ -10,36 +10,38 @@ Deltas are signed, artifact minus reference, in percentage points: a negative `t
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from resnet_deploy.confidence import mcnemar_exact_p, paired_delta_interval, wilson_percent
 from resnet_deploy.errors import UsageError
 from resnet_deploy.gates import RANDOM_WEIGHTS_REASON, judge
+from resnet_deploy.samples import batches_of
 from resnet_deploy.validate.arithmetic import arithmetic_for, saturation_failure
-from resnet_deploy.validate.confidence import SIGNIFICANCE, mcnemar_exact_p, paired_delta_interval, wilson_percent
 from resnet_deploy.validate.parity import (
     AccuracyTally,
-    Gate,
     ParityTally,
     finite_rows,
     gate_for,
     softmax,
     topk_indices,
 )
+from resnet_deploy.validate.result import SKIPPED_PATHS_KEPT, ArtifactResult, DatasetSummary, ValidationResult
 
 if TYPE_CHECKING:
     from resnet_deploy.artifacts import Artifact
     from resnet_deploy.card import ModelCard
     from resnet_deploy.classifier_card import CardFlags
 
+# The result schema lives in validate/result.py; importers of these names from here keep working.
+__all__ = ["ArtifactResult", "DatasetSummary", "ValidateOptions", "ValidationResult", "choose_reference", "validate"]
+
 TOPK = 5
-SKIPPED_PATHS_KEPT = 100  # the JSON/report lists this many skipped files, then counts the rest
 
 
 @dataclass
@@ -47,7 +49,7 @@ class ValidateOptions:
     split: str | None = None
     limit: int | None = None
     batch_size: int = 64
-    workers: int | None = None  # None: resnet_deploy.data.default_workers()
+    workers: int | None = None  # None: validate.views.default_workers()
     device: str = "cpu"
     ten_crop: bool = False
     ensemble: bool = False
@@ -56,127 +58,6 @@ class ValidateOptions:
     skip_bad: bool = False
     card_flags: CardFlags | None = None  # preprocessing of the ONNX models without a model card
 
-
-
-@dataclass
-class DatasetSummary:
-    path: str
-    kind: str
-    split: str | None
-    images: int  # evaluated (after --limit, without skipped files)
-    available: int  # in the data set before --limit
-    limit: int | None
-    classes: int
-    class_names: list[str]
-    skipped: int = 0
-    skipped_files: list[dict[str, str]] = field(default_factory=list)  # first SKIPPED_PATHS_KEPT: path, reason
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "path": self.path, "kind": self.kind, "split": self.split, "images": self.images,
-            "available": self.available, "limit": self.limit, "classes": self.classes,
-            "class_names": self.class_names, "skipped": self.skipped, "skipped_files": self.skipped_files,
-        }
-
-
-@dataclass
-class ArtifactResult:
-    """One row of the table. Parity fields are None for the ensemble row (it has no logits)."""
-
-    artifact: str
-    backend: str
-    precision: str
-    device: str
-    images: int
-    top1: float
-    top5: float
-    images_per_s: float | None
-    is_reference: bool
-    top1_delta: float
-    top5_delta: float
-    agreement: float
-    top5_overlap: float
-    max_abs_logit_diff: float | None
-    mean_abs_logit_diff: float | None
-    cosine_similarity: float | None
-    min_cosine_similarity: float | None
-    nonfinite: int
-    gate: Gate | None  # None: not gated (the ensemble row)
-    failures: list[str]
-    transform: str
-    lineage: dict[str, Any] = field(default_factory=dict)
-    top1_ci: tuple[float, float] | None = None  # 95 % Wilson interval, percent
-    agreement_ci: tuple[float, float] | None = None  # 95 % Wilson interval, percent
-    top1_delta_ci: tuple[float, float] | None = None  # 95 % paired (Newcombe) interval, points
-    top1_delta_p: float | None = None  # McNemar's exact test on the discordant pairs
-    notes: list[str] = field(default_factory=list)  # informational checks (random weights) and why
-    # CPU INT8: the Q/DQ arithmetic of the same model on the same images (agreement, top1, kernel_gap)
-    arithmetic: dict[str, Any] | None = None
-
-    @property
-    def passed(self) -> bool:
-        return not self.failures
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "artifact": self.artifact, "backend": self.backend, "precision": self.precision, "device": self.device,
-            "images": self.images, "top1": _finite(self.top1), "top5": _finite(self.top5),
-            "top1_delta": _finite(self.top1_delta), "top5_delta": _finite(self.top5_delta),
-            "agreement": _finite(self.agreement), "top5_overlap": _finite(self.top5_overlap),
-            "max_abs_logit_diff": _finite(self.max_abs_logit_diff),
-            "mean_abs_logit_diff": _finite(self.mean_abs_logit_diff),
-            "cosine_similarity": _finite(self.cosine_similarity),
-            "min_cosine_similarity": _finite(self.min_cosine_similarity),
-            "images_per_s": _finite(self.images_per_s), "reference": self.is_reference,
-            "nonfinite_outputs": self.nonfinite, "gate": self.gate.to_dict() if self.gate else None,
-            "passed": self.passed, "failures": self.failures, "transform": self.transform, "lineage": self.lineage,
-            "top1_ci": _interval(self.top1_ci), "agreement_ci": _interval(self.agreement_ci),
-            "top1_delta_ci": _interval(self.top1_delta_ci), "top1_delta_p": _finite(self.top1_delta_p),
-            "top1_delta_significant": None if self.top1_delta_p is None else self.top1_delta_p < SIGNIFICANCE,
-            "notes": self.notes,
-            "arithmetic": {k: _finite(v) if isinstance(v, float) else v for k, v in self.arithmetic.items()}
-            if self.arithmetic else None,
-        }
-
-
-@dataclass
-class ValidationResult:
-    dataset: DatasetSummary
-    results: list[ArtifactResult]
-    reference: str
-    ten_crop: bool
-    seconds: float
-    workers: int
-    batch_size: int
-
-    @property
-    def passed(self) -> bool:
-        return all(r.passed for r in self.results)
-
-    @property
-    def failed(self) -> list[ArtifactResult]:
-        return [r for r in self.results if not r.passed]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "passed": self.passed,
-            "dataset": self.dataset.to_dict(),
-            "reference": self.reference,
-            "ten_crop": self.ten_crop,
-            "batch_size": self.batch_size,
-            "workers": self.workers,
-            "seconds": round(self.seconds, 3),
-            "results": [r.to_dict() for r in self.results],
-        }
-
-
-def _interval(value: tuple[float, float] | None) -> list[float | None] | None:
-    return None if value is None else [_finite(value[0]), _finite(value[1])]
-
-
-def _finite(value: float | None) -> float | None:
-    """JSON has no NaN: a missing or non-finite number becomes null."""
-    return None if value is None or not math.isfinite(value) else float(value)
 
 
 @dataclass
@@ -220,8 +101,8 @@ def _same_file(a: Path, b: Path) -> bool:
 
 def artifact_lineage(artifact: Artifact) -> dict[str, Any]:
     """Where an artifact came from: its hash, the card's lineage, its manifest and ONNX metadata (read once)."""
-    from resnet_deploy.artifacts import CARD_KEY
     from resnet_deploy.atomic import sha256_file
+    from resnet_deploy.metadata_keys import CARD_KEY
 
     card = artifact.card
     lineage: dict[str, Any] = {"sha256": sha256_file(artifact.path), "arch": card.arch,
@@ -237,7 +118,7 @@ def artifact_lineage(artifact: Artifact) -> dict[str, Any]:
 def artifact_card_or_flags(artifact: Artifact, flags: CardFlags | None) -> ModelCard:
     """The artifact's card; an ONNX model without one gets its card from the preprocessing flags (refused,
     naming them, when they are missing) and keeps it, so its lineage reads like any other's."""
-    from resnet_deploy.artifacts import CARD_KEY
+    from resnet_deploy.metadata_keys import CARD_KEY
 
     artifact.require_file()
     if artifact.backend != "onnxruntime" or artifact.metadata.get(CARD_KEY):
@@ -256,18 +137,13 @@ def _display_labels(paths: Sequence[Path]) -> list[str]:
 
 
 def _run_engine(engine: Any, batch: np.ndarray) -> np.ndarray:
-    """Infer a batch; an engine with a fixed batch size gets it in chunks, the last one zero-padded."""
+    """Infer a batch; an engine with a fixed batch size gets it in chunks (`samples.batches_of`: the last one
+    filled by repetition, its extra outputs dropped)."""
     fixed = engine.input.shape[0]
     if fixed is None or fixed == len(batch):
         return engine.infer(batch)
-    outputs = []
-    for start in range(0, len(batch), fixed):
-        chunk = batch[start:start + fixed]
-        n = len(chunk)
-        if n < fixed:
-            chunk = np.concatenate([chunk, np.zeros((fixed - n, *chunk.shape[1:]), dtype=chunk.dtype)])
-        outputs.append(engine.infer(np.ascontiguousarray(chunk))[:n])
-    return np.concatenate(outputs)
+    chunks = batches_of(batch, fixed, static=True)
+    return np.concatenate([engine.infer(np.ascontiguousarray(chunk)) for chunk in chunks])[: len(batch)]
 
 
 def validate(
@@ -283,17 +159,8 @@ def validate(
     Raises UsageError for bad input (a missing file, classes that disagree with a card, a corrupt image
     without `skip_bad`); gate failures are recorded in the result, not raised."""
     from resnet_deploy.artifacts import Artifact
-    from resnet_deploy.data import (
-        BadImageError,
-        TenCrop,
-        check_classes,
-        default_workers,
-        eval_transform,
-        iterate_views,
-        open_dataset,
-        stratified_indices,
-        ten_crop_problem,
-    )
+    from resnet_deploy.data import BadImageError, check_classes, eval_transform, open_dataset, stratified_indices
+    from resnet_deploy.validate.views import TenCrop, default_workers, iterate_views, ten_crop_problem
 
     options = options or ValidateOptions()
     if not artifacts:
