@@ -29,6 +29,7 @@ import numpy as np
 from engines.base import Engine
 from resnet_deploy.bench.request import SCENARIO_NAMES
 from resnet_deploy.errors import BackendUnavailable, UsageError
+from resnet_deploy.samples import random_images
 
 SCENARIOS = SCENARIO_NAMES
 EXTRA = "pip install 'resnet-deploy[loadgen]'"
@@ -429,7 +430,7 @@ def run_plan_scenarios(cases: Sequence[Any], scenarios: Sequence[str], options: 
     for case in cases:
         with case.open() as engine:
             shape = [PERFORMANCE_SAMPLES, *(d or 1 for d in engine.input.shape[1:])]
-            samples = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
+            samples = random_images(shape)
             expected = expected_latency_ms(engine, samples)
             for scenario in scenarios:
                 progress(f"LoadGen {scenario}: {case.model} {case.backend} {case.precision}")

@@ -27,6 +27,7 @@ import numpy as np
 
 from engines.base import Engine
 from resnet_deploy.errors import UsageError
+from resnet_deploy.samples import random_images
 
 #: a coefficient of variation above this is reported as a warning (the machine or its clocks are noisy)
 CV_WARN_THRESHOLD = 0.10
@@ -188,8 +189,7 @@ class Runner:
 def random_batch(shape: Sequence[int], rng: np.random.Generator | None = None) -> np.ndarray:
     """Real-shaped, normalized-image-like random input (standard normal), never zeros."""
     require_memory_for(shape, "the input batch")
-    rng = rng if rng is not None else np.random.default_rng()
-    return rng.standard_normal(tuple(shape), dtype=np.float32)
+    return random_images(shape, seed=rng if rng is not None else np.random.default_rng())
 
 
 def require_memory_for(shape: Sequence[int], what: str, source: str = "") -> None:
