@@ -17,19 +17,20 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from resnet_deploy import registry
+
 # Thread-count variables that change CPU latency; recorded so two runs can be compared honestly.
 THREAD_ENV_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "ORT_NUM_THREADS")
 # CPU features that decide which precisions run natively (bf16, VNNI int8, AMX).
 CPU_FLAGS_OF_INTEREST = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "avx_vnni", "amx_bf16", "amx_int8")
 # The instruction-set class INT8 results depend on (precision/isa.py): avx2 | vnni | amx | other.
 # Distribution names per library: the same module ships under several names (onnxruntime-gpu, tensorrt-cu13).
+# The runtimes' names come from their declarations (registry/backends.py); the rest are the pipeline's own libraries.
 _DISTRIBUTIONS = {
     "torch": ("torch",),
     "torchvision": ("torchvision",),
     "onnx": ("onnx",),
-    "onnxruntime": ("onnxruntime", "onnxruntime-gpu", "onnxruntime-openvino", "onnxruntime-directml"),
-    "tensorrt": ("tensorrt", "tensorrt-cu13", "tensorrt-cu12", "tensorrt-cu11", "tensorrt-lean", "tensorrt-dispatch"),
-    "openvino": ("openvino",),
+    **{b.name: b.distributions for b in registry.backends() if b.name != "torch"},
     "numpy": ("numpy",),
 }
 _NVIDIA_SMI_FIELDS = (

@@ -173,6 +173,25 @@ class ArtifactCache:
         return path
 
 
+    def target_artifact(self, backend: str, precision: str, device: str = "cpu") -> Path:
+        """The artifact a declared backend's target compiles from the ONNX of `precision` (the FP32 ONNX for a
+        precision no ONNX carries, e.g. bf16): how a backend without a case of its own in `bench/plan.py` is timed
+        for `--depth/--arch`."""
+        from resnet_deploy import registry
+        from resnet_deploy.build import compile_artifact
+
+        spec = registry.backend(backend)
+        made_in_onnx = registry.precision(precision).maker is not None
+        source = self.onnx_for(precision) if made_in_onnx else self.fp32_onnx()
+        calib = f"{self.calibration_tag()}." if precision == "int8" else ""
+        path = self.folder / f"model.{precision}.{calib}{backend}.{device}{spec.default_suffix()}"
+        if self._reuse(path, source):
+            return path
+        self._progress(f"building the {spec.display} {precision} artifact for {self.arch} → {path}")
+        compile_artifact(backend, source, path, precision=precision, card=self.loaded.card, device=device)
+        return path
+
+
 def _gpu_tag() -> str:
     import torch
 

@@ -18,7 +18,7 @@ BACKENDS: tuple[Backend, ...] = (
         name="torch", display="PyTorch", engine="engines.torch_engine:TorchEngine",
         suffixes=(".safetensors", ".pt", ".pth", ".th"), precisions=("fp32", "fp16", "bf16"), devices=("cpu", "cuda"),
         module="torch", distributions=("torch",), extra=None,
-        opener="resnet_deploy.registry.openers:open_torch",
+        opener="resnet_deploy.registry.openers:open_torch", runtime_precisions=("fp32", "fp16", "bf16"),
         missing={"int8": "PyTorch eager has no INT8 path here; INT8 runs from the Q/DQ ONNX (onnxruntime, openvino, "
                          "tensorrt)"},
         not_run=(NotRun("fp16", ("cpu",), "PyTorch FP16 on the CPU is emulated and slow; use bf16, or fp16 with "
@@ -49,9 +49,9 @@ BACKENDS: tuple[Backend, ...] = (
         manifest_format="resnet-deploy/openvino-ir",
         manifest_fields=("openvino_version", "inference_precision_hint", "runtime_precision", "compressed_to_fp16",
                          "built_on", "xml_sha256", "bin_sha256"),
-        auto_rank=1, verified_on_cpu=True, reads_onnx=True,
+        auto_rank=1, verified_on_cpu=True, reads_onnx=True, runtime_precisions=("fp32", "bf16"),
         not_run=(NotRun("fp16", ("cpu",), "OpenVINO on a CPU computes an FP16 model in f32 or bf16; ask for bf16 "
-                                          "(its fast reduced precision)"),),
+                                          "(its fast reduced precision)", as_computed=True),),
         triton=TritonForm("model.xml", backend="openvino"),
         color="#7b2d8e",
     ),

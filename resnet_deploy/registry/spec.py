@@ -30,6 +30,7 @@ class NotRun:
     precision: str
     devices: tuple[str, ...]
     reason: str
+    as_computed: bool = False  # an artifact of this precision is still timed, at the precision the engine computes
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,7 @@ class Backend:
     verified_on_cpu: bool = False  # judged on this CPU before it is written; self-checked when opened on another
     keeps_precision_onnx: bool = True  # the FP16/INT8 ONNX stays beside the artifact (False: the artifact is it)
     reads_onnx: bool = False  # its engine also runs a plain ONNX model (bench times it beside ONNX Runtime)
+    runtime_precisions: tuple[str, ...] = ()  # precisions its engine runs an FP32 model in, chosen when it opens
     options: Mapping[str, str] = field(default_factory=dict)  # build options only it takes: request key → flag
     missing: Mapping[str, str] = field(default_factory=dict)  # precision it never computes → why (bench's skip)
     not_run: tuple[NotRun, ...] = ()  # precisions it computes, but not on some devices
@@ -99,6 +101,11 @@ class Backend:
             if rule.precision == precision and kind in rule.devices:
                 return rule.reason
         return None
+
+    def timed_as_built(self, precision: str, device: str) -> bool:
+        """An artifact of `precision` that this backend computes differently on `device` is timed as built."""
+        kind = "cuda" if device.startswith("cuda") else "cpu"
+        return any(r.precision == precision and kind in r.devices and r.as_computed for r in self.not_run)
 
 
 @dataclass(frozen=True)
