@@ -113,7 +113,7 @@ class ArtifactCache:
         path = self.folder / "model.fp16.onnx"
         if "fp16" not in self._built and not self._reuse(path, self.fp32_onnx()):
             self._progress(f"converting {self.arch} to FP16 → {path}")
-        return self._precision_onnx("fp16", path, BuildRequest(fp16=True))
+        return self._precision_onnx("fp16", path, BuildRequest(precision="fp16"))
 
     def calibration_tag(self) -> str:
         if self.calib_data is None:
@@ -127,11 +127,11 @@ class ArtifactCache:
         path = self.folder / f"model.int8.{self.calibration_tag()}.onnx"
         if self.calib_data is None:
             # minmax: the fastest method, and the ranges of random images only matter for latency
-            request = BuildRequest(int8=True, random_calibration=True, calib_samples=RANDOM_CALIBRATION_SAMPLES,
+            request = BuildRequest(precision="int8", random_calibration=True, calib_samples=RANDOM_CALIBRATION_SAMPLES,
                                    calib_method="minmax")
             what = "random calibration images"
         else:
-            request = BuildRequest(int8=True, calib_data=self.calib_data,
+            request = BuildRequest(precision="int8", calib_data=self.calib_data,
                                    **({"calib_samples": self.calib_samples} if self.calib_samples else {}))
             what = f"calibrating on {self.calib_data}"
         if "int8" not in self._built and not self._reuse(path, self.fp32_onnx()):
@@ -169,7 +169,7 @@ class ArtifactCache:
             return path
         self._progress(f"building the TensorRT {precision} engine (batch {batch}) for {self.arch} → {path}")
         options = TensorRTBuildOptions(min_batch=1, opt_batch=batch, max_batch=batch)
-        compile_artifact("tensorrt", source, path, precision=precision, card=self.loaded.card, tensorrt=options)
+        compile_artifact("tensorrt", source, path, precision=precision, card=self.loaded.card, options=options)
         return path
 
 

@@ -20,6 +20,6 @@ PRECISIONS: tuple[Precision, ...] = (
     Precision(name="bf16", display="BF16", flag="--bf16", gate=(0.3, 99.5), build_margin=0.2, metadata=None,
               help="OpenVINO only: BF16 inference precision of the FP32 model."),
     Precision(name="int8", display="INT8", flag="--int8", gate=(1.0, 95.0), build_margin=0.5, metadata="int8",
-              maker="resnet_deploy.precision:quantize_int8", remainders=("fp16",),
+              maker="resnet_deploy.precision:quantize_int8", remainders=("fp16",), calibrated=True,
               help="Calibrated INT8 (explicit Q/DQ) model; needs --calib-data."),
 )

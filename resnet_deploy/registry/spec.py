@@ -120,6 +120,7 @@ class Precision:
     metadata: str | None  # the value of PRECISION_KEY in an ONNX carrying it (None: no ONNX graph carries it)
     maker: str | None = None  # "module:function" that makes its ONNX from the FP32 one (precision/); None: none
     remainders: tuple[str, ...] = ()  # precisions the part it leaves unconverted may take (int8: fp16)
+    calibrated: bool = False  # its maker needs calibration images (--calib-data or --random-calibration)
     help: str = ""  # build-engine's --flag help
 
     def tag(self, remainder: str | None = None) -> str:

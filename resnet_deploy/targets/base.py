@@ -37,7 +37,7 @@ class TargetRequest:
     card: ModelCard
     device: str = "cpu"  # ONNX Runtime: the execution provider the artifact is optimized for
     check_images: np.ndarray | None = None  # real images to check the artifact on (None: random inputs)
-    tensorrt: Any = None  # TensorRTBuildOptions (TensorRT only)
+    options: Any = None  # what this target's `parse_options` made of the target-only options (TensorRT's profile)
 
 
 @dataclass
@@ -75,6 +75,10 @@ class Target(ABC):
     def default_suffix(self, device: str = "cpu") -> str:
         """What `build` appends to `<model>.<precision>` when no output is named."""
         return self.suffixes[0]
+
+    def parse_options(self, given: dict[str, Any]) -> Any:
+        """The target-only build options (`Backend.options` keys) checked and parsed; None: it takes none."""
+        return None
 
     @abstractmethod
     def usable(self, device: str | None = None) -> tuple[bool, str]:

@@ -261,6 +261,12 @@ class TensorRTTarget(Target):
 
     name = "tensorrt"
 
+    def parse_options(self, given: dict[str, Any]) -> TensorRTBuildOptions:
+        given = {k: v for k, v in given.items() if v is not None and v is not False}
+        if "workspace_bytes" in given:
+            given = {**given, "workspace_bytes": parse_byte_size(given["workspace_bytes"])}
+        return TensorRTBuildOptions(**given).validated()
+
     def usable(self, device: str | None = None) -> tuple[bool, str]:
         if device is not None and not device.startswith("cuda"):
             return False, "TensorRT needs an NVIDIA GPU; use --device cuda"
@@ -269,7 +275,7 @@ class TensorRTTarget(Target):
     def build(self, request: TargetRequest) -> BuildResult:
         precision = "fp32" if request.precision == "bf16" else request.precision
         result = build_tensorrt_engine(request.model, request.output, precision=precision,
-                                       options=request.tensorrt, card=request.card)
+                                       options=request.options, card=request.card)
         layers = ", ".join(f"{k} {v}" for k, v in sorted(result.layer_precisions.items()))
         row = f"{layers} (TensorRT {result.tensorrt_version}, {result.gpu_name})"
         assert result.manifest is not None
