@@ -240,7 +240,9 @@ class Artifact:
         if self.backend == "onnxruntime":
             from engines.onnxruntime_engine import graph_precision
 
-            return graph_precision(self.path)
+            declared = {p.metadata: p.name for p in registry.precisions() if p.metadata}
+            # what the pipeline recorded when it made the model; a foreign model: what its graph shows
+            return declared.get(self.metadata.get(PRECISION_KEY, "")) or graph_precision(self.path)
         return str((self.manifest_dict or {}).get("precision") or "fp32")
 
     def open_engine(self, **options: Any) -> Engine:

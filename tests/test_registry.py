@@ -155,5 +155,24 @@ def test_build_request_carries_one_precision() -> None:
     assert precision_from_flags(int8=True, fp16=True) == {"precision": "int8", "fp16_remainder": True}
     assert BuildRequest(**precision_from_flags(int8=True, fp16=True)).tag == "int8-fp16"
     assert BuildRequest(**precision_from_flags(bf16=True)).tag == "bf16"
-    with pytest.raises(UsageError, match="does not combine"):
+    with pytest.raises(UsageError, match="do not combine"):
         precision_from_flags(bf16=True, fp16=True)
+    with pytest.raises(UsageError, match="do not combine"):
+        precision_from_flags(bf16=True, int8=True)
+
+
+def test_build_checks_come_from_the_declarations() -> None:
+    from resnet_deploy.build import BuildRequest, check_for_target
+    from resnet_deploy.errors import UsageError
+
+    with pytest.raises(UsageError, match="use --target openvino"):
+        check_for_target(BuildRequest(precision="bf16"), "onnxruntime")
+    with pytest.raises(UsageError, match="use --int8 alone"):
+        check_for_target(BuildRequest(precision="int8", fp16_remainder=True), "openvino")
+    assert check_for_target(BuildRequest(precision="int8", fp16_remainder=True), "onnxruntime") == []
+    options = {"max_batch": 8}
+    with pytest.raises(UsageError, match="--max-batch: TensorRT options, but the target is openvino"):
+        check_for_target(BuildRequest(target="openvino", options=options), "openvino")
+    assert check_for_target(BuildRequest(target="auto", options=options), "openvino") == [
+        "--max-batch ignored: TensorRT options, but the target is openvino"]
+    assert check_for_target(BuildRequest(target="tensorrt", options=options), "tensorrt") == []

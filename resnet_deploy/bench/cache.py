@@ -153,7 +153,16 @@ class ArtifactCache:
         return built.path
 
     def onnx_for(self, precision: str) -> Path:
-        return {"fp32": self.fp32_onnx, "fp16": self.fp16_onnx, "int8": self.int8_onnx}[precision]()
+        own = {"fp32": self.fp32_onnx, "fp16": self.fp16_onnx, "int8": self.int8_onnx}
+        if precision in own:
+            return own[precision]()
+        # Any other declared precision made in ONNX without calibration: made by its maker, like FP16.
+        from resnet_deploy.build import BuildRequest
+
+        path = self.folder / f"model.{precision}.onnx"
+        if precision not in self._built and not self._reuse(path, self.fp32_onnx()):
+            self._progress(f"converting {self.arch} to {precision} → {path}")
+        return self._precision_onnx(precision, path, BuildRequest(precision=precision))
 
     def tensorrt_plan(self, precision: str, batch: int) -> Path:
         """A strongly typed TensorRT plan compiled from the ONNX of `precision`, tuned for `batch` (profile 1..batch).

@@ -71,14 +71,22 @@ class BuildRequest:
         return self.spec.maker is not None
 
 
-def precision_from_flags(*, fp16: bool = False, int8: bool = False, bf16: bool = False) -> dict[str, Any]:
-    """build-engine's --fp16/--int8/--bf16 as the request's one precision (and INT8's FP16 remainder)."""
-    if bf16 and (fp16 or int8):
-        raise UsageError("--bf16 is the OpenVINO inference precision of the FP32 model; it does not combine with "
-                         "--fp16 or --int8")
-    if int8:
-        return {"precision": "int8", "fp16_remainder": fp16}
-    return {"precision": "fp16" if fp16 else "bf16" if bf16 else "fp32", "fp16_remainder": False}
+def precision_from_flags(**flags: bool) -> dict[str, Any]:
+    """build-engine's precision flags (`fp16=`, `int8=`, `bf16=`: each declared precision's name) as the request's
+    one precision, and INT8's FP16 remainder (`--int8 --fp16`: a precision with its declared remainder)."""
+    chosen = [name for name, on in flags.items() if on]
+    for name in chosen:
+        registry.precision(name)  # an undeclared flag is a programming error
+    if len(chosen) == 2:
+        for main, rest in (chosen, chosen[::-1]):
+            if rest in registry.precision(main).remainders:
+                return {"precision": main, "fp16_remainder": rest == "fp16"}
+    if len(chosen) > 1:
+        named = " ".join(str(registry.precision(name).flag) for name in chosen)
+        combos = [f"{p.flag} {registry.precision(r).flag}" for p in registry.precisions() for r in p.remainders]
+        raise UsageError(f"{named}: these precisions do not combine (one precision per build; {', '.join(combos)} "
+                         "converts what the first leaves unconverted to the second)")
+    return {"precision": chosen[0] if chosen else "fp32", "fp16_remainder": False}
 
 
 def precision_flags(request: BuildRequest) -> list[str]:
@@ -134,12 +142,12 @@ def check_for_target(request: BuildRequest, target: str) -> list[str]:
     only it takes); returns warnings (another target's options, which `auto` cannot use)."""
     spec = registry.backend(target)
     flags = " ".join(precision_flags(request))
-    if request.tag in spec.missing:  # e.g. an FP16 remainder, which OpenVINO chooses itself
-        raise UsageError(f"{flags}: {spec.missing[request.tag]}")
     if request.precision not in spec.precisions:
         builders = [b for b in registry.target_names() if request.precision in registry.backend(b).precisions]
         raise UsageError(f"{flags}: {spec.display} does not build {request.spec.display}; the target is {target} "
                          f"(use --target {' or --target '.join(builders)})")
+    if request.tag != request.precision and request.tag in spec.missing:  # OpenVINO chooses the remainder itself
+        raise UsageError(f"{flags}: {spec.missing[request.tag]}")
     given = [k for k, v in request.options.items() if v is not None and v is not False and k not in spec.options]
     if not given:
         return []

@@ -100,17 +100,22 @@ def compile_artifact(target: Target | str, model: Path, output: Path, *, precisi
 def make_precision(src: Any, path: Path, request: BuildRequest, say: BuildListener, *,
                    cache_base: Path | None = None, cpu_target: str | None = None,
                    shown_as: Path | None = None) -> PrecisionResult:
-    """The FP16 or calibrated INT8 ONNX of the FP32 source `src` (from `precision.read_source`), at `path`.
+    """The ONNX of the request's precision made from the FP32 source `src` (from `precision.read_source`) by the
+    precision's declared maker, at `path`. A calibrated maker (INT8: `quantize_int8`) takes the calibration
+    options; any other (FP16: `convert_fp16`) takes `(source, output, check_images=, min_agreement=, seed=)`.
     INT8 weights take 7 bits when `cpu_target` is a CPU class whose integer kernels saturate (`isa.py`);
     `shown_as` is what errors call the output (the user's artifact, when `path` is a temporary file)."""
-    from resnet_deploy.precision import convert_fp16, quantize_int8
+    from resnet_deploy import registry
     from resnet_deploy.precision.isa import weight_bits_for
 
-    if request.spec.calibrated:
+    spec = request.spec
+    assert spec.maker is not None, f"{spec.name} is not made in ONNX"
+    maker = registry.load(spec.maker)
+    if spec.calibrated:
         what = "random images" if request.random_calibration else str(request.calib_data)
-        say.info(f"INT8: calibrating {src.path.name} on {what} ({request.calib_method}, {request.calib_samples} "
-                 f"images, seed {request.calib_seed})")
-        result = quantize_int8(src.path, path, calib_data=request.calib_data, samples=request.calib_samples,
+        say.info(f"{spec.display}: calibrating {src.path.name} on {what} ({request.calib_method}, "
+                 f"{request.calib_samples} images, seed {request.calib_seed})")
+        result = maker(src.path, path, calib_data=request.calib_data, samples=request.calib_samples,
                                method=request.calib_method, fp16_remainder=request.fp16_remainder,
                                seed=request.calib_seed,
                                random_calibration=request.random_calibration, cache_base=cache_base,
@@ -125,11 +130,11 @@ def make_precision(src: Any, path: Path, request: BuildRequest, say: BuildListen
             images = real_images(request.calib_data, src.card, request.check_images or CHECK_IMAGES,
                                  request.calib_seed)
         else:
-            say.warn("FP16 is checked on random inputs only (no gate); pass --calib-data DIR to check it on real "
-                     "images")
-        say.info(f"FP16: converting {src.path.name}")
-        result = convert_fp16(src.path, path, check_images=images, min_agreement=request.min_agreement,
-                              seed=request.calib_seed)
+            say.warn(f"{spec.display} is checked on random inputs only (no gate); pass --calib-data DIR to check "
+                     "it on real images")
+        say.info(f"{spec.display}: converting {src.path.name}")
+        result = maker(src.path, path, check_images=images, min_agreement=request.min_agreement,
+                       seed=request.calib_seed)
     if result.calibration is not None and len(result.calibration.scores) > 1:
         for method, score in result.calibration.scores.items():
             say.info(f"  {method}: top-1 agreement {score['agreement']:.2f}%, max |Δ logit| "

@@ -50,6 +50,8 @@ BACKENDS: tuple[Backend, ...] = (
         manifest_fields=("openvino_version", "inference_precision_hint", "runtime_precision", "compressed_to_fp16",
                          "built_on", "xml_sha256", "bin_sha256"),
         auto_rank=1, verified_on_cpu=True, reads_onnx=True, runtime_precisions=("fp32", "bf16"),
+        missing={"int8-fp16": "an FP16 remainder is made for TensorRT; OpenVINO picks the precision of the layers it "
+                              "does not quantize itself (its inference precision): use --int8 alone"},
         not_run=(NotRun("fp16", ("cpu",), "OpenVINO on a CPU computes an FP16 model in f32 or bf16; ask for bf16 "
                                           "(its fast reduced precision)", as_computed=True),),
         triton=TritonForm("model.xml", backend="openvino"),

@@ -66,7 +66,8 @@ class Backend:
     reads_onnx: bool = False  # its engine also runs a plain ONNX model (bench times it beside ONNX Runtime)
     runtime_precisions: tuple[str, ...] = ()  # precisions its engine runs an FP32 model in, chosen when it opens
     options: Mapping[str, str] = field(default_factory=dict)  # build options only it takes: request key → flag
-    missing: Mapping[str, str] = field(default_factory=dict)  # precision it never computes → why (bench's skip)
+    # precision it never computes → why (bench's skip); a tag (int8-fp16) it does not build → why (build-engine's)
+    missing: Mapping[str, str] = field(default_factory=dict)
     not_run: tuple[NotRun, ...] = ()  # precisions it computes, but not on some devices
     triton: TritonForm | None = None  # None: only triton-repo's Python backend serves it
     color: str = "#7f7f7f"  # its colour in bench plots

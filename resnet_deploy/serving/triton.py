@@ -30,8 +30,7 @@ from resnet_deploy.serving.model_io import ArtifactIO
 
 TRITON_TYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "bfloat16": "TYPE_BF16", "int8": "TYPE_INT8",
                 "uint8": "TYPE_UINT8", "int32": "TYPE_INT32", "int64": "TYPE_INT64", "bool": "TYPE_BOOL"}
-# The file Triton's own backend looks for, per runtime (`Backend.triton`, registry/backends.py).
-MODEL_FILES = {b.name: b.triton.model_file for b in registry.backends() if b.triton is not None}
+MODEL_FILES = {b.name: b.triton.model_file for b in registry.backends() if b.triton}  # registry/backends.py
 DEFAULT_MAX_BATCH = 32  # for artifacts that accept any batch
 PREPROCESS_SOURCE = Path(__file__).with_name("triton_preprocess.py")
 ENGINE_MODEL_SOURCE = Path(__file__).with_name("triton_engine_model.py")
@@ -211,14 +210,9 @@ def classifier_entry(io: ArtifactIO, name: str, options: RepositoryOptions) -> t
     else:
         form = registry.backend(io.backend).triton
         if form is None:
-            what = "card" if io.backend == "torch" else "artifact"
-            raise UsageError(f"{io.path}: no Triton backend reads a {registry.backend(io.backend).display} {what}; "
-                             "use --backend python")
-        model_file = form.model_file
-        if form.platform:
-            config.platform = form.platform
-        if form.backend:
-            config.backend = form.backend
+            raise UsageError(f"{io.path}: no Triton backend reads a {registry.backend(io.backend).display} "
+                             f"{'card' if io.backend == 'torch' else 'artifact'}; use --backend python")
+        model_file, config.platform, config.backend = form.model_file, form.platform or "", form.backend or ""
         if io.backend == "tensorrt":  # a plan loads on the GPU generation it was built for only
             config.cc_model_filenames[io.compute_capability] = model_file
             notes.append(tensorrt_server(io)[2])
@@ -250,7 +244,7 @@ def classifier_entry(io: ArtifactIO, name: str, options: RepositoryOptions) -> t
     if max_batch > 0:
         config.dynamic_batching.preferred_batch_size.extend(_preferred_batches(max_batch))
         config.dynamic_batching.max_queue_delay_microseconds = options.max_queue_delay_us
-    spec = registry.backend(io.backend)  # its instances on a GPU: always (TensorRT), or when asked and it can
+    spec = registry.backend(io.backend)  # on a GPU: always (TensorRT), or when asked and it can (ONNX Runtime)
     gpu = not python and spec.triton is not None and (spec.triton.gpu or (options.gpu and "cuda" in spec.devices))
     kind = schema.ModelInstanceGroup.KIND_GPU if gpu else schema.ModelInstanceGroup.KIND_CPU
     config.instance_group.add(count=options.instances, kind=kind)
