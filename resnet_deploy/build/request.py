@@ -143,9 +143,11 @@ def check_for_target(request: BuildRequest, target: str) -> list[str]:
     spec = registry.backend(target)
     flags = " ".join(precision_flags(request))
     if request.precision not in spec.precisions:
-        builders = [b for b in registry.target_names() if request.precision in registry.backend(b).precisions]
-        raise UsageError(f"{flags}: {spec.display} does not build {request.spec.display}; the target is {target} "
-                         f"(use --target {' or --target '.join(builders)})")
+        builders = [registry.backend(b) for b in registry.target_names()
+                    if request.precision in registry.backend(b).precisions]
+        raise UsageError(f"{flags}: {spec.display} does not build {request.spec.display}, "
+                         f"{' or '.join(b.display for b in builders)} does; the target is {target} "
+                         f"(use --target {' or --target '.join(b.name for b in builders)})")
     if request.tag != request.precision and request.tag in spec.missing:  # OpenVINO chooses the remainder itself
         raise UsageError(f"{flags}: {spec.missing[request.tag]}")
     given = [k for k, v in request.options.items() if v is not None and v is not False and k not in spec.options]
