@@ -153,7 +153,8 @@ def _declared(name: str) -> EngineFactory:
         if not path.is_file():
             from resnet_deploy.build import compile_artifact
 
-            built = compile_artifact(name, model.onnx_path, path, precision="fp32",
+            source = model.card_path if spec.source == "card" else model.onnx_path
+            built = compile_artifact(name, source, path, precision="fp32",
                                      card=Artifact(model.onnx_path).card, device=spec.devices[0])
             undeclared = set(built.manifest.target) - set(spec.manifest_fields)
             assert not undeclared, f"{name}'s manifest records fields its declaration does not list: {undeclared}"

@@ -53,7 +53,8 @@ def test_backend_declaration_is_complete(spec: Backend) -> None:
     if spec.target is not None:  # something build-engine makes: a manifest, a place in `auto` or not
         assert spec.manifest_format and spec.manifest_fields
     if spec.verified_on_cpu:
-        assert "cpu" in spec.devices
+        assert "cpu" in spec.devices and spec.judged_for and set(spec.judged_for) <= set(spec.devices)
+    assert spec.source in ("onnx", "card")
 
 
 @pytest.mark.parametrize("spec", BACKENDS, ids=[b.name for b in BACKENDS])

@@ -182,6 +182,16 @@ class ArtifactCache:
         return path
 
 
+    def card(self) -> Path:
+        """The in-memory model saved as a model card (what a card-compiling target builds from)."""
+        from resnet_deploy.card import save_card
+
+        path = self.folder / "model.safetensors"
+        if not path.is_file():
+            self.folder.mkdir(parents=True, exist_ok=True)
+            save_card(path, self.loaded.model, self.loaded.card)
+        return path
+
     def target_artifact(self, backend: str, precision: str, device: str = "cpu") -> Path:
         """The artifact a declared backend's target compiles from the ONNX of `precision` (the FP32 ONNX for a
         precision no ONNX carries, e.g. bf16): how a backend without a case of its own in `bench/plan.py` is timed
@@ -192,6 +202,8 @@ class ArtifactCache:
         spec = registry.backend(backend)
         made_in_onnx = registry.precision(precision).maker is not None
         source = self.onnx_for(precision) if made_in_onnx else self.fp32_onnx()
+        if spec.source == "card":  # it compiles the PyTorch model: the cached model as a card
+            source = self.card()
         calib = f"{self.calibration_tag()}." if precision == "int8" else ""
         path = self.folder / f"model.{precision}.{calib}{backend}.{device}{spec.default_suffix()}"
         if self._reuse(path, source):

@@ -51,7 +51,7 @@ def build_finetuned_int8(request: BuildRequest, say: BuildListener) -> BuildRepo
         say.warn(f"{source}: {bits}-bit weights saturate the integer kernels of this CPU ({cpu_class}); fine-tune "
                  "with --cpu native or --cpu portable for 7-bit weights")
     say.info(f"building the {target.name} artifact → {output}")
-    if not target.spec.verified_on_cpu:
+    if not (target.spec.verified_on_cpu and request.device in target.spec.judged_for):
         built, here = compile_artifact(target, source, output, precision="int8", card=card, device=request.device,
                                        options=options), None
     else:

@@ -11,6 +11,7 @@ from resnet_deploy.build.report import BuildReport
 from resnet_deploy.build.request import BuildListener, BuildRequest, check_for_target, check_request
 from resnet_deploy.build.sources import (
     adopt_foreign,
+    card_source,
     check_output,
     default_output,
     export_source,
@@ -77,8 +78,10 @@ def build(request: BuildRequest, listener: BuildListener | None = None) -> Build
             result = make_precision(src, precision_path, request, say, cache_base=precision_path if keep else output,
                                     cpu_target=cpu_target, shown_as=output if not keep else None)
         model = precision_path if result is not None else source
+        if target.spec.source == "card":  # it compiles the PyTorch model; the FP32 ONNX stays the reference
+            model = card_source(request, Path(tmp))
         say.info(f"building the {target.name} artifact → {output}")
-        if target.spec.verified_on_cpu:
+        if target.spec.verified_on_cpu and request.device in target.spec.judged_for:
             built, here = compile_checked(target, model, output, request=request, src=src, result=result,
                                           cpu_target=cpu_target, rebuild=rebuild_command(request, original, target),
                                           say=say, options=options)

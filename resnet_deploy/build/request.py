@@ -142,6 +142,9 @@ def check_for_target(request: BuildRequest, target: str) -> list[str]:
     only it takes); returns warnings (another target's options, which `auto` cannot use)."""
     spec = registry.backend(target)
     flags = " ".join(precision_flags(request))
+    if spec.source == "card" and request.onnx is not None:
+        raise UsageError(f"--onnx {request.onnx}: {spec.display} compiles the PyTorch model itself, not an ONNX graph; "
+                         "give --checkpoint CARD or --depth/--arch")
     if request.precision not in spec.precisions:
         builders = [registry.backend(b) for b in registry.target_names()
                     if request.precision in registry.backend(b).precisions]

@@ -98,6 +98,19 @@ def adopt_foreign(source: Path, card: ModelCard, path: Path, say: BuildListener)
     return path, report
 
 
+def card_source(request: BuildRequest, folder: Path) -> Path:
+    """The model card a card-compiling target (`Backend.source == "card"`) builds from: --checkpoint as given, else
+    the model the FP32 ONNX was exported from (the random model: seed 0) saved as a card in `folder`."""
+    from resnet_deploy.card import save_card
+    from resnet_deploy.checkpoints import load_model, random_model
+
+    if request.checkpoint is not None and request.arch is None and request.num_classes is None:
+        return request.checkpoint
+    loaded = (load_model(request.checkpoint, arch=request.arch, num_classes=request.num_classes)
+              if request.checkpoint is not None else random_model(str(request.arch), num_classes=request.num_classes))
+    return Path(save_card(folder / f"{loaded.card.arch}.safetensors", loaded.model, loaded.card))
+
+
 def export_source(request: BuildRequest, say: BuildListener) -> tuple[Path, bool]:
     """The FP32 ONNX to start from: `request.onnx`, or a fresh export of the named model (card in its metadata)."""
     if request.onnx is not None:

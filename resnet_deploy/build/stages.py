@@ -40,6 +40,8 @@ def cpu_target_for(request: BuildRequest, target: Target, say: BuildListener) ->
 def rebuild_command(request: BuildRequest, source: Path, target: Target) -> str:
     """The build-engine command that makes this artifact again (the self-check's error adds `--cpu CLASS`)."""
     parts = ["resnet-deploy build-engine", f"--onnx {source}"]
+    if target.spec.source == "card":  # it builds from the card (or the architecture)
+        parts[1] = f"--checkpoint {request.checkpoint}" if request.checkpoint is not None else f"--arch {request.arch}"
     parts += precision_flags(request)
     if request.calib_data is not None:
         parts.append(f"--calib-data {request.calib_data}")

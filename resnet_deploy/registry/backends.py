@@ -35,7 +35,7 @@ BACKENDS: tuple[Backend, ...] = (
         manifest_format="resnet-deploy/onnxruntime",
         manifest_fields=("device", "providers", "optimization_level", "s8_to_u8_pairs", "calibration",
                          "quantization", "fp32_source_sha256"),
-        auto_rank=2, verified_on_cpu=True, keeps_precision_onnx=False,
+        auto_rank=2, verified_on_cpu=True, judged_for=("cpu", "cuda"), keeps_precision_onnx=False,
         missing={"bf16": _NO_BF16_ONNX},
         triton=TritonForm("model.onnx", platform="onnxruntime_onnx"),
         color="#1f77b4",

@@ -61,7 +61,9 @@ class Backend:
     manifest_format: str | None = None  # the manifest's "format" (None: no manifest, e.g. a PyTorch card)
     manifest_fields: tuple[str, ...] = ()  # the target-specific fields its manifest records
     auto_rank: int | None = None  # build-engine --target auto tries lower ranks first; None: never chosen by auto
+    source: str = "onnx"  # what its target compiles: "onnx" (the precision ONNX) or "card" (the PyTorch model card)
     verified_on_cpu: bool = False  # judged on this CPU before it is written; self-checked when opened on another
+    judged_for: tuple[str, ...] = ("cpu",)  # the --device builds judged on this CPU (verified_on_cpu targets)
     keeps_precision_onnx: bool = True  # the FP16/INT8 ONNX stays beside the artifact (False: the artifact is it)
     reads_onnx: bool = False  # its engine also runs a plain ONNX model (bench times it beside ONNX Runtime)
     runtime_precisions: tuple[str, ...] = ()  # precisions its engine runs an FP32 model in, chosen when it opens
