@@ -30,7 +30,7 @@ _DISTRIBUTIONS = {
     "torch": ("torch",),
     "torchvision": ("torchvision",),
     "onnx": ("onnx",),
-    **{b.name: b.distributions for b in registry.backends() if b.name != "torch"},
+    **{b.module: b.distributions for b in registry.backends()},  # by module: two backends may share one (torch)
     "numpy": ("numpy",),
 }
 _NVIDIA_SMI_FIELDS = (

@@ -171,8 +171,9 @@ def _declared(name: str) -> EngineFactory:
         return None if usable else why
 
     gpu = "cpu" not in spec.devices
+    marks = (pytest.mark.gpu,) if gpu else ()
     return EngineFactory(f"declared-{name}", make, tolerance=1e-2 if gpu else 1e-4, unavailable=unavailable,
-                         marks=(pytest.mark.gpu,) if gpu else (), deterministic=not gpu)
+                         marks=marks + ((pytest.mark.slow,) if spec.slow_build else ()), deterministic=not gpu)
 
 
 def _declared_factories() -> list[EngineFactory]:

@@ -121,7 +121,7 @@ def test_tables_read_the_declarations() -> None:
     assert set(base.TARGET_NAMES) == set(registry.target_names()) == set(build.TARGETS) - {"auto"}
     assert base.AUTO_ORDER == ("tensorrt", "openvino", "onnxruntime")
     assert set(artifacts.MANIFEST_FORMATS) == set(registry.target_names())
-    assert set(names) <= set(environment._DISTRIBUTIONS)
+    assert {b.module for b in BACKENDS} <= set(environment._DISTRIBUTIONS)
     assert set(gates.DEFAULT_GATES) == set(gates.BUILD_MARGIN) == set(registry.precision_names())
     assert registry.precision_names() == plan.PRECISIONS
     assert set(triton.MODEL_FILES) == {b.name for b in BACKENDS if b.triton is not None}

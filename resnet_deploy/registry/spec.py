@@ -73,6 +73,7 @@ class Backend:
     not_run: tuple[NotRun, ...] = ()  # precisions it computes, but not on some devices
     triton: TritonForm | None = None  # None: only triton-repo's Python backend serves it
     color: str = "#7f7f7f"  # its colour in bench plots
+    slow_build: bool = False  # its target compiles for a minute or more: its contract entry runs under `-m slow`
 
     @property
     def install_hint(self) -> str:
