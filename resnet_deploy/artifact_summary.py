@@ -80,7 +80,23 @@ def summarize_artifact(path: str | Path) -> ArtifactSummary:
         return _openvino_weights(source)
     if suffix in (".plan", ".engine"):
         return _tensorrt_plan(source)
+    from resnet_deploy import registry
+
+    spec = registry.backend_for_suffix(suffix)
+    if spec is not None and spec.manifest_format is not None:  # any other declared target's artifact
+        return _declared_artifact(source, spec)
     raise UsageError(f"{source}: not an OpenVINO IR (.xml/.bin) or a TensorRT plan (.plan/.engine)")
+
+
+def _declared_artifact(path: Path, spec: Any) -> ArtifactSummary:
+    """A target's artifact this module has no reader for: what its manifest records (its declared fields)."""
+    summary = ArtifactSummary(path, f"{spec.name}-artifact", spec.name, path.stat().st_size)
+    _attach_manifest(summary)
+    manifest = summary.manifest or {}
+    for name in spec.manifest_fields:
+        if manifest.get(name) not in (None, {}, []):
+            summary.facts.append((name.replace("_", " "), str(manifest[name])))
+    return summary
 
 
 # --- OpenVINO ----------------------------------------------------------------------------------------
@@ -240,7 +256,7 @@ def _attach_manifest(summary: ArtifactSummary) -> None:
     summary.manifest_path = manifest_path(summary.path)
     summary.manifest = read_manifest(summary.path)
     if summary.manifest is None:
-        build = "--target openvino" if summary.backend == "openvino" else "--target tensorrt"
+        build = f"--target {summary.backend}"
         summary.notes.append(f"no manifest {summary.manifest_path.name} beside it (precision, model card and source "
                              f"are recorded there by `resnet-deploy build-engine {build}`); validate and bench "
                              "need it")

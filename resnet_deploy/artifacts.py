@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from engines.base import Engine
+from resnet_deploy import registry
 from resnet_deploy.artifact_checks import check_artifact_files, check_onnx_input, metadata_of
 from resnet_deploy.errors import UsageError
 from resnet_deploy.metadata_keys import (
@@ -62,13 +63,8 @@ from resnet_deploy.paths import require_input_file
 if TYPE_CHECKING:  # the card class is imported where it is used (it brings torch)
     from resnet_deploy.card import ModelCard
 
-# --- suffixes -----------------------------------------------------------------------------------------------------
-SUFFIXES: dict[str, tuple[str, ...]] = {
-    "torch": (".safetensors", ".pt", ".pth", ".th"),
-    "onnxruntime": (".onnx",),
-    "openvino": (".xml",),
-    "tensorrt": (".plan", ".engine"),
-}
+# --- suffixes and manifest formats: read from the backend declarations (registry/backends.py) -------------------
+SUFFIXES: dict[str, tuple[str, ...]] = {b.name: b.suffixes for b in registry.backends()}
 TORCH_SUFFIXES = SUFFIXES["torch"]
 ONNX_SUFFIXES = SUFFIXES["onnxruntime"]
 OPENVINO_SUFFIXES = SUFFIXES["openvino"]
@@ -76,20 +72,17 @@ TENSORRT_SUFFIXES = SUFFIXES["tensorrt"]
 
 MANIFEST_SCHEMA_VERSION = 2  # 1: three target-specific layouts; 2: one Manifest (a superset of the three)
 # `format` names each target's layout; engines/tensorrt/manifest.py reads its own fields by it.
-MANIFEST_FORMATS = {"onnxruntime": "resnet-deploy/onnxruntime", "openvino": "resnet-deploy/openvino-ir",
-                    "tensorrt": "resnet-deploy/tensorrt-engine"}
+MANIFEST_FORMATS = {b.name: b.manifest_format for b in registry.backends() if b.manifest_format}
 MANIFEST_FORMAT_VERSION = 1  # the newest per-target layout a reader of format 1 understands
 
 
 def backend_for(path: str | Path) -> str:
     suffix = Path(path).suffix.lower()
-    for backend, suffixes in SUFFIXES.items():
-        if suffix in suffixes:
-            return backend
-    raise UsageError(
-        f"{path}: unknown artifact type {suffix or '(no suffix)'}; expected .safetensors/.pt/.pth (PyTorch), "
-        ".onnx (ONNX Runtime), .xml (OpenVINO IR) or .plan/.engine (TensorRT)"
-    )
+    spec = registry.backend_for_suffix(suffix)
+    if spec is not None:
+        return spec.name
+    known = ", ".join(f"{'/'.join(b.suffixes)} ({b.display})" for b in registry.backends())
+    raise UsageError(f"{path}: unknown artifact type {suffix or '(no suffix)'}; expected {known}")
 
 
 def onnx_stem(path: Path) -> str:
@@ -189,8 +182,8 @@ class Manifest:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Manifest:
         """Any manifest this tool wrote; schema-1 layouts map onto the common fields where they had them."""
-        backend = data.get("backend") or next((b for b, f in MANIFEST_FORMATS.items() if f == data.get("format")),
-                                              "unknown")
+        by_format = registry.backend_for_format(data.get("format"))
+        backend = data.get("backend") or (by_format.name if by_format is not None else "unknown")
         skip = {"format", "format_version", *cls.COMMON}
         common = {k: data[k] for k in cls.COMMON if k in data and k != "backend"}
         common.setdefault("artifact", "")
@@ -267,7 +260,9 @@ class Artifact:
         if self.backend == "onnxruntime":
             from engines.onnxruntime_engine import graph_precision
 
-            return graph_precision(self.path)
+            declared = {p.metadata: p.name for p in registry.precisions() if p.metadata}
+            # what the pipeline recorded when it made the model; a foreign model: what its graph shows
+            return declared.get(self.metadata.get(PRECISION_KEY, "")) or graph_precision(self.path)
         return str((self.manifest_dict or {}).get("precision") or "fp32")
 
     def open_engine(self, **options: Any) -> Engine:
@@ -283,6 +278,7 @@ def artifact_card(path: str | Path) -> ModelCard:
 def open_engine(
     path: str | Path,
     *,
+    backend: str | None = None,
     device: str = "cpu",
     precision: str | None = None,
     threads: int | None = None,
@@ -292,34 +288,17 @@ def open_engine(
     cuda_graph: bool = False,
     performance_hint: str = "LATENCY",
 ) -> Engine:
-    """Open an artifact with the backend its suffix names. `precision` applies to PyTorch (fp32/fp16/bf16)
-    and OpenVINO (its inference precision); other backends run the precision their graph carries."""
+    """Open an artifact with the backend its suffix names (or `backend`: OpenVINO reads ONNX too). `precision`
+    applies to PyTorch (fp32/fp16/bf16) and OpenVINO (its inference precision); other backends run the precision
+    their graph carries. A CPU-verified artifact (`Backend.verified_on_cpu`) runs its self-check first."""
     artifact = require_input_file(path)
     check_artifact_files(artifact)  # a replaced or missing file is refused, naming it
-    backend = backend_for(artifact)
-    if backend == "torch":
-        from engines.torch_engine import TorchEngine
-        from resnet_deploy.checkpoints import load_model
-
-        loaded = load_model(artifact)
-        size = loaded.card.preprocessing.input_size
-        return TorchEngine(loaded.model, input_shape=(3, size, size), num_classes=loaded.card.num_classes,
-                           precision=precision or "fp32", device=device, channels_last=channels_last,
-                           threads=threads)
-    if backend == "onnxruntime":
-        from engines.onnxruntime_engine import OnnxRuntimeEngine
-
-        return _self_checked(artifact, OnnxRuntimeEngine(artifact, device=device, providers=providers,
-                                                         threads=threads))
-    if backend == "tensorrt":
-        from engines.tensorrt.engine import TensorRTEngine
-
-        return TensorRTEngine(artifact, device=device if device.startswith("cuda") else "cuda",
-                              include_copies=include_copies, cuda_graph=cuda_graph)
-    from engines.openvino_engine import OpenVINOEngine
-
-    return _self_checked(artifact, OpenVINOEngine(artifact, device=device, performance_hint=performance_hint,
-                                                  inference_precision=precision, threads=threads))
+    spec = registry.backend(backend or backend_for(artifact))
+    options = registry.OpenOptions(device=device, precision=precision, threads=threads, providers=providers,
+                                   channels_last=channels_last, include_copies=include_copies,
+                                   cuda_graph=cuda_graph, performance_hint=performance_hint)
+    engine = registry.open_with(spec, artifact, options)
+    return _self_checked(artifact, engine) if spec.verified_on_cpu else engine
 
 
 def _self_checked(path: Path, engine: Engine) -> Engine:

@@ -27,15 +27,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-# (largest allowed top-1 drop in points, smallest top-1 agreement in %). bf16 keeps fewer mantissa
-# bits than fp16 but the same exponent range; for a classifier the prediction flips it causes are
-# of the same order, so it shares fp16's gate.
-DEFAULT_GATES: dict[str, tuple[float, float]] = {
-    "fp32": (0.1, 99.9),
-    "fp16": (0.3, 99.5),
-    "bf16": (0.3, 99.5),
-    "int8": (1.0, 95.0),
-}
+from resnet_deploy import registry
+
+# (largest allowed top-1 drop in points, smallest top-1 agreement in %), per precision: each `Precision`
+# declaration carries its own (registry/precisions.py, which says why bf16 shares fp16's).
+DEFAULT_GATES: dict[str, tuple[float, float]] = {p.name: p.gate for p in registry.precisions()}
 # INT8 on a CPU: points of top-1 agreement with FP32 by which this machine's integer kernels may trail the Q/DQ
 # arithmetic of the same model (ONNX Runtime with graph optimizations off) before the gap counts as saturation.
 SATURATION_GAP = 0.5
@@ -57,7 +53,7 @@ def saturating(only_arithmetic: int, only_kernels: int, images: int) -> tuple[bo
     p = mcnemar_exact_p(only_kernels, only_arithmetic)
     return gap > SATURATION_GAP and p < SATURATION_P, gap, p
 # Points the build-time agreement check adds to validate's agreement gate (see the module docstring).
-BUILD_MARGIN: dict[str, float] = {"fp32": 0.05, "fp16": 0.2, "bf16": 0.2, "int8": 0.5}
+BUILD_MARGIN: dict[str, float] = {p.name: p.build_margin for p in registry.precisions()}
 RANDOM_WEIGHTS_REASON = ("the model card says the weights are random: agreement between two precisions of random "
                          "weights is noise, so this check is informational")
 RANDOM_INPUTS_REASON = "checked on random inputs, not images: agreement there is noise, so this check is informational"

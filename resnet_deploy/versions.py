@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from importlib import metadata
 
-# Library → the distributions that install it (the first one present wins).
+from resnet_deploy import registry
+
+# Library → the distributions that install it (the first one present wins). The runtimes' names come from their
+# declarations (registry/backends.py); the rest are the pipeline's own libraries.
 DISTRIBUTIONS = {
     "torch": ("torch",),
     "torchvision": ("torchvision",),
     "onnx": ("onnx",),
-    "onnxruntime": ("onnxruntime", "onnxruntime-gpu", "onnxruntime-openvino", "onnxruntime-directml"),
-    "tensorrt": ("tensorrt", "tensorrt-cu13", "tensorrt-cu12", "tensorrt-cu11", "tensorrt-lean", "tensorrt-dispatch"),
-    "openvino": ("openvino",),
+    **{b.module: b.distributions for b in registry.backends()},  # by module: two backends may share one (torch)
     "numpy": ("numpy",),
 }
 

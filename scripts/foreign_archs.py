@@ -149,7 +149,7 @@ def run_arch(arch: str, work: Path, data: Path, *, calib_samples: int, batch_siz
         if (arch, precision) in KNOWN_CRASHES:
             not_built[key] = KNOWN_CRASHES[(arch, precision)]
             continue
-        request = BuildRequest(onnx=raw, fp16=precision == "fp16", int8=precision == "int8", target=target,
+        request = BuildRequest(onnx=raw, precision=precision, target=target,
                                calib_data=data / "train", calib_samples=calib_samples, card_flags=flags,
                                output=work / f"{arch}{suffix}", min_agreement=0.0)
         try:

@@ -1,7 +1,10 @@
 """The engine contract: every backend available here meets the same interface (engines.base.Engine).
 
-One suite, parametrized over `ENGINE_FACTORIES`. A new backend (TensorRT, OpenVINO) adds one
-`EngineFactory` entry to that list: a `make(model)` that opens its engine on the shared contract
+One suite, parametrized over `ENGINE_FACTORIES`. Every backend declared in the registry
+(resnet_deploy/registry/backends.py) gets a `declared-<name>` entry automatically: its target builds an
+FP32 artifact of the contract model and `open_engine` opens it through the declaration (PyTorch: the card
+file), so a new backend is held to the contract without touching this file. Other entries cover engine
+options (precisions, providers, hints): a `make(model)` that opens its engine on the shared contract
 model (a PyTorch module, its card file and its ONNX export), the tolerance it is held to against
 the PyTorch fp32 reference, an `unavailable()` that returns a skip reason (or None), and marks
 (`pytest.mark.gpu` for CUDA/TensorRT).
@@ -135,7 +138,51 @@ def _tensorrt(model: ContractModel) -> Engine:
     return open_engine(plan)
 
 
-# Other backends append their factories here.
+def _declared(name: str) -> EngineFactory:
+    """The contract entry of a declared backend: its own target's FP32 artifact, opened through the registry."""
+    from resnet_deploy import registry
+
+    spec = registry.backend(name)
+
+    def make(model: ContractModel) -> Engine:
+        from resnet_deploy.artifacts import Artifact, open_engine
+
+        if spec.target is None:  # nothing is built for it: its artifact is the card file
+            return open_engine(model.card_path)
+        path = model.workdir / f"{ARCH}.declared.{name}{spec.default_suffix()}"
+        if not path.is_file():
+            from resnet_deploy.build import compile_artifact
+
+            source = model.card_path if spec.source == "card" else model.onnx_path
+            built = compile_artifact(name, source, path, precision="fp32",
+                                     card=Artifact(model.onnx_path).card, device=spec.devices[0])
+            undeclared = set(built.manifest.target) - set(spec.manifest_fields)
+            assert not undeclared, f"{name}'s manifest records fields its declaration does not list: {undeclared}"
+        return open_engine(path, device=spec.devices[0])
+
+    def unavailable() -> str | None:
+        if not spec.installed():
+            return f"{spec.display} is not installed ({spec.install_hint})"
+        if spec.target is None:
+            return None
+        from resnet_deploy.targets.base import target_usable
+
+        usable, why = target_usable(name, spec.devices[0])
+        return None if usable else why
+
+    gpu = "cpu" not in spec.devices
+    marks = (pytest.mark.gpu,) if gpu else ()
+    return EngineFactory(f"declared-{name}", make, tolerance=1e-2 if gpu else 1e-4, unavailable=unavailable,
+                         marks=marks + ((pytest.mark.slow,) if spec.slow_build else ()), deterministic=not gpu)
+
+
+def _declared_factories() -> list[EngineFactory]:
+    from resnet_deploy import registry
+
+    return [_declared(name) for name in registry.backend_names()]
+
+
+# Engine options beyond each backend's declared entry (appended at the end).
 ENGINE_FACTORIES: list[EngineFactory] = [
     EngineFactory("torch-fp32", _torch("fp32"), tolerance=1e-5),
     EngineFactory("torch-fp32-channels-last", _torch("fp32", channels_last=True), tolerance=1e-4),
@@ -158,6 +205,7 @@ ENGINE_FACTORIES: list[EngineFactory] = [
     # TensorRT builds FP32 with TF32 convolutions allowed, like the CUDA rows above.
     EngineFactory("tensorrt-fp32", _tensorrt, tolerance=1e-2, unavailable=_tensorrt_unavailable,
                   marks=(pytest.mark.gpu,), deterministic=False),
+    *_declared_factories(),
 ]
 
 
@@ -331,7 +379,9 @@ def test_prepared_input_is_the_array_the_run_reads(factory: EngineFactory, engin
                                                    inputs: dict[int, np.ndarray]) -> None:
     """`PreparedRun.input`: where LoadGen's SingleStream writes each sample; None where the run reads a copy."""
     prepared = engine.prepare_run(inputs[7].copy(), copy_free=True)
-    if factory.id not in IN_PLACE_INPUT:
+    # A declared-<backend> entry may do either; whichever it does is held to its rule.
+    declared_in_place = factory.id.startswith("declared-") and prepared.input is not None
+    if factory.id not in IN_PLACE_INPUT and not declared_in_place:
         assert prepared.input is None
         return
     assert prepared.input is not None and prepared.input.shape == inputs[7].shape

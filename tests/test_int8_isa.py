@@ -67,7 +67,7 @@ def ort_int8(digits, tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("isa")
     source = folder / "digits.onnx"
     shutil.copy(digits.onnx, source)
-    report = build(BuildRequest(onnx=source, int8=True, calib_data=digits.root / "train", calib_samples=128,
+    report = build(BuildRequest(onnx=source, precision="int8", calib_data=digits.root / "train", calib_samples=128,
                                 check_images=200, calib_method="minmax", target="onnxruntime"))
     return report.output
 
@@ -140,7 +140,7 @@ def test_a_refused_build_names_the_users_output_and_leaves_nothing(digits, tmp_p
     source = _make_sensitive(digits.onnx, tmp_path / "digits.onnx")
     output = tmp_path / "out" / "mine.int8.cpu.onnx"
     with pytest.raises(CheckFailed) as failed:
-        build(BuildRequest(onnx=source, int8=True, calib_data=digits.root / "train", calib_samples=128,
+        build(BuildRequest(onnx=source, precision="int8", calib_data=digits.root / "train", calib_samples=128,
                            target="onnxruntime", min_agreement=98.5, max_fallback_layers=0, output=output))
     message = str(failed.value)
     assert message.startswith(str(output)) and "resnet-deploy-build-" not in message

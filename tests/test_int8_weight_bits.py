@@ -34,7 +34,7 @@ def test_seven_bit_kernels_compute_the_arithmetic_and_eight_bit_saturate_without
     suffix = ".xml" if target == "openvino" else ".cpu.onnx"
     checks = {}
     for cpu, bits in (("portable", 7), ("vnni", 8)):
-        report = build(BuildRequest(onnx=onnx_model, int8=True, calib_data=cifar10_dir / "train", cpu=cpu,
+        report = build(BuildRequest(onnx=onnx_model, precision="int8", calib_data=cifar10_dir / "train", cpu=cpu,
                                     target=target, output=tmp_path / f"r20.{bits}bit{suffix}"))
         manifest = json.loads(report.output.with_name(report.output.name + ".json").read_text())
         assert manifest["isa"]["weight_bits"] == bits

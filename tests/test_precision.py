@@ -323,7 +323,7 @@ def test_build_reports_through_the_listener_and_writes_one_manifest(digits, tmp_
     phases: set[str] = set()
     listener = BuildListener(info=lambda m: lines.append(("info", m)), warn=lambda m: lines.append(("warn", m)),
                              progress=lambda phase, done, total: phases.add(phase))
-    report = build(BuildRequest(onnx=source, int8=True, calib_data=digits.root / "train", calib_samples=64,
+    report = build(BuildRequest(onnx=source, precision="int8", calib_data=digits.root / "train", calib_samples=64,
                                 calib_method="minmax", target="onnxruntime"), listener)
     assert report.output == tmp_path / "digits.int8.cpu.onnx" and report.output.is_file()
     assert ("info", "target: onnxruntime (asked for)") in lines and any("calibrate" in p for p in phases)

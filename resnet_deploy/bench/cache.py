@@ -113,7 +113,7 @@ class ArtifactCache:
         path = self.folder / "model.fp16.onnx"
         if "fp16" not in self._built and not self._reuse(path, self.fp32_onnx()):
             self._progress(f"converting {self.arch} to FP16 → {path}")
-        return self._precision_onnx("fp16", path, BuildRequest(fp16=True))
+        return self._precision_onnx("fp16", path, BuildRequest(precision="fp16"))
 
     def calibration_tag(self) -> str:
         if self.calib_data is None:
@@ -127,11 +127,11 @@ class ArtifactCache:
         path = self.folder / f"model.int8.{self.calibration_tag()}.onnx"
         if self.calib_data is None:
             # minmax: the fastest method, and the ranges of random images only matter for latency
-            request = BuildRequest(int8=True, random_calibration=True, calib_samples=RANDOM_CALIBRATION_SAMPLES,
+            request = BuildRequest(precision="int8", random_calibration=True, calib_samples=RANDOM_CALIBRATION_SAMPLES,
                                    calib_method="minmax")
             what = "random calibration images"
         else:
-            request = BuildRequest(int8=True, calib_data=self.calib_data,
+            request = BuildRequest(precision="int8", calib_data=self.calib_data,
                                    **({"calib_samples": self.calib_samples} if self.calib_samples else {}))
             what = f"calibrating on {self.calib_data}"
         if "int8" not in self._built and not self._reuse(path, self.fp32_onnx()):
@@ -153,7 +153,16 @@ class ArtifactCache:
         return built.path
 
     def onnx_for(self, precision: str) -> Path:
-        return {"fp32": self.fp32_onnx, "fp16": self.fp16_onnx, "int8": self.int8_onnx}[precision]()
+        own = {"fp32": self.fp32_onnx, "fp16": self.fp16_onnx, "int8": self.int8_onnx}
+        if precision in own:
+            return own[precision]()
+        # Any other declared precision made in ONNX without calibration: made by its maker, like FP16.
+        from resnet_deploy.build import BuildRequest
+
+        path = self.folder / f"model.{precision}.onnx"
+        if precision not in self._built and not self._reuse(path, self.fp32_onnx()):
+            self._progress(f"converting {self.arch} to {precision} → {path}")
+        return self._precision_onnx(precision, path, BuildRequest(precision=precision))
 
     def tensorrt_plan(self, precision: str, batch: int) -> Path:
         """A strongly typed TensorRT plan compiled from the ONNX of `precision`, tuned for `batch` (profile 1..batch).
@@ -169,7 +178,38 @@ class ArtifactCache:
             return path
         self._progress(f"building the TensorRT {precision} engine (batch {batch}) for {self.arch} → {path}")
         options = TensorRTBuildOptions(min_batch=1, opt_batch=batch, max_batch=batch)
-        compile_artifact("tensorrt", source, path, precision=precision, card=self.loaded.card, tensorrt=options)
+        compile_artifact("tensorrt", source, path, precision=precision, card=self.loaded.card, options=options)
+        return path
+
+
+    def card(self) -> Path:
+        """The in-memory model saved as a model card (what a card-compiling target builds from)."""
+        from resnet_deploy.card import save_card
+
+        path = self.folder / "model.safetensors"
+        if not path.is_file():
+            self.folder.mkdir(parents=True, exist_ok=True)
+            save_card(path, self.loaded.model, self.loaded.card)
+        return path
+
+    def target_artifact(self, backend: str, precision: str, device: str = "cpu") -> Path:
+        """The artifact a declared backend's target compiles from the ONNX of `precision` (the FP32 ONNX for a
+        precision no ONNX carries, e.g. bf16): how a backend without a case of its own in `bench/plan.py` is timed
+        for `--depth/--arch`."""
+        from resnet_deploy import registry
+        from resnet_deploy.build import compile_artifact
+
+        spec = registry.backend(backend)
+        made_in_onnx = registry.precision(precision).maker is not None
+        source = self.onnx_for(precision) if made_in_onnx else self.fp32_onnx()
+        if spec.source == "card":  # it compiles the PyTorch model: the cached model as a card
+            source = self.card()
+        calib = f"{self.calibration_tag()}." if precision == "int8" else ""
+        path = self.folder / f"model.{precision}.{calib}{backend}.{device}{spec.default_suffix()}"
+        if self._reuse(path, source):
+            return path
+        self._progress(f"building the {spec.display} {precision} artifact for {self.arch} → {path}")
+        compile_artifact(backend, source, path, precision=precision, card=self.loaded.card, device=device)
         return path
 
 

@@ -10,20 +10,21 @@ run here, each with its reason. `run_plan` times every case at every batch size,
 from __future__ import annotations
 
 import copy
-import importlib.util
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from engines.base import Engine
+from resnet_deploy import registry
 from resnet_deploy.bench.cache import ArtifactCache, Progress
 from resnet_deploy.bench.timing import BenchReport, Skipped, TimingConfig, add_speedups, flag_results
 from resnet_deploy.errors import UsageError
 
-BACKENDS = ("torch", "onnxruntime", "openvino", "tensorrt")
-PRECISIONS = ("fp32", "fp16", "bf16", "int8")
-EXTRAS = {"openvino": "pip install 'resnet-deploy[openvino]'", "tensorrt": "pip install 'resnet-deploy[tensorrt]'"}
+# Read from the declarations (registry/): every backend and precision, and the extra that installs each backend.
+BACKENDS = registry.backend_names()
+PRECISIONS = registry.precision_names()
+EXTRAS = {b.name: b.install_hint for b in registry.backends() if b.extra}
 
 
 @dataclass
@@ -58,16 +59,12 @@ class BenchPlan:
 
 
 def backend_installed(backend: str) -> bool:
-    module = {"torch": "torch", "onnxruntime": "onnxruntime", "openvino": "openvino", "tensorrt": "tensorrt"}[backend]
-    try:
-        return importlib.util.find_spec(module) is not None
-    except ValueError:  # sys.modules[module] is None: imports of it are blocked
-        return False
+    return registry.backend(backend).installed()
 
 
 def backend_usable(backend: str, device: str) -> tuple[bool, str]:
     """Whether `backend` can run on `device` here (the targets decide); the reason names what to install or change."""
-    if backend == "torch":
+    if registry.backend(backend).target is None:  # nothing to build: its engine runs in this process (PyTorch)
         return True, ""
     from resnet_deploy.targets.base import target_usable
 
@@ -75,18 +72,8 @@ def backend_usable(backend: str, device: str) -> tuple[bool, str]:
 
 
 def precision_unsupported(backend: str, precision: str, device: str) -> str | None:
-    """Why a backend never runs a precision in this tool (None: it does)."""
-    cpu = not device.startswith("cuda")
-    if backend == "torch":
-        if precision == "int8":
-            return "PyTorch eager has no INT8 path here; INT8 runs from the Q/DQ ONNX (onnxruntime, openvino, tensorrt)"
-        if precision == "fp16" and cpu:
-            return "PyTorch FP16 on the CPU is emulated and slow; use bf16, or fp16 with --device cuda"
-    if backend in ("onnxruntime", "tensorrt") and precision == "bf16":
-        return "no bf16 ONNX model is produced; bf16 runs on torch and openvino (use fp16 here)"
-    if backend == "openvino" and precision == "fp16":
-        return "OpenVINO on a CPU computes an FP16 model in f32 or bf16; ask for bf16 (its fast reduced precision)"
-    return None
+    """Why a backend never runs a precision in this tool (None: it does): its declaration says."""
+    return registry.backend(backend).why_not(precision, device)
 
 
 def check_requested_backends(backends: Sequence[str], explicit: bool) -> None:
@@ -103,12 +90,12 @@ def check_requested_backends(backends: Sequence[str], explicit: bool) -> None:
 
 def _torch_opener(model: Any, card: Any, precision: str, device: str, threads: int | None) -> Callable[[], Engine]:
     def open_torch() -> Engine:
-        from engines.torch_engine import TorchEngine
+        engine_class = registry.backend("torch").engine_class()  # an in-memory module, not an artifact
 
         size = card.preprocessing.input_size
         # The engine casts and moves its module in place: give each precision its own copy.
-        return TorchEngine(copy.deepcopy(model), input_shape=(3, size, size), num_classes=card.num_classes,
-                           precision=precision, device=device, threads=threads)
+        return engine_class(copy.deepcopy(model), input_shape=(3, size, size), num_classes=card.num_classes,
+                            precision=precision, device=device, threads=threads)
 
     return open_torch
 
@@ -166,26 +153,26 @@ def _arch_case(cache: ArtifactCache, model: Any, card: Any, backend: str, precis
                          artifact="(in memory)")
     if backend == "onnxruntime":
         def open_ort() -> Engine:
-            from engines.onnxruntime_engine import OnnxRuntimeEngine
-
             # The CPU INT8 artifact is the one build-engine ships for ONNX Runtime (uint8 activations).
             cpu_int8 = precision == "int8" and device == "cpu"
             path = cache.onnxruntime_int8_cpu() if cpu_int8 else cache.onnx_for(precision)
-            return OnnxRuntimeEngine(path, device=device, threads=threads)
+            return _open(backend, path, registry.OpenOptions(device=device, threads=threads))
 
         return BenchCase(label, backend, precision, open_ort, artifact=f"{cache.folder}/")
     if backend == "openvino":
         def open_openvino() -> Engine:
-            from engines.openvino_engine import OpenVINOEngine
-
             # fp32/bf16: the FP32 ONNX with that inference precision; int8: the Q/DQ ONNX.
             source = cache.int8_onnx() if precision == "int8" else cache.fp32_onnx()
             hint = {"fp32": "f32", "bf16": "bf16"}.get(precision)
-            return OpenVINOEngine(source, device="cpu", performance_hint="LATENCY", inference_precision=hint,
-                                  threads=threads)
+            return _open(backend, source, registry.OpenOptions(device="cpu", precision=hint, threads=threads))
 
         return BenchCase(label, backend, precision, open_openvino, artifact=f"{cache.folder}/")
+    if registry.backend(backend).target is not None:  # any other declared backend: its target's artifact
+        def open_built() -> Engine:
+            path = cache.target_artifact(backend, precision, device)
+            return _open(backend, path, registry.OpenOptions(device=device, threads=threads))
 
+        return BenchCase(label, backend, precision, open_built, artifact=f"{cache.folder}/")
     raise ValueError(f"no engine for backend {backend!r}")
 
 
@@ -229,12 +216,14 @@ def plan_for_artifacts(
         cards.setdefault(label, card)
         runners = [native]
         ort_only = _runtime_artifact(artifact)
-        if native == "onnxruntime" and wanted_backends and "openvino" in wanted_backends:
-            if ort_only:  # what OpenVINO cannot compile is skipped with its reason, not a failed run
-                skipped.append(Skipped(label, "openvino", artifact.precision, f"{path.name} is {ort_only}: "
-                                       "give OpenVINO the ONNX model it was built from, or its IR"))
+        for reader in _onnx_readers(native, wanted_backends):  # OpenVINO reads ONNX directly
+            if ort_only:  # what it cannot compile is skipped with its reason, not a failed run
+                spec = registry.backend(reader)
+                skipped.append(Skipped(label, reader, artifact.precision, f"{path.name} is {ort_only}: give "
+                                       f"{spec.display} the ONNX model it was built from, or its "
+                                       f"{spec.default_suffix()} artifact"))
             else:
-                runners.append("openvino")  # OpenVINO reads ONNX directly
+                runners.append(reader)
         if wanted_backends:
             runners = [b for b in runners if b in wanted_backends]
             if not runners:
@@ -247,7 +236,7 @@ def plan_for_artifacts(
                 why = reason if not usable else precision_unsupported(backend, precision, device)
                 # What build-engine makes, bench runs: an FP16 IR (`build-engine --fp16`, OpenVINO by default on
                 # a CPU) is timed at the precision OpenVINO computes it in here, and the row says which.
-                as_computed = usable and backend == "openvino" and precision == "fp16"
+                as_computed = usable and registry.backend(backend).timed_as_built(precision, device)
                 if as_computed:
                     why = None
                     notes.append(f"{path.name}: an FP16 model; OpenVINO on a CPU computes it in f32 or bf16 (not "
@@ -257,10 +246,8 @@ def plan_for_artifacts(
                     continue
                 if backend == "torch" and precision == "fp32":
                     torch_given.add(label)
-                # OpenVINO on an FP32 model: the precision asked for is its inference precision.
-                hint = {"fp32": "f32", "bf16": "bf16"}.get(precision) if graph == "fp32" else None
                 cases.append(BenchCase(label, backend, precision, _artifact_opener(
-                    open_engine, path, backend, precision, hint, device, threads, include_copies), artifact=str(path),
+                    open_engine, path, backend, precision, graph, device, threads, include_copies), artifact=str(path),
                     static_batch=static, as_computed=as_computed))
     if wanted_backends is None or "torch" in wanted_backends:
         for label, card in cards.items():
@@ -276,6 +263,13 @@ def plan_for_artifacts(
             notes.append(f"{label}: the PyTorch FP32 baseline is built from the artifact's card with random weights "
                          "(latency does not depend on weight values).")
     return BenchPlan(cases, skipped, notes)
+
+
+def _onnx_readers(native: str, wanted: Sequence[str] | None) -> list[str]:
+    """The other backends asked for that also run a plain ONNX model (`Backend.reads_onnx`)."""
+    if not wanted or registry.backend_for_suffix(".onnx") is not registry.backend(native):
+        return []
+    return [b.name for b in registry.backends() if b.reads_onnx and b.name != native and b.name in wanted]
 
 
 def _runtime_artifact(artifact: Any) -> str | None:
@@ -329,27 +323,32 @@ def _no_baseline(card: Any) -> str | None:
 
 
 def _artifact_precisions(backend: str, graph: str, precisions: Sequence[str] | None) -> list[str]:
-    """PyTorch runs the precisions asked for (fp32 by default); OpenVINO picks its inference precision for an
-    FP32 model; everything else runs the precision its graph carries."""
-    if backend == "torch":
-        return list(precisions) if precisions else ["fp32"]
-    if backend == "openvino" and graph == "fp32":
-        return [p for p in (precisions or ["fp32"]) if p in ("fp32", "bf16")] or ["fp32"]
-    return [graph]
+    """An engine that chooses its precision when it opens (`Backend.runtime_precisions`: PyTorch's dtype, OpenVINO's
+    inference precision) runs an FP32 model at those asked for (PyTorch, the baseline: every one asked, the skips
+    say why); everything else runs the precision its graph carries."""
+    spec = registry.backend(backend)
+    if graph != "fp32" or not spec.runtime_precisions:
+        return [graph]
+    asked = list(precisions) if precisions else ["fp32"]
+    if spec.target is None:
+        return asked
+    return [p for p in asked if p in spec.runtime_precisions] or ["fp32"]
 
 
-def _artifact_opener(open_engine: Callable[..., Engine], path: Path, backend: str, precision: str, hint: str | None,
+def _artifact_opener(open_engine: Callable[..., Engine], path: Path, backend: str, precision: str, graph: str,
                      device: str, threads: int | None, include_copies: bool) -> Callable[[], Engine]:
     def open_artifact() -> Engine:
-        if backend == "openvino":
-            from engines.openvino_engine import OpenVINOEngine
-
-            return OpenVINOEngine(path, device="cpu", performance_hint="LATENCY", inference_precision=hint,
-                                  threads=threads)
-        return open_engine(path, device=device, precision=precision if backend == "torch" else None,
+        # On an FP32 graph the precision asked for is the engine's choice (PyTorch's dtype, OpenVINO's inference
+        # precision); any other graph runs the precision it carries.
+        return open_engine(path, backend=backend, device=device, precision=precision if graph == "fp32" else None,
                            threads=threads, include_copies=include_copies)
 
     return open_artifact
+
+
+def _open(backend: str, path: Path, options: registry.OpenOptions) -> Engine:
+    """A cached model this run built itself: opened as it is (no file or self-check: it was just made here)."""
+    return registry.open_with(registry.backend(backend), path, options)
 
 
 def plan_for_architecture_or_artifacts(arch: str | None, artifacts: Sequence[Path], *, backends: Sequence[str] | None,

@@ -11,6 +11,7 @@ from typing import Annotated, Any
 
 import typer
 
+from resnet_deploy import registry
 from resnet_deploy.commands._card_flags import (
     ClassesFromOption,
     ClassesOption,
@@ -36,6 +37,17 @@ from resnet_deploy.errors import Interrupted
 from resnet_deploy.paths import check_io
 
 
+def _target_help() -> str:
+    """--target's help, from the declarations: what `auto` tries, then every target."""
+    order = [registry.backend(name).display for name in registry.auto_order()]
+    auto = ", else ".join(f"{name} if usable" for name in order[:-1]) + f", else {order[-1]}"
+    names = registry.target_names()
+    return f"auto ({auto}), {', '.join(names[:-1])} or {names[-1]}."
+
+
+_TARGET_HELP = _target_help()
+
+
 def build_engine(
     onnx: Annotated[Path | None, typer.Option(
         "--onnx", help="FP32 ONNX model: from `resnet-deploy export` or `import-onnx` (its metadata carries the "
@@ -46,12 +58,9 @@ def build_engine(
     checkpoint: CheckpointOption = None,
     num_classes: NumClassesOption = None,
     opset: Annotated[int | None, typer.Option("--opset", help="ONNX opset when exporting first (default 20).")] = None,
-    fp16: Annotated[bool, typer.Option("--fp16", help="FP16-typed model (float32 I/O); with --int8: FP16 "
-                                                      "for what is not quantized.")] = False,
-    int8: Annotated[bool, typer.Option("--int8", help="Calibrated INT8 (explicit Q/DQ) model; needs --calib-data.")]
-        = False,
-    bf16: Annotated[bool, typer.Option("--bf16", help="OpenVINO only: BF16 inference precision of the FP32 model.")]
-        = False,
+    fp16: Annotated[bool, typer.Option("--fp16", help=registry.precision("fp16").help)] = False,
+    int8: Annotated[bool, typer.Option("--int8", help=registry.precision("int8").help)] = False,
+    bf16: Annotated[bool, typer.Option("--bf16", help=registry.precision("bf16").help)] = False,
     calib_data: Annotated[Path | None, typer.Option(
         "--calib-data", help="Folder of images to calibrate INT8 on (class subfolders optional, labels not needed); "
                              "also the check images of --fp16.")] = None,
@@ -82,9 +91,7 @@ def build_engine(
         "--cpu", help="INT8 for CPU targets: the CPU class it will run on. native (this machine's), avx2 (x86 "
                       "without VNNI: 7-bit weights, its u8×s8 kernels saturate on 8), vnni, amx, other (not x86), "
                       "or portable (7-bit: exact on every class).")] = "native",
-    target: Annotated[str, typer.Option(
-        "--target", help="auto (TensorRT if usable, else OpenVINO if installed, else ONNX Runtime), onnxruntime, "
-                         "tensorrt or openvino.")] = "auto",
+    target: Annotated[str, typer.Option("--target", help=_TARGET_HELP)] = "auto",
     device: DeviceOption = "cpu",
     output: OutputOption = None,
     min_batch: Annotated[int | None, typer.Option(
@@ -120,16 +127,17 @@ def build_engine(
 
     FP16 or calibrated INT8 made and checked in ONNX, then compiled for the target.
     """
-    from resnet_deploy.build import BuildListener, BuildRequest, build
+    from resnet_deploy.build import BuildListener, BuildRequest, build, precision_from_flags
 
     check_io(inputs=[onnx, checkpoint], outputs=[("--output", output), ("--timing-cache", timing_cache)])
     request = BuildRequest(
         onnx=onnx, arch=resolve_arch(depth, arch, required=False), checkpoint=checkpoint, num_classes=num_classes,
-        opset=opset, fp16=fp16, int8=int8, bf16=bf16, calib_data=calib_data, calib_samples=calib_samples,
+        opset=opset, **precision_from_flags(fp16=fp16, int8=int8, bf16=bf16), calib_data=calib_data,
+        calib_samples=calib_samples,
         check_images=check_images, calib_method=calib_method, calib_seed=calib_seed,
         random_calibration=random_calibration, min_agreement=min_agreement,
         max_fallback_layers=max_fallback_layers, cpu=cpu, target=target, device=device, output=output,
-        tensorrt={"min_batch": min_batch, "opt_batch": opt_batch, "max_batch": max_batch,
+        options={"min_batch": min_batch, "opt_batch": opt_batch, "max_batch": max_batch,
                   "workspace_bytes": workspace, "opt_level": opt_level, "timing_cache": timing_cache,
                   "version_compatible": version_compatible, "hardware_compatibility": hardware_compatibility},
         card_flags=card_flags(mean, std, input_size, resize_size, interpolation, classes, classes_from))

@@ -10,6 +10,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from resnet_deploy import registry
 from resnet_deploy.commands._options import ArchOption, DepthOption, JsonOption, NumClassesOption, resolve_arch
 from resnet_deploy.commands._output import emit_json, stdout
 from resnet_deploy.errors import UsageError
@@ -23,7 +24,7 @@ def run_self_check(artifact: Path) -> dict:
     from resnet_deploy.selfcheck import verify_if_needed
 
     path = artifact.with_suffix(".xml") if artifact.suffix.lower() == ".bin" else artifact
-    manifest = read_manifest(path) if backend_for(path) in ("onnxruntime", "openvino") else None
+    manifest = read_manifest(path) if registry.backend(backend_for(path)).verified_on_cpu else None
     if not manifest or not isinstance(manifest.get("self_check"), dict):
         raise UsageError(f"{path}: no self-check in its manifest (artifacts built by build-engine for ONNX Runtime or "
                          "OpenVINO carry one); rebuild it to get one")
@@ -52,13 +53,15 @@ def inspect(
     Architecture, parameters, multiply-adds and model card of a model or checkpoint; inputs, outputs, precision,
     model card, source hash and versions of an ONNX model, OpenVINO IR or TensorRT plan (from its manifest).
     """
-    from resnet_deploy.artifacts import ONNX_SUFFIXES, OPENVINO_SUFFIXES, TENSORRT_SUFFIXES
+    from resnet_deploy.artifacts import ONNX_SUFFIXES
     from resnet_deploy.card import ModelCard
     from resnet_deploy.summary import card_rows, summarize
 
     check_io(inputs=[artifact])
     suffix = artifact.suffix.lower() if artifact is not None else ""
-    if artifact is not None and suffix in (*ONNX_SUFFIXES, *OPENVINO_SUFFIXES, ".bin", *TENSORRT_SUFFIXES):
+    spec = registry.backend_for_suffix(suffix)
+    built = spec is not None and spec.manifest_format is not None  # an artifact a target builds (with a manifest)
+    if artifact is not None and (built or suffix == ".bin"):  # .bin: an OpenVINO IR's weights
         if suffix in ONNX_SUFFIXES:
             from resnet_deploy.artifact_checks import check_onnx_external_data
             from resnet_deploy.onnx_summary import summarize_onnx as summarize_file

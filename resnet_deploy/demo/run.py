@@ -18,6 +18,7 @@ from typing import Any
 
 from rich.markup import escape
 
+from resnet_deploy import registry
 from resnet_deploy.demo.outputs import claim_out_folder
 from resnet_deploy.errors import CheckFailed, ResnetDeployError, UsageError
 
@@ -32,7 +33,7 @@ class DemoOptions:
     bench_batch_sizes: str = "1,32"
     bench_duration: float = 2.0
     calib_samples: int = 256
-    targets: tuple[str, ...] = ("onnxruntime", "openvino", "tensorrt")
+    targets: tuple[str, ...] = registry.target_names()  # every declared target (registry/backends.py)
     force: bool = False  # start over in an --output folder that holds an earlier run (see demo/outputs.py)
 
 
@@ -223,7 +224,7 @@ def _build_step(name: str, title: str, argv: list[str], request: Any, hooks: Dem
 
 def _build_steps(options: DemoOptions, train_dir: Path, fp32: Path, stem: Path, hooks: DemoHooks,
                  result: DemoResult) -> None:
-    from resnet_deploy.artifacts import SUFFIXES
+    from resnet_deploy import registry
     from resnet_deploy.build import BuildRequest
     from resnet_deploy.targets.base import target_usable
 
@@ -232,7 +233,7 @@ def _build_steps(options: DemoOptions, train_dir: Path, fp32: Path, stem: Path, 
                                       ("int8", "Calibrated INT8 model (ONNX Runtime)", "--int8",
                                        f"{stem}.int8.cpu.onnx")):
         argv = ["build-engine", "--onnx", str(fp32), flag, *common, "--target", "onnxruntime", "--output", output]
-        request = BuildRequest(onnx=fp32, fp16=name == "fp16", int8=name == "int8", calib_data=train_dir,
+        request = BuildRequest(onnx=fp32, precision=name, calib_data=train_dir,
                                calib_samples=options.calib_samples, target="onnxruntime", output=Path(output))
         _build_step(name, title, argv, request, hooks, result)
 
@@ -240,7 +241,7 @@ def _build_steps(options: DemoOptions, train_dir: Path, fp32: Path, stem: Path, 
         if target == "onnxruntime":
             continue
         usable, reason = target_usable(target)
-        suffix = SUFFIXES[target][0]
+        suffix = registry.backend(target).default_suffix()
         for precision, flags in (("fp32", []), ("int8", ["--int8"])):
             output = f"{stem}.{target}{'.int8' if flags else ''}{suffix}"
             argv = ["build-engine", "--onnx", str(fp32), *flags, *common, "--target", target, "--output", output]
@@ -250,7 +251,7 @@ def _build_steps(options: DemoOptions, train_dir: Path, fp32: Path, stem: Path, 
                                                skipped_reason=reason))
                 hooks.announce(f"[yellow]skipped[/yellow] {escape(title)}: {escape(reason)}")
                 continue
-            request = BuildRequest(onnx=fp32, int8=bool(flags), calib_data=train_dir,
+            request = BuildRequest(onnx=fp32, precision=precision, calib_data=train_dir,
                                    calib_samples=options.calib_samples, target=target, output=Path(output))
             _build_step(f"{target}-{precision}", title, argv, request, hooks, result)
 

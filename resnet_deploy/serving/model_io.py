@@ -83,16 +83,23 @@ def read_artifact_io(path: str | Path, *, allow_torch: bool = False) -> Artifact
                          "through resnet-deploy's engine (`--backend python`)")
     if backend != "torch":
         check_artifact_files(artifact)
+    # The formats this module reads I/O from; any other declared backend's artifact: from its card (as PyTorch's).
     reader = {"torch": _torch_io, "onnxruntime": _onnx_io, "openvino": _openvino_io, "tensorrt": _tensorrt_io}
-    io = reader[backend](artifact)
+    io = reader.get(backend, _card_io)(artifact)
     manifest = read_manifest(artifact) if backend != "torch" else None
     return replace(io, manifest=manifest if isinstance(manifest, dict) and manifest else None)
 
 
 def _torch_io(path: Path) -> ArtifactIO:
+    return _card_io(path)
+
+
+def _card_io(path: Path) -> ArtifactIO:
+    """I/O from the model card: a float32 image batch in, the class logits out (PyTorch, and any declared backend
+    whose artifact this module has no reader for)."""
     card = artifact_card(path)
     size = card.preprocessing.input_size
-    return ArtifactIO(path, "torch", (path,), TensorSpec("input", "float32", (-1, 3, size, size)),
+    return ArtifactIO(path, backend_for(path), (path,), TensorSpec("input", "float32", (-1, 3, size, size)),
                       TensorSpec("logits", "float32", (-1, card.num_classes)), None, None, card)
 
 

@@ -23,13 +23,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from resnet_deploy import registry
 from resnet_deploy.artifacts import manifest_path
 from resnet_deploy.errors import BackendUnavailable, UsageError
 from resnet_deploy.serving.model_io import ArtifactIO
 
 TRITON_TYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "bfloat16": "TYPE_BF16", "int8": "TYPE_INT8",
                 "uint8": "TYPE_UINT8", "int32": "TYPE_INT32", "int64": "TYPE_INT64", "bool": "TYPE_BOOL"}
-MODEL_FILES = {"onnxruntime": "model.onnx", "tensorrt": "model.plan", "openvino": "model.xml"}
+MODEL_FILES = {b.name: b.triton.model_file for b in registry.backends() if b.triton}  # registry/backends.py
 DEFAULT_MAX_BATCH = 32  # for artifacts that accept any batch
 PREPROCESS_SOURCE = Path(__file__).with_name("triton_preprocess.py")
 ENGINE_MODEL_SOURCE = Path(__file__).with_name("triton_engine_model.py")
@@ -207,17 +208,14 @@ def classifier_entry(io: ArtifactIO, name: str, options: RepositoryOptions) -> t
         if sidecar.is_file():  # the engine checks the hashes it records, and reads the card from it
             files[f"{version}/{io.relative(sidecar)}"] = sidecar
     else:
-        if io.backend == "torch":
-            raise UsageError(f"{io.path}: no Triton backend reads a PyTorch card; use --backend python")
-        model_file = MODEL_FILES[io.backend]
-        if io.backend == "onnxruntime":
-            config.platform = "onnxruntime_onnx"
-        elif io.backend == "tensorrt":
-            config.platform = "tensorrt_plan"
+        form = registry.backend(io.backend).triton
+        if form is None:
+            raise UsageError(f"{io.path}: no Triton backend reads a {registry.backend(io.backend).display} "
+                             f"{'card' if io.backend == 'torch' else 'artifact'}; use --backend python")
+        model_file, config.platform, config.backend = form.model_file, form.platform or "", form.backend or ""
+        if io.backend == "tensorrt":  # a plan loads on the GPU generation it was built for only
             config.cc_model_filenames[io.compute_capability] = model_file
             notes.append(tensorrt_server(io)[2])
-        else:
-            config.backend = "openvino"
         config.default_model_filename = model_file
         files[f"{version}/{model_file}"] = io.path
         if io.backend == "openvino":
@@ -246,7 +244,8 @@ def classifier_entry(io: ArtifactIO, name: str, options: RepositoryOptions) -> t
     if max_batch > 0:
         config.dynamic_batching.preferred_batch_size.extend(_preferred_batches(max_batch))
         config.dynamic_batching.max_queue_delay_microseconds = options.max_queue_delay_us
-    gpu = (io.backend == "tensorrt" and not python) or (io.backend == "onnxruntime" and options.gpu and not python)
+    spec = registry.backend(io.backend)  # on a GPU: always (TensorRT), or when asked and it can (ONNX Runtime)
+    gpu = not python and spec.triton is not None and (spec.triton.gpu or (options.gpu and "cuda" in spec.devices))
     kind = schema.ModelInstanceGroup.KIND_GPU if gpu else schema.ModelInstanceGroup.KIND_CPU
     config.instance_group.add(count=options.instances, kind=kind)
     dims = _warmup_dims(io, list(config.input[0].dims), max_batch > 0)

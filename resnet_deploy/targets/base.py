@@ -7,14 +7,14 @@ targets only through `Target.build`; build, bench and the demo ask `target_usabl
 
 from __future__ import annotations
 
-import importlib
 import json
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from resnet_deploy.artifacts import MIXED_PRECISION_KEY, SUFFIXES, VERIFICATION_KEY, Manifest
+from resnet_deploy import registry
+from resnet_deploy.artifacts import MIXED_PRECISION_KEY, VERIFICATION_KEY, Manifest
 from resnet_deploy.errors import BackendUnavailable, UsageError
 
 if TYPE_CHECKING:
@@ -22,12 +22,9 @@ if TYPE_CHECKING:
 
     from resnet_deploy.card import ModelCard
 
-TARGET_NAMES = ("onnxruntime", "tensorrt", "openvino")
-AUTO_ORDER = ("tensorrt", "openvino", "onnxruntime")  # what `auto` prefers, fastest first
-_MODULES = {"onnxruntime": ("resnet_deploy.targets.onnxruntime", "OnnxRuntimeTarget"),
-            "openvino": ("resnet_deploy.targets.openvino", "OpenVINOTarget"),
-            "tensorrt": ("resnet_deploy.targets.tensorrt", "TensorRTTarget")}
-_DISPLAY = {"onnxruntime": "ONNX Runtime", "openvino": "OpenVINO", "tensorrt": "TensorRT"}
+# Read from the backend declarations (registry/backends.py): the targets, what `auto` prefers (fastest first).
+TARGET_NAMES = registry.target_names()
+AUTO_ORDER = registry.auto_order()
 
 
 @dataclass(frozen=True)
@@ -40,7 +37,7 @@ class TargetRequest:
     card: ModelCard
     device: str = "cpu"  # ONNX Runtime: the execution provider the artifact is optimized for
     check_images: np.ndarray | None = None  # real images to check the artifact on (None: random inputs)
-    tensorrt: Any = None  # TensorRTBuildOptions (TensorRT only)
+    options: Any = None  # what this target's `parse_options` made of the target-only options (TensorRT's profile)
 
 
 @dataclass
@@ -63,12 +60,25 @@ class Target(ABC):
     name: ClassVar[str]
 
     @property
+    def spec(self) -> registry.Backend:
+        """This target's declaration: its suffixes, precisions, devices, extra, options."""
+        return registry.backend(self.name)
+
+    @property
     def suffixes(self) -> tuple[str, ...]:
-        return SUFFIXES[self.name]
+        return self.spec.suffixes
+
+    @property
+    def precisions(self) -> tuple[str, ...]:
+        return self.spec.precisions
 
     def default_suffix(self, device: str = "cpu") -> str:
         """What `build` appends to `<model>.<precision>` when no output is named."""
         return self.suffixes[0]
+
+    def parse_options(self, given: dict[str, Any]) -> Any:
+        """The target-only build options (`Backend.options` keys) checked and parsed; None: it takes none."""
+        return None
 
     @abstractmethod
     def usable(self, device: str | None = None) -> tuple[bool, str]:
@@ -76,14 +86,15 @@ class Target(ABC):
 
     @abstractmethod
     def build(self, request: TargetRequest) -> BuildResult:
-        """Compile `request.model` into `request.output` and write its manifest."""
+        """Compile `request.model` into `request.output`, write its manifest, and return it in the result."""
 
 
 def get_target(name: str) -> Target:
-    if name not in _MODULES:
+    if name not in TARGET_NAMES:
         raise UsageError(f"--target must be one of auto, {', '.join(TARGET_NAMES)}, got {name!r}")
-    module, cls = _MODULES[name]
-    return getattr(importlib.import_module(module), cls)()
+    cls = registry.backend(name).target_class()
+    assert cls is not None
+    return cls()
 
 
 def target_usable(name: str, device: str | None = None) -> tuple[bool, str]:
@@ -91,27 +102,36 @@ def target_usable(name: str, device: str | None = None) -> tuple[bool, str]:
     try:
         target = get_target(name)
     except ImportError as exc:
-        return False, f"the {_DISPLAY[name]} target is not installed ({exc})"
+        return False, f"the {registry.backend(name).display} target is not installed ({exc})"
     return target.usable(device)
 
 
+def _device_for(name: str, device: str) -> str | None:
+    """The device a target is judged on: a target that runs on several devices on the one asked for; a
+    single-device target (TensorRT: CUDA; OpenVINO: CPU) on whether it can build at all (None)."""
+    return device if len(registry.backend(name).devices) > 1 else None
+
+
 def resolve_target(name: str, device: str = "cpu") -> tuple[Target, str]:
-    """(target, why): `auto` prefers TensorRT, then OpenVINO, then ONNX Runtime; an explicit one must be usable."""
+    """(target, why): `auto` tries the declared `auto_rank` order (TensorRT, OpenVINO, ONNX Runtime); an
+    explicit one must be usable."""
     if name != "auto":
         target = get_target(name)
-        usable, why = target_usable(name, device if name == "onnxruntime" else None)
+        usable, why = target_usable(name, _device_for(name, device))
         if not usable:
-            raise BackendUnavailable(f"TensorRT is not available ({why})" if name == "tensorrt" else why)
+            raise BackendUnavailable(f"{target.spec.display} is not available ({why})"
+                                     if target.spec.devices == ("cuda",) else why)
         return target, "asked for"
     reasons = []
     for candidate in AUTO_ORDER:
-        usable, why = target_usable(candidate, device if candidate == "onnxruntime" else None)
+        usable, why = target_usable(candidate, _device_for(candidate, device))
         if usable:
-            if candidate == "tensorrt":
-                return get_target(candidate), "auto: TensorRT and a CUDA GPU are usable"
+            spec = registry.backend(candidate)
+            if spec.devices == ("cuda",):
+                return get_target(candidate), f"auto: {spec.display} and a CUDA GPU are usable"
             tail = f"; {why}" if why else ""
             return get_target(candidate), "auto: " + "; ".join(reasons) + tail
-        reasons.append(f"{_DISPLAY[candidate]} is not usable ({why})")
+        reasons.append(f"{registry.backend(candidate).display} is not usable ({why})")
     raise BackendUnavailable("no target is usable here: " + "; ".join(reasons))
 
 

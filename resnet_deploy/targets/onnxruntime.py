@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from resnet_deploy import registry
 from resnet_deploy.artifacts import (
     ARTIFACT_KEY,
     CALIBRATION_KEY,
@@ -47,7 +48,6 @@ from resnet_deploy.artifacts import (
     PRECISION_KEY,
     QUANTIZATION_KEY,
     SOURCE_ONNX_SHA256_KEY,
-    SUFFIXES,
     VERIFICATION_KEY,
     Manifest,
     manifest_versions,
@@ -109,7 +109,7 @@ def build_onnxruntime_artifact(
     if missing:
         raise BackendUnavailable(f"ONNX Runtime has no {', '.join(missing)} here (available: "
                                  f"{', '.join(ort.get_available_providers())}); install onnxruntime-gpu with CUDA")
-    if output.suffix.lower() not in SUFFIXES["onnxruntime"]:
+    if output.suffix.lower() not in registry.backend("onnxruntime").suffixes:
         raise UsageError(f"{output}: an ONNX Runtime artifact is an .onnx file")
     if output.resolve() == source.resolve():
         raise UsageError(f"{output}: the artifact would overwrite its source; choose another --output")

@@ -33,14 +33,15 @@ from typing import Any
 
 import numpy as np
 
-from resnet_deploy.artifacts import SUFFIXES, Manifest, manifest_versions, onnx_stem
+from resnet_deploy import registry
+from resnet_deploy.artifacts import Manifest, manifest_versions, onnx_stem
 from resnet_deploy.atomic import sha256_file
 from resnet_deploy.card import ModelCard
 from resnet_deploy.errors import BackendUnavailable, CheckFailed, UsageError
 from resnet_deploy.targets.base import BuildResult, Target, TargetRequest, mixed_precision_of, precision_check_of
 
 INSTALL_HINT = "OpenVINO is not installed (pip install 'resnet-deploy[openvino]')"
-PRECISIONS = ("fp32", "fp16", "bf16", "int8")
+PRECISIONS = registry.backend("openvino").precisions  # the declaration's (registry/backends.py)
 DEFAULT_HINTS: dict[str, str | None] = {"fp32": "f32", "bf16": "bf16", "fp16": "f16", "int8": None}
 CHECK_IMAGES = 4  # random images compared against ONNX Runtime on the source model
 
@@ -59,7 +60,7 @@ class OpenVINOBuildResult:
     agreement: float  # top-1 agreement on the same images, percent
     seconds: float
     notes: list[str] = field(default_factory=list)  # things the user should know (printed as warnings)
-    manifest: dict[str, Any] = field(default_factory=dict)
+    manifest: Manifest | None = field(default=None, repr=False)  # what was written beside the IR
 
 
 def openvino_usable() -> tuple[bool, str]:
@@ -121,7 +122,7 @@ def build_openvino_ir(
         raise UsageError(f"OpenVINO precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if not source.is_file():
         raise UsageError(f"{source}: no such file")
-    if output.suffix.lower() not in SUFFIXES["openvino"]:
+    if output.suffix.lower() not in registry.backend("openvino").suffixes:
         raise UsageError(f"{output}: an OpenVINO IR is named .xml (its weights go beside it as .bin)")
     hint = hint_type_name(inference_precision) if inference_precision is not None else DEFAULT_HINTS[precision]
     card_dict = _card_dict(card, source)
@@ -178,7 +179,7 @@ def build_openvino_ir(
         path=output, bin_path=bin_path, manifest_path=manifest_file, precision=precision,
         inference_precision=hint, runtime_precision=runtime, compressed_to_fp16=compress,
         source_sha256=manifest.source_onnx["sha256"], max_abs_logit_diff=max_diff, agreement=agreement,
-        seconds=seconds, notes=notes, manifest=manifest.to_dict(),
+        seconds=seconds, notes=notes, manifest=manifest,
     )
 
 
@@ -250,6 +251,8 @@ class OpenVINOTarget(Target):
         result = build_openvino_ir(request.model, request.output, precision=request.precision, card=request.card)
         row = (f"runs as {result.runtime_precision}; top-1 agreement {result.agreement:.1f}% with the source "
                f"ONNX on ONNX Runtime, max |Δ logit| {result.max_abs_logit_diff:.4g} (random inputs)")
-        details = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(result).items()}
-        return BuildResult(self.name, result.path, result.manifest_path, Manifest.from_dict(result.manifest),
+        assert result.manifest is not None
+        details = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(result).items() if k != "manifest"}
+        details["manifest"] = result.manifest.to_dict()
+        return BuildResult(self.name, result.path, result.manifest_path, result.manifest,
                            summary=[("artifact check", row)], warnings=list(result.notes), details=details)

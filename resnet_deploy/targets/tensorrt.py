@@ -22,7 +22,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from resnet_deploy.artifacts import SUFFIXES, Manifest, manifest_versions
+from resnet_deploy import registry
+from resnet_deploy.artifacts import Manifest, manifest_versions
 from resnet_deploy.atomic import sha256_file, write_bytes
 from resnet_deploy.errors import BackendUnavailable, CheckFailed, UsageError
 from resnet_deploy.targets.base import BuildResult, Target, TargetRequest, mixed_precision_of, precision_check_of
@@ -30,8 +31,8 @@ from resnet_deploy.targets.base import BuildResult, Target, TargetRequest, mixed
 if TYPE_CHECKING:  # engines.tensorrt is imported lazily at run time
     from engines.tensorrt.inspect import PrecisionSummary, PrecisionVerdict
 
-PRECISIONS = ("fp32", "fp16", "int8")
-PLAN_SUFFIXES = SUFFIXES["tensorrt"]
+PRECISIONS = registry.backend("tensorrt").precisions  # the declaration's (registry/backends.py)
+PLAN_SUFFIXES = registry.backend("tensorrt").suffixes
 _SIZE_UNITS = {"": 1, "b": 1, "k": 1 << 10, "kb": 10**3, "kib": 1 << 10, "m": 1 << 20, "mb": 10**6,
                "mib": 1 << 20, "g": 1 << 30, "gb": 10**9, "gib": 1 << 30}
 
@@ -111,9 +112,11 @@ class TensorRTBuildResult:
     timing_cache: Path | None = None
     timing_cache_status: str = "off"
     warnings: list[str] = field(default_factory=list)
+    manifest: Manifest | None = field(default=None, repr=False)  # what was written beside the plan
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
+        data.pop("manifest")
         data["plan_path"] = str(self.plan_path)
         data["manifest_path"] = str(self.manifest_path)
         data["timing_cache"] = str(self.timing_cache) if self.timing_cache is not None else None
@@ -170,7 +173,7 @@ def build_tensorrt_engine(onnx_path: str | Path, output: str | Path, *, precisio
         precision_check=verdict.to_dict(), batch_profile=built.batch_profile,
         tensorrt_version=built.tensorrt_version, gpu_name=gpu_name, compute_capability=capability,
         build_seconds=round(built.build_seconds, 3), timing_cache=cache_path,
-        timing_cache_status=built.timing_cache_status, warnings=warnings,
+        timing_cache_status=built.timing_cache_status, warnings=warnings, manifest=manifest,
     )
 
 
@@ -258,6 +261,12 @@ class TensorRTTarget(Target):
 
     name = "tensorrt"
 
+    def parse_options(self, given: dict[str, Any]) -> TensorRTBuildOptions:
+        given = {k: v for k, v in given.items() if v is not None and v is not False}
+        if "workspace_bytes" in given:
+            given = {**given, "workspace_bytes": parse_byte_size(given["workspace_bytes"])}
+        return TensorRTBuildOptions(**given).validated()
+
     def usable(self, device: str | None = None) -> tuple[bool, str]:
         if device is not None and not device.startswith("cuda"):
             return False, "TensorRT needs an NVIDIA GPU; use --device cuda"
@@ -266,12 +275,10 @@ class TensorRTTarget(Target):
     def build(self, request: TargetRequest) -> BuildResult:
         precision = "fp32" if request.precision == "bf16" else request.precision
         result = build_tensorrt_engine(request.model, request.output, precision=precision,
-                                       options=request.tensorrt, card=request.card)
-        from resnet_deploy.artifacts import read_manifest
-
+                                       options=request.options, card=request.card)
         layers = ", ".join(f"{k} {v}" for k, v in sorted(result.layer_precisions.items()))
         row = f"{layers} (TensorRT {result.tensorrt_version}, {result.gpu_name})"
-        return BuildResult(self.name, result.plan_path, result.manifest_path,
-                           Manifest.from_dict(read_manifest(result.plan_path) or {}),
+        assert result.manifest is not None
+        return BuildResult(self.name, result.plan_path, result.manifest_path, result.manifest,
                            summary=[("engine layers", row)], warnings=list(result.warnings),
                            details=result.to_dict())
