@@ -34,6 +34,9 @@ META_INPUT_SHAPE = "resnet_deploy.input_shape"  # "3x224x224": one image, withou
 META_NUM_CLASSES = "resnet_deploy.num_classes"
 META_DEVICE = "AOTI_DEVICE_KEY"  # PyTorch's: "cpu" or "cuda"
 META_CPU_ISA = "AOTI_CPU_ISA"  # PyTorch's, CPU packages: the vector ISA the kernels were compiled for
+META_TORCH = "resnet_deploy.torch"  # the PyTorch that compiled it: the package's library links against it
+# x86 vector ISAs in the order a CPU that has one has the ones before it (PyTorch's names, upper case).
+_X86_ISA_RANK = {"DEFAULT": 0, "AVX2": 1, "AVX512": 2, "AMX_TILE": 2}
 
 
 def read_package_metadata(path: str | Path) -> dict[str, str]:
@@ -76,6 +79,11 @@ class AOTInductorEngine(Engine):
             self._model = None
             raise ModelLoadError(f"{self.path}: the package was compiled for {built_for}, not {device}; run it with "
                                  f"--device {built_for} or build it again for {device}")
+        stale = _stale(meta, torch, built_for)
+        if stale:
+            self._model = None
+            raise ModelLoadError(f"{self.path}: {stale}; build the package again here (build-engine --target "
+                                 "aotinductor)")
         try:
             shape = tuple(int(d) for d in meta[META_INPUT_SHAPE].split("x"))
             classes = int(meta[META_NUM_CLASSES])
@@ -139,3 +147,17 @@ class AOTInductorEngine(Engine):
         self._model = None
         super().close()
 
+
+
+def _stale(meta: dict[str, str], torch: Any, device: str) -> str | None:
+    """Why this machine cannot run the package although it loaded (None: it can): another PyTorch version (the
+    compiled library is tied to the one that made it), or a CPU package whose vector ISA this CPU lacks."""
+    built_with = meta.get(META_TORCH)
+    if built_with and built_with != torch.__version__:
+        return f"compiled with PyTorch {built_with}, this is PyTorch {torch.__version__}"
+    wanted = (meta.get(META_CPU_ISA) or "").upper()
+    if device == "cpu" and wanted in _X86_ISA_RANK:
+        here = str(torch.backends.cpu.get_cpu_capability()).upper()
+        if _X86_ISA_RANK[wanted] > _X86_ISA_RANK.get(here, 0):
+            return f"its kernels use {wanted} instructions and this CPU offers {here}"
+    return None

@@ -176,3 +176,17 @@ def test_resnet50_random_weights_end_to_end(tmp_path: Path) -> None:
     assert manifest["card"]["arch"] == "resnet50" and manifest["source_onnx"]["random_weights"]
     check = manifest["artifact_check"].get("load_check") or manifest["artifact_check"]  # no gate images: the load check
     assert check["max_abs_logit_diff"] < 1e-2 and check["agreement"] == 100.0
+
+
+def test_a_package_from_another_pytorch_or_a_wider_cpu_is_stale() -> None:
+    import torch
+
+    from engines.aotinductor_engine import _stale
+
+    here = torch.__version__
+    assert _stale({"resnet_deploy.torch": here, "AOTI_CPU_ISA": "AVX2"}, torch, "cpu") is None or \
+        torch.backends.cpu.get_cpu_capability() == "DEFAULT"
+    assert "PyTorch 2.0.0" in (_stale({"resnet_deploy.torch": "2.0.0"}, torch, "cpu") or "")
+    if str(torch.backends.cpu.get_cpu_capability()).upper() == "AVX2":  # this machine: AVX2, no AVX-512
+        assert "AVX512" in (_stale({"resnet_deploy.torch": here, "AOTI_CPU_ISA": "AVX512"}, torch, "cpu") or "")
+    assert _stale({"resnet_deploy.torch": here, "AOTI_CPU_ISA": "AVX512"}, torch, "cuda") is None

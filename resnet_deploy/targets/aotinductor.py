@@ -176,7 +176,8 @@ def build_aotinductor_package(source: str | Path, output: str | Path, *, precisi
     size = card.preprocessing.input_size
     shape = (3, size, size)
     metadata = {"resnet_deploy.precision": precision, "resnet_deploy.input_shape": "x".join(map(str, shape)),
-                "resnet_deploy.num_classes": str(card.num_classes), "resnet_deploy.arch": card.arch}
+                "resnet_deploy.num_classes": str(card.num_classes), "resnet_deploy.arch": card.arch,
+                "resnet_deploy.torch": torch.__version__}
 
     output.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent))
