@@ -51,7 +51,8 @@ PRECISIONS = ("fp32", "bf16")
 DEVICES = ("cpu", "cuda")
 ENGINE_CLASS = "engines.aotinductor_engine:AOTInductorEngine"
 MANIFEST_FORMAT = "resnet-deploy/aotinductor-package"
-INSTALL_HINT = "PyTorch with its Inductor compiler and a C++ compiler (g++ or clang++) on PATH"
+INSTALL_HINT = ("PyTorch with its Inductor compiler and a C++ compiler (g++ or clang++) on PATH; for --device cuda "
+                "also the CUDA toolkit's headers (CUDA_HOME)")
 MAX_BATCH = 4096  # the dynamic batch dimension's upper bound
 ONNX_REFUSAL = ("AOTInductor compiles the PyTorch model, and an ONNX file has no way back to one: build from the "
                 "model card (--checkpoint CARD.safetensors, or --depth/--arch for random weights), not --onnx")
@@ -88,18 +89,18 @@ def aotinductor_usable(device: str | None = None) -> tuple[bool, str]:
         import torch._inductor  # noqa: F401  (a PyTorch build without Inductor fails here)
     except ImportError as exc:
         return False, f"PyTorch's Inductor is not importable ({exc}); install {INSTALL_HINT}"
-    if device is not None and device.startswith("cuda"):
-        if not torch.cuda.is_available():
-            return False, "CUDA is not available to PyTorch here; use --device cpu"
-        return True, f"PyTorch {torch.__version__} with CUDA {torch.version.cuda}"
-    try:
+    cuda = device is not None and device.startswith("cuda")
+    if cuda and not torch.cuda.is_available():
+        return False, "CUDA is not available to PyTorch here; use --device cpu"
+    try:  # the CUDA path needs it too: the package's wrapper around the Triton kernels is C++
         from torch._inductor.cpp_builder import get_cpp_compiler
 
         compiler = get_cpp_compiler()
     except Exception as exc:  # Inductor raises its own error when no compiler is found
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
         return False, f"no C++ compiler for AOTInductor ({first}); install g++ or clang++"
-    return True, f"PyTorch {torch.__version__}, C++ compiler {compiler}"
+    where = f"CUDA {torch.version.cuda}" if cuda else "CPU"
+    return True, f"PyTorch {torch.__version__} ({where}), C++ compiler {compiler}"
 
 
 def _serving_module(module: Any, precision: str) -> Any:
