@@ -94,6 +94,7 @@ def test_manifest_names_the_package_and_its_card(package: Path, trained_digits: 
     assert manifest["source_onnx"]["sha256"] == sha256_file(trained_digits["card"])
     assert manifest["compiled_for"] == "cpu" and manifest["compile_seconds"] > 0
     assert manifest["self_check"]["tolerance"] > 0 and manifest["isa"]["class"]  # the build's gate recorded both
+    assert "--checkpoint" in manifest["isa"]["rebuild"] and "--target aotinductor" in manifest["isa"]["rebuild"]
     assert manifest["artifact_check"]["here"]["passed"]
     artifact = Artifact(package)
     assert artifact.card.class_names == trained_digits["model_card"].class_names and artifact.precision == "fp32"
