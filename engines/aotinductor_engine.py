@@ -34,7 +34,7 @@ META_INPUT_SHAPE = "resnet_deploy.input_shape"  # "3x224x224": one image, withou
 META_NUM_CLASSES = "resnet_deploy.num_classes"
 META_DEVICE = "AOTI_DEVICE_KEY"  # PyTorch's: "cpu" or "cuda"
 META_CPU_ISA = "AOTI_CPU_ISA"  # PyTorch's, CPU packages: the vector ISA the kernels were compiled for
-META_TORCH = "resnet_deploy.torch"  # the PyTorch that compiled it: the package's library links against it
+META_TORCH = "resnet_deploy.torch"  # the PyTorch that compiled it: an older one may not run the package
 # x86 vector ISAs in the order a CPU that has one has the ones before it (PyTorch's names, upper case).
 _X86_ISA_RANK = {"DEFAULT": 0, "AVX2": 1, "AVX512": 2, "AMX_TILE": 2}
 
@@ -153,11 +153,22 @@ def _stale(meta: dict[str, str], torch: Any, device: str) -> str | None:
     """Why this machine cannot run the package although it loaded (None: it can): another PyTorch version (the
     compiled library is tied to the one that made it), or a CPU package whose vector ISA this CPU lacks."""
     built_with = meta.get(META_TORCH)
-    if built_with and built_with != torch.__version__:
-        return f"compiled with PyTorch {built_with}, this is PyTorch {torch.__version__}"
+    # AOTInductor's packages call PyTorch through its stable C shim, which newer releases keep: an older PyTorch
+    # than the one that compiled the package may lack what it calls.
+    if built_with and _release(torch.__version__) < _release(built_with):
+        return f"compiled with PyTorch {built_with}, newer than this PyTorch {torch.__version__}"
     wanted = (meta.get(META_CPU_ISA) or "").upper()
     if device == "cpu" and wanted in _X86_ISA_RANK:
         here = str(torch.backends.cpu.get_cpu_capability()).upper()
         if _X86_ISA_RANK[wanted] > _X86_ISA_RANK.get(here, 0):
             return f"its kernels use {wanted} instructions and this CPU offers {here}"
     return None
+
+
+def _release(version: str) -> tuple[int, int, int]:
+    """"2.14.1+cu130" → (2, 14, 1): the release, without the local build label or a pre-release tail."""
+    import re
+
+    numbers = [int(re.match(r"\d*", part).group() or 0) for part in str(version).split("+")[0].split(".")[:3]]
+    major, minor, patch = (numbers + [0, 0, 0])[:3]
+    return major, minor, patch

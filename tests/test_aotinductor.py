@@ -188,7 +188,8 @@ def test_a_package_from_another_pytorch_or_a_wider_cpu_is_stale() -> None:
     here = torch.__version__
     assert _stale({"resnet_deploy.torch": here, "AOTI_CPU_ISA": "AVX2"}, torch, "cpu") is None or \
         torch.backends.cpu.get_cpu_capability() == "DEFAULT"
-    assert "PyTorch 2.0.0" in (_stale({"resnet_deploy.torch": "2.0.0"}, torch, "cpu") or "")
+    assert _stale({"resnet_deploy.torch": "2.0.0+cpu"}, torch, "cpu") is None  # an older compiler: runs here
+    assert "PyTorch 99.0.0" in (_stale({"resnet_deploy.torch": "99.0.0"}, torch, "cpu") or "")
     if str(torch.backends.cpu.get_cpu_capability()).upper() == "AVX2":  # this machine: AVX2, no AVX-512
         assert "AVX512" in (_stale({"resnet_deploy.torch": here, "AOTI_CPU_ISA": "AVX512"}, torch, "cpu") or "")
     assert _stale({"resnet_deploy.torch": here, "AOTI_CPU_ISA": "AVX512"}, torch, "cuda") is None
