@@ -78,4 +78,17 @@ BACKENDS: tuple[Backend, ...] = (
         triton=TritonForm("model.plan", platform="tensorrt_plan", gpu=True),
         color="#76b900",
     ),
+    Backend(
+        name="aotinductor", display="PyTorch AOTInductor", engine="engines.aotinductor_engine:AOTInductorEngine",
+        suffixes=(".pt2",), precisions=("fp32", "bf16"), devices=("cpu", "cuda"),
+        module="torch", distributions=("torch",), extra=None,
+        target="resnet_deploy.targets.aotinductor:AOTInductorTarget",
+        manifest_format="resnet-deploy/aotinductor-package",
+        manifest_fields=("device", "compiled_for", "cpu_isa", "dynamic_batch", "export_seconds", "compile_seconds",
+                         "package_metadata"),
+        source="card", verified_on_cpu=True, slow_build=True,
+        missing={"fp16": "AOTInductor builds FP32 or bf16 from the PyTorch model (no FP16 package here)",
+                 "int8": "AOTInductor has no INT8 path here; INT8 runs from the Q/DQ ONNX"},
+        color="#ff7f0e",
+    ),
 )
