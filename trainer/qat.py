@@ -44,14 +44,15 @@ STATE_FORMAT = "resnet_deploy.finetune_int8/1"
 DEFAULT_ITERS = 1000
 DEFAULT_BATCH = 128
 DEFAULT_LR = 0.001
-DEFAULT_TEMPERATURE = 2.0
-DEFAULT_CE_WEIGHT = 0.1
+DEFAULT_TEMPERATURE = 1.0
+DEFAULT_CE_WEIGHT = 0.0  # labels pull the student off the teacher's mistakes: agreement is the goal
 DEFAULT_CALIB_SAMPLES = 512
 DEFAULT_CHECK_IMAGES = 1000
 MOMENTUM = 0.9
 AMP_MODES = ("auto", "off", "bf16")
 # Options that define a run: on --resume they must match the saved ones (the state continues that run).
-RUN_DEFINING = ("iters", "batch_size", "lr", "temperature", "ce_weight", "seed", "weight_bits")
+RUN_DEFINING = ("iters", "batch_size", "lr", "temperature", "ce_weight", "seed", "weight_bits",
+                "quantize_logits")
 
 
 @dataclass
@@ -76,6 +77,7 @@ class FinetuneConfig:
     device: str = "auto"
     amp: str = "auto"
     workers: int | None = None
+    quantize_logits: bool = False  # the Gemm's output: float by default (its int8 grid alone flips near-ties)
 
     def check(self) -> None:
         positive = {"--iters": self.iters, "--max-iters": self.max_iters, "--lr": self.lr,
@@ -93,7 +95,6 @@ class FinetuneConfig:
             raise UsageError(f"-o {self.output}: the fine-tuned model is an ONNX file (name it .onnx)")
         if self.output.is_dir():
             raise UsageError(f"-o {self.output} is a folder; give a file name")
-
     @property
     def state_path(self) -> Path:
         """model.qat.onnx → model.qat.finetune.pt beside it."""
@@ -171,7 +172,7 @@ class _Finetune:
         self.data = self._open_data()
         from resnet_deploy.precision.qat import QatResNet
 
-        self.student = QatResNet(self.teacher, bits).to(ctx.device)
+        self.student = QatResNet(self.teacher, bits, cfg.quantize_logits).to(ctx.device)
         self.cpu_target, self.bits = cpu_target, bits
         self.amp_dtype = self._amp_dtype()
         self.batches = self._batches()
@@ -385,6 +386,7 @@ class _Finetune:
             "format": "QDQ", "weights": f"int8 ({self.bits}-bit range), per-channel (output channel), symmetric",
             "weight_bits": self.bits, "cpu_target": self.cpu_target,
             "activations": "int8, per-tensor, symmetric (zero point 0)", "bias": "float", "remainder": "fp32",
+            "logits": "int8" if cfg.quantize_logits else "float (the Gemm's inputs int8, its output float)",
             "tool": f"torch {torch.__version__} fake-quant export (finetune-int8)", "float_by_rule": [],
             "qat": lineage,
         }
@@ -428,8 +430,8 @@ class _Finetune:
             "format": STATE_FORMAT, "teacher_card": str(cfg.card), "teacher_card_sha256": self.card_sha256,
             "iterations": result.iterations, "batch_size": cfg.batch_size, "world_size": self.ctx.world_size,
             "global_batch": self.plan.global_batch, "lr": cfg.lr, "schedule": "cosine", "momentum": MOMENTUM,
-            "temperature": cfg.temperature, "ce_weight": cfg.ce_weight, "seed": cfg.seed,
-            "data": str(cfg.data), "train_images": len(self.data.train_rows),
+            "temperature": cfg.temperature, "ce_weight": cfg.ce_weight, "seed": cfg.seed, "data": str(cfg.data),
+            "quantize_logits": cfg.quantize_logits, "train_images": len(self.data.train_rows),
             "amp": str(self.amp_dtype).replace("torch.", "") if self.amp_dtype else "off",
             "device": str(self.ctx.device), "train_seconds": round(self.train_seconds, 2),
             "calibration": self.calibration, "weight_bits": self.bits, "cpu_target": self.cpu_target,

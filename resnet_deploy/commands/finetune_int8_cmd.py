@@ -36,9 +36,10 @@ def finetune_int8(  # noqa: PLR0913 - a training command has many knobs
     batch_size: Annotated[int, typer.Option("--batch-size", help="Per-process batch.",
                                             rich_help_panel=PANEL_TRAIN)] = 128,
     temperature: Annotated[float, typer.Option("--temperature", help="Distillation temperature T (loss T²·KL).",
-                                               rich_help_panel=PANEL_TRAIN)] = 2.0,
-    ce_weight: Annotated[float, typer.Option("--ce-weight", help="Weight of the cross-entropy on the labels.",
-                                             rich_help_panel=PANEL_TRAIN)] = 0.1,
+                                               rich_help_panel=PANEL_TRAIN)] = 1.0,
+    ce_weight: Annotated[float, typer.Option("--ce-weight", help="Weight of the cross-entropy on the labels "
+                                             "(0: the teacher alone; agreement is the goal).",
+                                             rich_help_panel=PANEL_TRAIN)] = 0.0,
     amp: Annotated[str, typer.Option(
         "--amp", help="auto (bf16 on GPUs and CPUs with native bf16), off or bf16.",
         rich_help_panel=PANEL_TRAIN)] = "auto",
@@ -52,6 +53,10 @@ def finetune_int8(  # noqa: PLR0913 - a training command has many knobs
     min_agreement: Annotated[float | None, typer.Option(
         "--min-agreement", help="Top-1 agreement with FP32 to require, percent (default: the INT8 build gate).",
         rich_help_panel=PANEL_CHECK)] = None,
+    quantize_logits: Annotated[bool, typer.Option(
+        "--quantize-logits/--float-logits", help="Quantize the logits as post-training INT8 does, or leave the last "
+        "Gemm's output float (default: its int8 grid flips near-ties; same ops, same speed).",
+        rich_help_panel=PANEL_CHECK)] = False,
     device: DeviceOption = "auto",
     workers: Annotated[int | None, typer.Option("--workers", help="Decode threads / loader processes.")] = None,
     json_output: JsonOption = False,
@@ -67,7 +72,8 @@ def finetune_int8(  # noqa: PLR0913 - a training command has many knobs
     config = FinetuneConfig(
         card=card, data=data, output=output, cpu=cpu, iters=iters, max_iters=max_iters, resume=resume, lr=lr,
         batch_size=batch_size, temperature=temperature, ce_weight=ce_weight, calib_samples=calib_samples,
-        check_images=check_images, min_agreement=min_agreement, seed=seed, device=device, amp=amp, workers=workers)
+        check_images=check_images, min_agreement=min_agreement, seed=seed, device=device, amp=amp, workers=workers,
+        quantize_logits=quantize_logits)
     result = finetune_int8(config, Reporter() if quiet() else RichReporter(stderr, make_progress=training_bar))
     if not result.is_main:
         return

@@ -7,7 +7,8 @@ export, whose BatchNorms are folded into the convolutions. On a ResNet that puts
   scale = max|w| / 127 per output channel (/ 64 with 7-bit weights, `isa.weight_bits_for`);
 * per-tensor symmetric int8 activations (zero point 0, scale = calibrated threshold / 127) on the
   model input, every Conv output, every Relu output, every residual Add output, the Gemm input
-  (after the global pool and flatten) and the logits;
+  (after the global pool and flatten) and the logits (`quantize_logits=False`, finetune-int8's default,
+  leaves them float: their grid alone flips near-ties);
 * float biases; Slice/Pad/MaxPool get a pair with their input's scale, which changes nothing (they
   move values already on that grid), so none is made here.
 
@@ -211,7 +212,7 @@ class QatBlock(nn.Module):
 class QatResNet(nn.Module):
     """The fake-quantized twin of a `models.ResNet` / `models.CifarResNet` (see the module docstring)."""
 
-    def __init__(self, model: nn.Module, weight_bits: int) -> None:
+    def __init__(self, model: nn.Module, weight_bits: int, quantize_logits: bool = True) -> None:
         super().__init__()
         if not isinstance(model, (ResNet, CifarResNet)):
             raise UsageError(f"INT8 fine-tuning takes the ResNets of resnet_deploy.models, not {type(model).__name__}")
@@ -225,7 +226,8 @@ class QatResNet(nn.Module):
         self.blocks = nn.Sequential(*(QatBlock(b, levels) for stage in model.stages() for b in stage))
         self.flat_q = QuantAct()
         self.fc = QLinear(model.fc, levels)
-        self.logits_q = QuantAct()
+        self.logits_q = QuantAct()  # calibrated either way: its step is the Q/DQ check's unit of logit error
+        self.quantize_logits = quantize_logits
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stem_relu_q(F.relu(self.stem_q(self.stem(self.input_q(x)))))
@@ -233,7 +235,9 @@ class QatResNet(nn.Module):
             x = self.maxpool(x)
         x = self.blocks(x)
         x = self.flat_q(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
-        return self.logits_q(self.fc(x))
+        logits = self.fc(x)
+        # Unquantized logits still pass the quantizer while calibrating (observe mode passes them through).
+        return self.logits_q(logits) if self.quantize_logits or self.logits_q.mode == "observe" else logits
 
     def quantizers(self) -> list[QuantAct]:
         return [m for m in self.modules() if isinstance(m, QuantAct)]
