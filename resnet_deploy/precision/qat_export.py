@@ -24,11 +24,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from resnet_deploy.artifacts import FP16_REMAINDER_KEY, PRECISION_KEY, QUANTIZATION_KEY, VERIFICATION_KEY
 from resnet_deploy.atomic import atomic_path
 from resnet_deploy.card import ModelCard
 from resnet_deploy.compare import LogitComparison, compare_logits
-from resnet_deploy.errors import CheckFailed
+from resnet_deploy.errors import CheckFailed, first_line
+from resnet_deploy.metadata_keys import FP16_REMAINDER_KEY, PRECISION_KEY, QUANTIZATION_KEY, VERIFICATION_KEY
+from resnet_deploy.onnx_check import arithmetic_session
 from resnet_deploy.precision.qat import QatResNet
 
 QAT_FORMAT = "resnet_deploy.qat/1"
@@ -76,7 +77,7 @@ def export_qdq(model: QatResNet, output: Path, *, card: ModelCard, props: dict[s
                                   output_names=[OUTPUT_NAME],
                                   dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})
             except Exception as exc:  # the exporter raises many types; the user needs one line
-                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                first = first_line(exc)
                 raise CheckFailed(f"torch.onnx.export of the fine-tuned model failed: {first}") from None
         proto = onnx.load(str(staged))
     constants_to_initializers(proto)
@@ -133,13 +134,8 @@ def constants_to_initializers(proto: Any) -> int:
 
 
 def qdq_session(path: Path) -> Any:
-    """ONNX Runtime with every graph optimization off: Q/DQ nodes run as written (the reference arithmetic)."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    options.log_severity_level = 3
-    return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+    """The Q/DQ nodes run as written (the reference arithmetic): the library's one arithmetic session."""
+    return arithmetic_session(path)
 
 
 @torch.no_grad()
