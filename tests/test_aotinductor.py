@@ -111,6 +111,18 @@ def test_validate_and_inspect_take_the_package(package: Path, trained_digits: di
     assert verify.returncode == 0, verify.stderr[-2000:]
 
 
+def test_triton_repo_serves_the_package_through_the_python_backend(package: Path, tmp_path: Path) -> None:
+    native = run_cli("triton-repo", str(package), "-o", str(tmp_path / "native"))
+    assert native.returncode != 0 and "--backend python" in native.stderr.strip().splitlines()[-1]
+    result = run_cli("triton-repo", str(package), "-o", str(tmp_path / "repo"), "--backend", "python",
+                     "--no-ensemble")
+    assert result.returncode == 0, result.stderr[-2000:]
+    model = tmp_path / "repo" / package.stem
+    assert (model / "1" / package.name).read_bytes() == package.read_bytes()
+    assert (model / "1" / f"{package.name}.json").is_file() and (model / "1" / "model.py").is_file()
+    assert 'backend: "python"' in (model / "config.pbtxt").read_text()
+
+
 def test_a_package_for_another_device_is_refused(package: Path) -> None:
     import torch
 
