@@ -110,7 +110,7 @@ def test_contract_suite_covers_every_declared_backend() -> None:
 
 
 def test_tables_read_the_declarations() -> None:
-    from resnet_deploy import artifacts, build, environment, gates
+    from resnet_deploy import artifacts, build, gates, versions
     from resnet_deploy.bench import plan
     from resnet_deploy.commands.build_engine_cmd import _TARGET_HELP
     from resnet_deploy.serving import triton
@@ -121,7 +121,7 @@ def test_tables_read_the_declarations() -> None:
     assert set(base.TARGET_NAMES) == set(registry.target_names()) == set(build.TARGETS) - {"auto"}
     assert base.AUTO_ORDER == ("tensorrt", "openvino", "onnxruntime")
     assert set(artifacts.MANIFEST_FORMATS) == set(registry.target_names())
-    assert {b.module for b in BACKENDS} <= set(environment._DISTRIBUTIONS)
+    assert {b.module for b in BACKENDS} <= set(versions.DISTRIBUTIONS)
     assert set(gates.DEFAULT_GATES) == set(gates.BUILD_MARGIN) == set(registry.precision_names())
     assert registry.precision_names() == plan.PRECISIONS
     assert set(triton.MODEL_FILES) == {b.name for b in BACKENDS if b.triton is not None}
