@@ -10,16 +10,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from resnet_deploy import registry
 from resnet_deploy.atomic import atomic_path, write_text
-from resnet_deploy.bench.request import ALL_BACKENDS, ALL_PRECISIONS
 from resnet_deploy.bench.scenario_report import scenario_markdown
 from resnet_deploy.bench.timing import CV_WARN_THRESHOLD, INTERLEAVING, ROUND_SPREAD_LIMIT, BenchReport, BenchResult
 
-BACKEND_COLORS = {"torch": "#ee4c2c", "onnxruntime": "#1f77b4", "openvino": "#7b2d8e", "tensorrt": "#76b900"}
+BACKEND_COLORS = {b.name: b.color for b in registry.backends()}
 PRECISION_MARKERS = {"fp32": "o", "fp16": "s", "bf16": "D", "int8": "^"}
 PRECISION_LINES = {"fp32": "-", "fp16": "--", "bf16": "-.", "int8": ":"}
-BACKEND_ORDER = ALL_BACKENDS  # the table's order is the order `--backends` lists them in
-PRECISION_ORDER = ALL_PRECISIONS
+BACKEND_ORDER = registry.backend_names()  # the table's order is the registry's (and `--backends`' help)
+PRECISION_ORDER = registry.precision_names()
 
 
 def series_key(result: BenchResult) -> tuple[int, int, str, str]:

@@ -10,10 +10,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from resnet_deploy import registry
 from resnet_deploy.errors import UsageError
 
-ALL_BACKENDS = ("torch", "onnxruntime", "openvino", "tensorrt")
-ALL_PRECISIONS = ("fp32", "fp16", "bf16", "int8")
+ALL_BACKENDS = registry.backend_names()  # the registry's order: PyTorch (the baseline) first
+ALL_PRECISIONS = registry.precision_names()
 SCENARIO_NAMES = ("single-stream", "offline", "server")  # MLPerf's, as `bench/loadgen.py` runs them
 DEFAULT_BATCH_SIZES = (1, 8, 32)
 DEFAULT_DURATION_S = 3.0  # timed seconds per row (and per served level) when neither --iters nor --duration is given

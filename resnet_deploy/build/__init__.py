@@ -49,7 +49,6 @@ from resnet_deploy.build.stages import (
     compile_checked,
     cpu_target_for,
     make_precision,
-    real_images,
     rebuild_command,
 )
 
@@ -57,4 +56,4 @@ __all__ = ["CALIB_METHODS", "CHECK_IMAGES", "CPU_TARGETS", "DEVICES", "TARGETS",
            "BuildReport", "BuildRequest", "adopt_foreign", "build", "build_finetuned_int8", "check_for_target",
            "check_output", "check_request", "compile_artifact", "compile_checked", "cpu_target_for",
            "default_output", "export_model", "export_source", "foreign_card", "make_precision", "precision_flags",
-           "precision_from_flags", "real_images", "rebuild_command", "refuse_foreign_file"]
+           "precision_from_flags", "rebuild_command", "refuse_foreign_file"]

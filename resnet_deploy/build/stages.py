@@ -129,8 +129,10 @@ def make_precision(src: Any, path: Path, request: BuildRequest, say: BuildListen
     else:
         images = None
         if request.calib_data is not None:
-            images = real_images(request.calib_data, src.card, request.check_images or CHECK_IMAGES,
-                                 request.calib_seed)
+            from resnet_deploy.samples import folder_images
+
+            images = folder_images(request.calib_data, src.card.preprocessing,
+                                   request.check_images or CHECK_IMAGES, request.calib_seed)[0]
         else:
             say.warn(f"{spec.display} is checked on random inputs only (no gate); pass --calib-data DIR to check "
                      "it on real images")
@@ -146,10 +148,3 @@ def make_precision(src: Any, path: Path, request: BuildRequest, say: BuildListen
         say.warn(message)
     return result
 
-
-def real_images(folder: Path, card: ModelCard, count: int, seed: int) -> np.ndarray:
-    """`count` images from `folder` (evenly across class subfolders) through the card's eval transform."""
-    from resnet_deploy.data import open_image_folder_unlabelled, sample_images
-    from resnet_deploy.precision.calibration import calibration_folder
-
-    return sample_images(open_image_folder_unlabelled(calibration_folder(folder)), card.preprocessing, count, seed)

@@ -7,21 +7,12 @@ The precision is made and proven in ONNX first (`resnet_deploy.precision`), then
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from resnet_deploy import registry
-from resnet_deploy.commands._card_flags import (
-    ClassesFromOption,
-    ClassesOption,
-    InputSizeOption,
-    InterpolationOption,
-    MeanOption,
-    ResizeSizeOption,
-    StdOption,
-    card_flags,
-)
+from resnet_deploy.commands._card_flags import with_card_flags
 from resnet_deploy.commands._options import (
     ArchOption,
     CheckpointOption,
@@ -36,6 +27,9 @@ from resnet_deploy.commands._output import PhaseProgress, emit_json, info, stdou
 from resnet_deploy.errors import Interrupted
 from resnet_deploy.paths import check_io
 
+if TYPE_CHECKING:
+    from resnet_deploy.classifier_card import CardFlags
+
 
 def _target_help() -> str:
     """--target's help, from the declarations: what `auto` tries, then every target."""
@@ -48,6 +42,7 @@ def _target_help() -> str:
 _TARGET_HELP = _target_help()
 
 
+@with_card_flags
 def build_engine(
     onnx: Annotated[Path | None, typer.Option(
         "--onnx", help="FP32 ONNX model: from `resnet-deploy export` or `import-onnx` (its metadata carries the "
@@ -114,13 +109,7 @@ def build_engine(
     hardware_compatibility: Annotated[str | None, typer.Option(
         "--hardware-compatibility", help="TensorRT: none, ampere+ or same-cc [default: none].",
         show_default=False)] = None,
-    mean: MeanOption = None,
-    std: StdOption = None,
-    input_size: InputSizeOption = None,
-    resize_size: ResizeSizeOption = None,
-    interpolation: InterpolationOption = None,
-    classes: ClassesOption = None,
-    classes_from: ClassesFromOption = None,
+    flags: CardFlags | None = None,  # the card-less preprocessing flags (`with_card_flags`)
     json_output: JsonOption = False,
 ) -> None:
     """Build a deployable FP32/FP16/INT8 artifact.
@@ -140,7 +129,7 @@ def build_engine(
         options={"min_batch": min_batch, "opt_batch": opt_batch, "max_batch": max_batch,
                   "workspace_bytes": workspace, "opt_level": opt_level, "timing_cache": timing_cache,
                   "version_compatible": version_compatible, "hardware_compatibility": hardware_compatibility},
-        card_flags=card_flags(mean, std, input_size, resize_size, interpolation, classes, classes_from))
+        card_flags=flags)
     bar = PhaseProgress()
     try:
         report = build(request, BuildListener(info=info, warn=warn, progress=bar.update))

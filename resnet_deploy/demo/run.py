@@ -197,13 +197,13 @@ def _export(card: Path, data_dir: Path, output: Path, hooks: DemoHooks, result: 
     argv = ["export", "--checkpoint", str(card), "--data", str(data_dir), "--output", str(output)]
 
     def call() -> tuple[dict[str, Any], int]:
-        from resnet_deploy.build import real_images
         from resnet_deploy.checkpoints import load_model
         from resnet_deploy.export import export_onnx
+        from resnet_deploy.samples import folder_images
 
         loaded = load_model(card)
         test = data_dir / result.data_description["test_split"]
-        images = real_images(test, loaded.card, EXPORT_CHECK_IMAGES, 0)
+        images = folder_images(test, loaded.card.preprocessing, EXPORT_CHECK_IMAGES, 0)[0]
         return export_onnx(loaded, output, real_images=images).to_dict(), 0
 
     step = _run_step("export", "Export to ONNX (verified against PyTorch)", argv, hooks, call)

@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +25,7 @@ from resnet_deploy import registry
 from resnet_deploy.artifacts import manifest_path
 from resnet_deploy.errors import BackendUnavailable, UsageError
 from resnet_deploy.serving.model_io import ArtifactIO
+from resnet_deploy.serving.triton_files import refuse_replacing_inputs, write_model
 
 TRITON_TYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "bfloat16": "TYPE_BF16", "int8": "TYPE_INT8",
                 "uint8": "TYPE_UINT8", "int32": "TYPE_INT32", "int64": "TYPE_INT64", "bool": "TYPE_BOOL"}
@@ -392,27 +391,16 @@ def write_repository(artifacts: list[ArtifactIO], output: Path, options: Reposit
     existing = [n for n in names if (output / n).exists()]
     if existing and not options.force:
         raise UsageError(f"{output}: already holds {', '.join(existing)}; pass --force to replace them")
-    _refuse_replacing_inputs(artifacts, [output / n for n in existing])
+    refuse_replacing_inputs(artifacts, [output / n for n in existing])
     if any(entry.config.backend == "python" and entry.name.endswith("_preprocess") for entry, _ in entries):
         notes.append("the *_preprocess models decode images with Pillow: the stock tritonserver image's Python has "
                      "numpy but no Pillow; serve from an image built FROM it with `RUN pip install pillow`")
     texts = [_checked_text(entry, io) for entry, io in entries]
     output.mkdir(parents=True, exist_ok=True)
     for (entry, _), text in zip(entries, texts, strict=True):
-        _write_model(output, entry, text)
+        write_model(output, entry, text)
     return RepositoryReport(output, [entry.summary() for entry, _ in entries], notes,
                             serve_command(output, [entry for entry, _ in entries], artifacts, options))
-
-
-def _refuse_replacing_inputs(artifacts: list[ArtifactIO], replaced: list[Path]) -> None:
-    """--force replaces model folders: never one that holds a file being read (the input would be deleted)."""
-    for folder in replaced:
-        root = folder.resolve()
-        for io in artifacts:
-            for file in (*io.files, manifest_path(io.path)):
-                if file.exists() and file.resolve().is_relative_to(root):
-                    raise UsageError(f"{file}: inside the model folder {folder} that --force would replace; copy the "
-                                     "artifact out of the repository first, or write to another --output")
 
 
 def serve_command(repository: Path, entries: list[ModelEntry], artifacts: list[ArtifactIO],
@@ -432,35 +420,3 @@ def serve_command(repository: Path, entries: list[ModelEntry], artifacts: list[A
     return (f"docker run {'--gpus all ' if gpu else ''}--rm -p8000:8000 -p8001:8001 -p8002:8002 "
             f"-v {repository.resolve()}:/models nvcr.io/nvidia/tritonserver:{tag}-py3 tritonserver "
             f"--model-repository=/models{' ' + flags if flags else ''}")
-
-
-def _write_model(repository: Path, entry: ModelEntry, text: str) -> None:
-    staging = Path(tempfile.mkdtemp(prefix=f".{entry.name}.", suffix=".tmp", dir=repository))
-    try:
-        (staging / "config.pbtxt").write_text(text)
-        for relative, content in entry.texts.items():
-            (staging / relative).parent.mkdir(parents=True, exist_ok=True)
-            (staging / relative).write_text(content)
-        for relative, source in entry.files.items():
-            (staging / relative).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(source, staging / relative)
-        staging.chmod(0o777 & ~_umask())
-        final = repository / entry.name
-        if final.exists():  # --force: move the old one aside first, so a failure never leaves neither
-            old = final.with_name(f".{entry.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            final.rename(old)
-            staging.rename(final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            staging.rename(final)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-
-
-def _umask() -> int:
-    import os
-
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask

@@ -57,6 +57,7 @@ from resnet_deploy.card import ModelCard
 from resnet_deploy.errors import BackendUnavailable, CheckFailed, UsageError
 from resnet_deploy.gates import RANDOM_WEIGHTS_REASON
 from resnet_deploy.precision import set_metadata
+from resnet_deploy.samples import images_or_random
 from resnet_deploy.targets.base import BuildResult, Target, TargetRequest
 
 OPTIMIZATION_LEVEL = "basic"
@@ -209,11 +210,8 @@ def int8_activations_to_uint8(model: Any) -> int:
 def _check(artifact: Path, source: Path, images: np.ndarray | None, card: ModelCard, providers: list[str],
            session: Any, compare_models: Any) -> dict[str, Any]:
     """Load the artifact as the engine would (fresh session, all optimizations) and compare with its source."""
-    data = "images"
-    if images is None:
-        size = card.preprocessing.input_size
-        images = np.random.default_rng(0).standard_normal((16, 3, size, size), dtype=np.float32)
-        data = "random"
+    size = card.preprocessing.input_size
+    images, data = images_or_random(images, (3, size, size), count=16)
     fresh = session(artifact, level="all", providers=providers)
     props = fresh.get_modelmeta().custom_metadata_map
     comparison = compare_models(session(source, providers=providers), fresh, images)

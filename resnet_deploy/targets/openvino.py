@@ -38,6 +38,7 @@ from resnet_deploy.artifacts import Manifest, manifest_versions, onnx_stem
 from resnet_deploy.atomic import sha256_file
 from resnet_deploy.card import ModelCard
 from resnet_deploy.errors import BackendUnavailable, CheckFailed, UsageError
+from resnet_deploy.samples import batches_of, random_images
 from resnet_deploy.targets.base import BuildResult, Target, TargetRequest, mixed_precision_of, precision_check_of
 
 INSTALL_HINT = "OpenVINO is not installed (pip install 'resnet-deploy[openvino]')"
@@ -116,7 +117,7 @@ def build_openvino_ir(
     source, output = Path(onnx_path), Path(output)
     ov = _import_openvino()
     from engines.onnxruntime_engine import graph_precision
-    from engines.openvino_engine import RT_INFO_INFERENCE_PRECISION, OpenVINOEngine, hint_type_name
+    from engines.openvino_engine import RT_INFO_INFERENCE_PRECISION, OpenVINOEngine, hint_type_name, ov_message
 
     if precision not in PRECISIONS:
         raise UsageError(f"OpenVINO precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
@@ -136,7 +137,7 @@ def build_openvino_ir(
     try:
         model = ov.convert_model(str(source))
     except Exception as exc:  # OpenVINO's ONNX frontend raises its own exception types
-        raise UsageError(f"{source}: OpenVINO cannot convert this ONNX model ({_first_line(exc)})") from None
+        raise UsageError(f"{source}: OpenVINO cannot convert this ONNX model ({ov_message(exc)})") from None
     model.set_rt_info(precision, ["resnet_deploy", "precision"])
     if hint is not None:
         model.set_rt_info(hint, list(RT_INFO_INFERENCE_PRECISION))
@@ -210,12 +211,12 @@ def _check_against_source(xml: Path, source: Path, engine_cls: Any) -> tuple[str
     port = sess.get_inputs()[0]
     step = port.shape[0] if isinstance(port.shape[0], int) and port.shape[0] > 0 else CHECK_IMAGES
     dims = [d if isinstance(d, int) and d > 0 else 1 for d in port.shape[1:]]
-    images = np.random.default_rng(0).standard_normal((max(step, CHECK_IMAGES), *dims), dtype=np.float32)
-    batches = [images[i : i + step] for i in range(0, len(images) - step + 1, step)]
-    reference = np.concatenate([sess.run(None, {port.name: b})[0] for b in batches]).astype(np.float32)
+    images = random_images((max(step, CHECK_IMAGES), *dims))
+    batches = batches_of(images, step, static=True)  # a static batch's last one is filled; its extra rows dropped
+    reference = np.concatenate([sess.run(None, {port.name: b})[0] for b in batches])[:len(images)].astype(np.float32)
     with engine_cls(xml) as engine:
         runtime, describe = engine.precision, engine.describe()
-        logits = np.concatenate([engine.infer(b) for b in batches])
+        logits = np.concatenate([engine.infer(b) for b in batches])[:len(images)]
     comparison = compare_logits(reference, logits)
     return runtime, describe, comparison.max_abs_logit_diff, comparison.agreement
 
@@ -229,12 +230,6 @@ def _notes(precision: str, hint: str | None, runtime: str) -> list[str]:
     if precision == "int8" and hint is None:
         notes.append("the float layers left in the INT8 model use the device's default inference precision")
     return notes
-
-
-def _first_line(exc: BaseException) -> str:
-    from engines.openvino_engine import ov_message
-
-    return ov_message(exc)
 
 
 class OpenVINOTarget(Target):

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from resnet_deploy import registry
 from resnet_deploy.gates import SATURATION_GAP, saturating
 
 
@@ -65,9 +66,11 @@ def arithmetic_for(artifact: Any, precision: str, device: str) -> Arithmetic | N
     """The arithmetic companion of a CPU INT8 artifact (`artifacts.Artifact`), or None where there is none."""
     from resnet_deploy.onnx_check import arithmetic_session
 
-    if precision != "int8" or device != "cpu" or artifact.backend not in ("onnxruntime", "openvino"):
+    spec = registry.backend(artifact.backend) if artifact.backend in registry.backend_names() else None
+    # the backends judged on this CPU have an ONNX to replay: the artifact itself, or the one it was built from
+    if precision != "int8" or device != "cpu" or spec is None or not spec.verified_on_cpu:
         return None
-    model = artifact.path if artifact.backend == "onnxruntime" else _source_of(artifact)
+    model = artifact.path if not spec.keeps_precision_onnx else _source_of(artifact)
     if model is None:
         return None
     return Arithmetic(model, arithmetic_session(model))
