@@ -133,9 +133,9 @@ def run_arch(arch: str, work: Path, data: Path, *, calib_samples: int, batch_siz
              duration: float) -> dict[str, Any]:
     from resnet_deploy.bench.plan import plan_for_artifacts, run_plan
     from resnet_deploy.bench.timing import TimingConfig
-    from resnet_deploy.build import BuildRequest, build
-    from resnet_deploy.classifier_card import CardFlags
+    from resnet_deploy.builder import BuildRequest, build
     from resnet_deploy.errors import CheckFailed, UsageError
+    from resnet_deploy.foreign.card import CardFlags
     from resnet_deploy.validate.run import ValidateOptions, validate
 
     flags = CardFlags(mean=MEAN, std=STD)

@@ -151,7 +151,7 @@ def _declared(name: str) -> EngineFactory:
             return open_engine(model.card_path)
         path = model.workdir / f"{ARCH}.declared.{name}{spec.default_suffix()}"
         if not path.is_file():
-            from resnet_deploy.build import compile_artifact
+            from resnet_deploy.builder import compile_artifact
 
             source = model.card_path if spec.source == "card" else model.onnx_path
             built = compile_artifact(name, source, path, precision="fp32",

@@ -22,7 +22,7 @@ MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
 @pytest.fixture(scope="module")
 def vit_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A two-block ViT on 32x32 input from torch's own (dynamo) exporter, with a resnet-deploy card."""
-    from resnet_deploy.classifier_card import import_onnx
+    from resnet_deploy.foreign.card import import_onnx
 
     torch.manual_seed(0)
     model = torchvision.models.VisionTransformer(image_size=32, patch_size=8, num_layers=LAYERS, num_heads=2,

@@ -22,9 +22,9 @@ from onnx import TensorProto, helper
 
 from resnet_deploy.artifacts import artifact_card
 from resnet_deploy.atomic import sha256_file
-from resnet_deploy.classifier_card import import_onnx
-from resnet_deploy.classifier_onnx import MIN_OPSET, classifier_io, clean_graph, load_onnx
 from resnet_deploy.errors import UsageError
+from resnet_deploy.foreign.card import import_onnx
+from resnet_deploy.foreign.graph import MIN_OPSET, classifier_io, clean_graph, load_onnx
 
 SIZE = 64
 IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
@@ -179,7 +179,7 @@ def test_import_onnx_is_a_command() -> None:
 
 
 def test_card_or_flags_for_a_card_less_graph(foreign: dict) -> None:
-    from resnet_deploy.classifier_card import card_or_flags, is_foreign_card
+    from resnet_deploy.foreign.card import card_or_flags, is_foreign_card
 
     source = foreign["folder"] / "legacy.onnx"
     model = load_onnx(source)

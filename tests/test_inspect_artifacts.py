@@ -29,8 +29,8 @@ def run_main(*args: str) -> tuple[int, str, str]:
 
 def rows_text(path: Path) -> str:
     """The table's rows as one line each (the printed table wraps long cells at the terminal's width)."""
-    from resnet_deploy.artifact_summary import summarize_artifact
-    from resnet_deploy.onnx_summary import summarize_onnx
+    from resnet_deploy.inspection.artifact import summarize_artifact
+    from resnet_deploy.inspection.onnx import summarize_onnx
 
     summary = summarize_onnx(path) if path.suffix == ".onnx" else summarize_artifact(path)
     return "\n".join(f"{label}: {text}" for label, text in summary.rows())
@@ -84,7 +84,7 @@ def test_inspect_openvino_ir_table_and_json(ir: Path, onnx_fp32: Path) -> None:
 
 def test_xml_fallback_reads_what_openvino_reads(ir: Path) -> None:
     """Without OpenVINO the I/O come from the XML itself; they must say what OpenVINO says."""
-    from resnet_deploy.artifact_summary import _io_from_openvino, _io_from_xml
+    from resnet_deploy.inspection.artifact import _io_from_openvino, _io_from_xml
 
     assert _io_from_xml(ir) == _io_from_openvino(ir)
 
@@ -116,8 +116,8 @@ def test_inspect_bin_points_at_the_xml_and_warns_of_nothing(ir: Path, tmp_path: 
 
 def test_xml_fallback_on_a_handwritten_ir(tmp_path: Path) -> None:
     """The fallback runs where OpenVINO is missing: the IR's documented layout, Parameter and Result layers."""
-    from resnet_deploy.artifact_summary import _io_from_xml
     from resnet_deploy.errors import UsageError
+    from resnet_deploy.inspection.artifact import _io_from_xml
 
     xml = tmp_path / "tiny.xml"
     xml.write_text("""<?xml version="1.0"?>

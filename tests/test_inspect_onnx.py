@@ -17,7 +17,7 @@ from resnet_deploy.checkpoints import random_model
 from resnet_deploy.cli import main
 from resnet_deploy.errors import UsageError
 from resnet_deploy.export import DEFAULT_OPSET, export_onnx
-from resnet_deploy.onnx_summary import summarize_onnx
+from resnet_deploy.inspection.onnx import summarize_onnx
 
 
 def run_main(*args: str) -> tuple[int, str, str]:

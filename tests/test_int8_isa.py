@@ -62,7 +62,7 @@ def test_self_check_passes_the_same_arithmetic_and_refuses_other_logits() -> Non
 @pytest.fixture(scope="module")
 def ort_int8(digits, tmp_path_factory) -> Path:
     """The digits model built for ONNX Runtime INT8 on this CPU, as build-engine does."""
-    from resnet_deploy.build import BuildRequest, build
+    from resnet_deploy.builder import BuildRequest, build
 
     folder = tmp_path_factory.mktemp("isa")
     source = folder / "digits.onnx"
@@ -134,7 +134,7 @@ def test_inspect_verify_runs_the_check_on_demand(ort_int8, tmp_path, cli) -> Non
 def test_a_refused_build_names_the_users_output_and_leaves_nothing(digits, tmp_path) -> None:
     from test_sensitivity import _make_sensitive
 
-    from resnet_deploy.build import BuildRequest, build
+    from resnet_deploy.builder import BuildRequest, build
 
     # The digits model with a fragile first convolution (test_sensitivity's): full INT8 misses 98.5 % there.
     source = _make_sensitive(digits.onnx, tmp_path / "digits.onnx")

@@ -27,7 +27,7 @@ def onnx_model(cifar10_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> P
 @pytest.mark.parametrize("target", ["onnxruntime", "openvino"])
 def test_seven_bit_kernels_compute_the_arithmetic_and_eight_bit_saturate_without_vnni(
         cifar10_dir: Path, onnx_model: Path, target: str, tmp_path: Path) -> None:
-    from resnet_deploy.build import BuildRequest, build
+    from resnet_deploy.builder import BuildRequest, build
 
     if target == "openvino":
         pytest.importorskip("openvino", reason="OpenVINO is an optional extra")

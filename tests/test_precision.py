@@ -315,7 +315,7 @@ def test_uint8_rewrite_is_exact(digits, tmp_path) -> None:
 
 def test_build_reports_through_the_listener_and_writes_one_manifest(digits, tmp_path) -> None:
     from resnet_deploy.artifacts import MANIFEST_SCHEMA_VERSION, Artifact
-    from resnet_deploy.build import BuildListener, BuildRequest, build
+    from resnet_deploy.builder import BuildListener, BuildRequest, build
 
     source = tmp_path / "digits.onnx"
     shutil.copy(digits.onnx, source)

@@ -110,7 +110,7 @@ def test_contract_suite_covers_every_declared_backend() -> None:
 
 
 def test_tables_read_the_declarations() -> None:
-    from resnet_deploy import artifacts, build, gates, versions
+    from resnet_deploy import artifacts, builder, gates, versions
     from resnet_deploy.bench import plan
     from resnet_deploy.commands.build_engine_cmd import _TARGET_HELP
     from resnet_deploy.serving import triton
@@ -118,7 +118,7 @@ def test_tables_read_the_declarations() -> None:
 
     names = registry.backend_names()
     assert tuple(artifacts.SUFFIXES) == names and names == plan.BACKENDS
-    assert set(base.TARGET_NAMES) == set(registry.target_names()) == set(build.TARGETS) - {"auto"}
+    assert set(base.TARGET_NAMES) == set(registry.target_names()) == set(builder.TARGETS) - {"auto"}
     assert base.AUTO_ORDER == ("tensorrt", "openvino", "onnxruntime")
     assert set(artifacts.MANIFEST_FORMATS) == set(registry.target_names())
     assert {b.module for b in BACKENDS} <= set(versions.DISTRIBUTIONS)
@@ -150,7 +150,7 @@ def test_bench_skips_come_from_the_declarations() -> None:
 
 
 def test_build_request_carries_one_precision() -> None:
-    from resnet_deploy.build import BuildRequest, precision_from_flags
+    from resnet_deploy.builder import BuildRequest, precision_from_flags
     from resnet_deploy.errors import UsageError
 
     assert precision_from_flags(int8=True, fp16=True) == {"precision": "int8", "fp16_remainder": True}
@@ -163,7 +163,7 @@ def test_build_request_carries_one_precision() -> None:
 
 
 def test_build_checks_come_from_the_declarations() -> None:
-    from resnet_deploy.build import BuildRequest, check_for_target
+    from resnet_deploy.builder import BuildRequest, check_for_target
     from resnet_deploy.errors import UsageError
 
     with pytest.raises(UsageError, match="use --target openvino"):

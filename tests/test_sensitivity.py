@@ -108,7 +108,7 @@ def test_budget_search_meets_the_gate_full_int8_misses(sensitive, digits, tmp_pa
     artifact = build_onnxruntime_artifact(result.path, tmp_path / "s.int8.cpu.onnx")
     manifest = json.loads(manifest_path(artifact.path).read_text())
     assert manifest["mixed_precision"]["kept_out"] == recorded["kept_out"]
-    from resnet_deploy.manifest_summary import mixed_precision_rows
+    from resnet_deploy.inspection.manifest import mixed_precision_rows
 
     (label, text), = mixed_precision_rows(manifest["mixed_precision"])  # what `inspect` shows
     assert label == "kept out of INT8" and text.startswith("conv1 in fp32 (top-1 agreement ")

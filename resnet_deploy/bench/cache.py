@@ -1,5 +1,5 @@
 """The artifacts `bench --depth/--arch` builds: the ONNX models (and TensorRT plans on a GPU) of one architecture
-with random weights, built once with `resnet_deploy.build`'s stages into a cache folder keyed by architecture,
+with random weights, built once with `resnet_deploy.builder`'s stages into a cache folder keyed by architecture,
 opset and precision, and rebuilt when a version that changes them changes."""
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ def _default_opset() -> int | None:
 
 class ArtifactCache:
     """The ONNX models (and TensorRT plans) of one architecture with random weights, built once by
-    `resnet_deploy.build`'s stages and reused.
+    `resnet_deploy.builder`'s stages and reused.
 
     Folder: `<cache>/<arch>-opset<N>/`; `cache.json` records the versions the files were built with
     (`versions_key`), and a change of any of them rebuilds them.
@@ -81,7 +81,7 @@ class ArtifactCache:
             self._fresh = True
 
     def _listener(self) -> Any:
-        from resnet_deploy.build import BuildListener
+        from resnet_deploy.builder import BuildListener
 
         return BuildListener()  # the cache says what it builds itself; the build's own notes are for build-engine
 
@@ -89,7 +89,7 @@ class ArtifactCache:
         path = self.folder / "model.onnx"
         if "fp32" in self._built or self._reuse(path):
             return self._built.setdefault("fp32", path)
-        from resnet_deploy.build import export_model
+        from resnet_deploy.builder import export_model
 
         self._progress(f"exporting {self.arch} to ONNX → {path}")
         self._built["fp32"] = export_model(self.loaded, path, self._listener())
@@ -100,7 +100,7 @@ class ArtifactCache:
         source = self.fp32_onnx()
         if key in self._built or self._reuse(path, source):
             return self._built.setdefault(key, path)
-        from resnet_deploy.build import make_precision
+        from resnet_deploy.builder import make_precision
         from resnet_deploy.precision import read_source
 
         result = make_precision(read_source(source), path, request, self._listener(), cache_base=path)
@@ -108,7 +108,7 @@ class ArtifactCache:
         return self._built[key]
 
     def fp16_onnx(self) -> Path:
-        from resnet_deploy.build import BuildRequest
+        from resnet_deploy.builder import BuildRequest
 
         path = self.folder / "model.fp16.onnx"
         if "fp16" not in self._built and not self._reuse(path, self.fp32_onnx()):
@@ -122,7 +122,7 @@ class ArtifactCache:
         return "calib-" + hashlib.sha256(text.encode()).hexdigest()[:10]
 
     def int8_onnx(self) -> Path:
-        from resnet_deploy.build import BuildRequest
+        from resnet_deploy.builder import BuildRequest
 
         path = self.folder / f"model.int8.{self.calibration_tag()}.onnx"
         if self.calib_data is None:
@@ -145,7 +145,7 @@ class ArtifactCache:
         path = source.with_name(source.stem + ".cpu.onnx")
         if "int8-cpu" in self._built or self._reuse(path, source):
             return self._built.setdefault("int8-cpu", path)
-        from resnet_deploy.build import compile_artifact
+        from resnet_deploy.builder import compile_artifact
 
         self._progress(f"optimizing the INT8 model for ONNX Runtime on the CPU → {path}")
         built = compile_artifact("onnxruntime", source, path, precision="int8", card=self.loaded.card, device="cpu")
@@ -157,7 +157,7 @@ class ArtifactCache:
         if precision in own:
             return own[precision]()
         # Any other declared precision made in ONNX without calibration: made by its maker, like FP16.
-        from resnet_deploy.build import BuildRequest
+        from resnet_deploy.builder import BuildRequest
 
         path = self.folder / f"model.{precision}.onnx"
         if precision not in self._built and not self._reuse(path, self.fp32_onnx()):
@@ -167,7 +167,7 @@ class ArtifactCache:
     def tensorrt_plan(self, precision: str, batch: int) -> Path:
         """A strongly typed TensorRT plan compiled from the ONNX of `precision`, tuned for `batch` (profile 1..batch).
         The plan's manifest lets the engine refuse it on another GPU or TensorRT version; the file name keys both."""
-        from resnet_deploy.build import compile_artifact
+        from resnet_deploy.builder import compile_artifact
         from resnet_deploy.targets.tensorrt import TensorRTBuildOptions
 
         source = self.onnx_for(precision)
@@ -197,7 +197,7 @@ class ArtifactCache:
         precision no ONNX carries, e.g. bf16): how a backend without a case of its own in `bench/plan.py` is timed
         for `--depth/--arch`."""
         from resnet_deploy import registry
-        from resnet_deploy.build import compile_artifact
+        from resnet_deploy.builder import compile_artifact
 
         spec = registry.backend(backend)
         made_in_onnx = registry.precision(precision).maker is not None

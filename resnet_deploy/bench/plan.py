@@ -289,7 +289,7 @@ def _label_and_card(artifact: Any, notes: list[str]) -> tuple[str, Any, int | No
     artifact.require_file()
     if artifact.backend != "onnxruntime":
         return artifact.card.arch, artifact.card, None
-    from resnet_deploy.classifier_onnx import classifier_io, load_onnx
+    from resnet_deploy.foreign.graph import classifier_io, load_onnx
 
     io = classifier_io(load_onnx(artifact.path), artifact.path)  # a graph that is no image classifier is refused
     if io.batch is not None and io.height is not None and io.width is not None:
@@ -314,7 +314,7 @@ def _no_baseline(card: Any) -> str | None:
     """Why there is no PyTorch FP32 baseline for `card` (None: one is built from it)."""
     if card is None:
         return "no model card: a card-less ONNX has no PyTorch twin to build a baseline from"
-    from resnet_deploy.classifier_card import is_foreign_card
+    from resnet_deploy.foreign.card import is_foreign_card
 
     if is_foreign_card(card):
         return (f"{card.arch} was imported from a foreign ONNX (import-onnx): there is no PyTorch twin to build a "

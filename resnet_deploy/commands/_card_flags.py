@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Annotated, Any, get_type_hints
 import typer
 
 if TYPE_CHECKING:
-    from resnet_deploy.classifier_card import CardFlags
+    from resnet_deploy.foreign.card import CardFlags
 
 _PANEL = "Card-less ONNX (a model exported elsewhere)"
 
@@ -35,8 +35,8 @@ ClassesFromOption = _flag(Path, "--classes-from", "Read class names from an Imag
 def card_flags(mean: str | None, std: str | None, input_size: int | None, resize_size: int | None,
                interpolation: str | None, classes: str | None, classes_from: Path | None) -> CardFlags | None:
     """The flags as one value; None when none was given."""
-    from resnet_deploy.classifier_card import CardFlags
     from resnet_deploy.commands._options import parse_class_names, parse_floats3
+    from resnet_deploy.foreign.card import CardFlags
 
     names = parse_class_names(classes, classes_from)
     flags = CardFlags(mean=parse_floats3(mean, "--mean"), std=parse_floats3(std, "--std"), input_size=input_size,
@@ -53,7 +53,7 @@ FLAG_OPTIONS = {"mean": MeanOption, "std": StdOption, "input_size": InputSizeOpt
 def with_card_flags(command: Callable[..., Any]) -> Callable[..., Any]:
     """`command` with the seven flags above in place of its `flags` parameter, which receives them parsed as
     one `CardFlags` (None when none was given): every command that takes them declares them once, here."""
-    from resnet_deploy.classifier_card import CardFlags
+    from resnet_deploy.foreign.card import CardFlags
 
     hints = get_type_hints(command, include_extras=True, localns={"CardFlags": CardFlags})
     params = []

@@ -1,4 +1,4 @@
-"""`resnet-deploy build-engine`: parse the flags into a `BuildRequest`, run `resnet_deploy.build.build`, render.
+"""`resnet-deploy build-engine`: parse the flags into a `BuildRequest`, run `resnet_deploy.builder.build`, render.
 
 The precision is made and proven in ONNX first (`resnet_deploy.precision`), then compiled by the target
 (`resnet_deploy.targets`): ONNX Runtime, TensorRT or OpenVINO.
@@ -28,7 +28,7 @@ from resnet_deploy.errors import Interrupted
 from resnet_deploy.paths import check_io
 
 if TYPE_CHECKING:
-    from resnet_deploy.classifier_card import CardFlags
+    from resnet_deploy.foreign.card import CardFlags
 
 
 def _target_help() -> str:
@@ -116,7 +116,7 @@ def build_engine(
 
     FP16 or calibrated INT8 made and checked in ONNX, then compiled for the target.
     """
-    from resnet_deploy.build import BuildListener, BuildRequest, build, precision_from_flags
+    from resnet_deploy.builder import BuildListener, BuildRequest, build, precision_from_flags
 
     check_io(inputs=[onnx, checkpoint], outputs=[("--output", output), ("--timing-cache", timing_cache)])
     request = BuildRequest(

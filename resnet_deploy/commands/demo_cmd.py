@@ -35,7 +35,7 @@ def demo(
 
     Train, export, make FP16/INT8 and engines, validate and bench: one report in --output/report.md.
     """
-    from resnet_deploy.build import BuildListener
+    from resnet_deploy.builder import BuildListener
     from resnet_deploy.demo.report import write_report
     from resnet_deploy.demo.run import DemoHooks, DemoOptions, run_demo
     from resnet_deploy.models import get_entry

@@ -14,7 +14,7 @@ from resnet_deploy.errors import UsageError
 from resnet_deploy.paths import check_io
 
 if TYPE_CHECKING:
-    from resnet_deploy.classifier_card import CardFlags
+    from resnet_deploy.foreign.card import CardFlags
 
 
 @with_card_flags
@@ -33,8 +33,8 @@ def import_onnx(
     Cleans it (BatchNorm folded, Identity dropped, constants folded, opset raised), verifies it against the
     original, and writes a copy with a model card; the input is never modified.
     """
-    from resnet_deploy.classifier_card import CardFlags
-    from resnet_deploy.classifier_card import import_onnx as run_import
+    from resnet_deploy.foreign.card import CardFlags
+    from resnet_deploy.foreign.card import import_onnx as run_import
 
     check_io(inputs=[source], outputs=[("--output", output)])
     if output.suffix.lower() != ".onnx":

@@ -55,7 +55,7 @@ def inspect(
     """
     from resnet_deploy.artifacts import ONNX_SUFFIXES
     from resnet_deploy.card import ModelCard
-    from resnet_deploy.summary import card_rows, summarize
+    from resnet_deploy.inspection.summary import card_rows, summarize
 
     check_io(inputs=[artifact])
     suffix = artifact.suffix.lower() if artifact is not None else ""
@@ -64,11 +64,11 @@ def inspect(
     if artifact is not None and (built or suffix == ".bin"):  # .bin: an OpenVINO IR's weights
         if suffix in ONNX_SUFFIXES:
             from resnet_deploy.artifact_checks import check_onnx_external_data
-            from resnet_deploy.onnx_summary import summarize_onnx as summarize_file
+            from resnet_deploy.inspection.onnx import summarize_onnx as summarize_file
 
             check_onnx_external_data(artifact)  # exit 2 naming the missing file, as validate/bench/build-engine do
         else:
-            from resnet_deploy.artifact_summary import summarize_artifact as summarize_file
+            from resnet_deploy.inspection.artifact import summarize_artifact as summarize_file
         file_summary = summarize_file(artifact)
         checked = run_self_check(artifact) if verify else None
         if json_output:

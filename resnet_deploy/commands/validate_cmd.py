@@ -15,7 +15,7 @@ from resnet_deploy.paths import check_io
 from resnet_deploy.tables import table_console
 
 if TYPE_CHECKING:
-    from resnet_deploy.classifier_card import CardFlags
+    from resnet_deploy.foreign.card import CardFlags
 
 
 @with_card_flags

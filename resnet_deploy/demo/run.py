@@ -86,7 +86,7 @@ class DemoHooks:
     """Where the demo reports: step titles (rich markup), the build's listener, the trainer's reporter."""
 
     announce: Announce = lambda text: None
-    build: Any = None  # resnet_deploy.build.BuildListener
+    build: Any = None  # resnet_deploy.builder.BuildListener
     train_reporter: Any = None  # trainer.progress.Reporter
 
 
@@ -214,7 +214,7 @@ def _export(card: Path, data_dir: Path, output: Path, hooks: DemoHooks, result: 
 
 def _build_step(name: str, title: str, argv: list[str], request: Any, hooks: DemoHooks,
                 result: DemoResult) -> None:
-    from resnet_deploy.build import build
+    from resnet_deploy.builder import build
 
     step = _run_step(name, title, argv, hooks, lambda: (build(request, hooks.build).to_dict(), 0))
     result.steps.append(step)
@@ -225,7 +225,7 @@ def _build_step(name: str, title: str, argv: list[str], request: Any, hooks: Dem
 def _build_steps(options: DemoOptions, train_dir: Path, fp32: Path, stem: Path, hooks: DemoHooks,
                  result: DemoResult) -> None:
     from resnet_deploy import registry
-    from resnet_deploy.build import BuildRequest
+    from resnet_deploy.builder import BuildRequest
     from resnet_deploy.targets.base import target_usable
 
     common = ["--calib-data", str(train_dir), "--calib-samples", str(options.calib_samples)]

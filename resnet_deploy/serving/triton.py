@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,7 @@ from resnet_deploy import registry
 from resnet_deploy.artifacts import manifest_path
 from resnet_deploy.errors import BackendUnavailable, UsageError
 from resnet_deploy.serving.model_io import ArtifactIO
-from resnet_deploy.serving.triton_files import refuse_replacing_inputs, write_model
+from resnet_deploy.serving.triton_files import ModelEntry, refuse_replacing_inputs, write_model
 
 TRITON_TYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "bfloat16": "TYPE_BF16", "int8": "TYPE_INT8",
                 "uint8": "TYPE_UINT8", "int32": "TYPE_INT32", "int64": "TYPE_INT64", "bool": "TYPE_BOOL"}
@@ -56,21 +56,6 @@ class RepositoryOptions:
     backend: str = "native"  # native: Triton's own backend for the artifact; python: resnet-deploy's engine
     threads: int | None = None  # python backend: the engine's CPU threads per instance
     source: str | None = None  # python backend: the folder the server imports resnet_deploy from (`serve`, tests)
-
-
-@dataclass
-class ModelEntry:
-    """One model folder of the repository, ready to write."""
-
-    name: str
-    config: Any  # model_config_pb2.ModelConfig
-    files: dict[str, Path] = field(default_factory=dict)  # path inside the model folder → source file
-    texts: dict[str, str] = field(default_factory=dict)  # path inside the model folder → content
-
-    def summary(self) -> dict[str, Any]:
-        return {"name": self.name, "platform": self.config.platform or None, "backend": self.config.backend or None,
-                "max_batch_size": self.config.max_batch_size,
-                "files": sorted(["config.pbtxt", *self.files, *self.texts])}
 
 
 @dataclass

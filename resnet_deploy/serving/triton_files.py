@@ -6,15 +6,30 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from resnet_deploy.artifacts import manifest_path
 from resnet_deploy.errors import UsageError
 
 if TYPE_CHECKING:
     from resnet_deploy.serving.model_io import ArtifactIO
-    from resnet_deploy.serving.triton import ModelEntry
+
+
+@dataclass
+class ModelEntry:
+    """One model folder of the repository, ready to write."""
+
+    name: str
+    config: Any  # model_config_pb2.ModelConfig
+    files: dict[str, Path] = field(default_factory=dict)  # path inside the model folder → source file
+    texts: dict[str, str] = field(default_factory=dict)  # path inside the model folder → content
+
+    def summary(self) -> dict[str, Any]:
+        return {"name": self.name, "platform": self.config.platform or None, "backend": self.config.backend or None,
+                "max_batch_size": self.config.max_batch_size,
+                "files": sorted(["config.pbtxt", *self.files, *self.texts])}
 
 
 def refuse_replacing_inputs(artifacts: list[ArtifactIO], replaced: list[Path]) -> None:

@@ -1,7 +1,7 @@
 """The target contract, and the one place that says which targets are usable here and what `auto` picks.
 
 A target compiles an ONNX model that already carries its precision (FP32, FP16-typed or Q/DQ INT8)
-into an artifact for one runtime and writes the artifact's `Manifest` beside it. `build.py` calls
+into an artifact for one runtime and writes the artifact's `Manifest` beside it. `builder/` calls
 targets only through `Target.build`; build, bench and the demo ask `target_usable`/`resolve_target`.
 """
 

@@ -36,7 +36,7 @@ from resnet_deploy.validate.result import SKIPPED_PATHS_KEPT, ArtifactResult, Da
 if TYPE_CHECKING:
     from resnet_deploy.artifacts import Artifact
     from resnet_deploy.card import ModelCard
-    from resnet_deploy.classifier_card import CardFlags
+    from resnet_deploy.foreign.card import CardFlags
 
 # The result schema lives in validate/result.py; importers of these names from here keep working.
 __all__ = ["ArtifactResult", "DatasetSummary", "ValidateOptions", "ValidationResult", "choose_reference", "validate"]
@@ -123,8 +123,8 @@ def artifact_card_or_flags(artifact: Artifact, flags: CardFlags | None) -> Model
     artifact.require_file()
     if artifact.backend != "onnxruntime" or artifact.metadata.get(CARD_KEY):
         return artifact.card
-    from resnet_deploy.classifier_card import card_from_flags
-    from resnet_deploy.classifier_onnx import load_onnx
+    from resnet_deploy.foreign.card import card_from_flags
+    from resnet_deploy.foreign.graph import load_onnx
 
     artifact.card = card_from_flags(load_onnx(artifact.path), artifact.path, flags)  # type: ignore[misc]
     return artifact.card

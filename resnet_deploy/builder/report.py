@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from resnet_deploy.classifier_onnx import CleanReport
+    from resnet_deploy.foreign.graph import CleanReport
     from resnet_deploy.precision import PrecisionResult
     from resnet_deploy.targets.base import BuildResult
 

@@ -29,8 +29,8 @@ class ModelSummary:
 def summarize(card: ModelCard, model: Any | None = None, source: str | None = None) -> ModelSummary:
     """Parameters and multiply-adds at the card's input size (builds the model if none is given). A card
     imported with a foreign ONNX (`import-onnx`) names no ResNet here: summarize the .onnx file instead."""
-    from resnet_deploy.classifier_card import is_foreign_card
     from resnet_deploy.errors import UsageError
+    from resnet_deploy.foreign.card import is_foreign_card
 
     if is_foreign_card(card):
         raise UsageError(f"{card.arch}: a classifier imported from a foreign ONNX has no PyTorch model here; "

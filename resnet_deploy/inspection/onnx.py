@@ -12,7 +12,7 @@ from typing import Any
 from resnet_deploy.artifact_checks import metadata_of, require_graph
 from resnet_deploy.card import CARD_METADATA_KEY
 from resnet_deploy.errors import UsageError, first_line
-from resnet_deploy.manifest_summary import hash_checks, manifest_rows
+from resnet_deploy.inspection.manifest import hash_checks, manifest_rows
 
 
 @dataclass

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from resnet_deploy.build.report import BuildReport
-from resnet_deploy.build.request import BuildListener, BuildRequest, check_for_target
-from resnet_deploy.build.sources import check_output, default_output
-from resnet_deploy.build.stages import compile_artifact, compile_checked, rebuild_command
+from resnet_deploy.builder.report import BuildReport
+from resnet_deploy.builder.request import BuildListener, BuildRequest, check_for_target
+from resnet_deploy.builder.sources import check_output, default_output
+from resnet_deploy.builder.stages import compile_artifact, compile_checked, rebuild_command
 from resnet_deploy.errors import UsageError
 from resnet_deploy.targets.base import resolve_target
 
@@ -32,7 +32,7 @@ def build_finetuned_int8(request: BuildRequest, say: BuildListener) -> BuildRepo
                          "not both")
     from resnet_deploy.atomic import sha256_file
     from resnet_deploy.card import CARD_METADATA_KEY, ModelCard
-    from resnet_deploy.classifier_onnx import load_onnx
+    from resnet_deploy.foreign.graph import load_onnx
     from resnet_deploy.precision.isa import runs_exactly_on, this_cpu
 
     target, reason = resolve_target(request.target, request.device)

@@ -11,9 +11,9 @@ from resnet_deploy.errors import UsageError
 from resnet_deploy.paths import require_writable_folder
 
 if TYPE_CHECKING:
-    from resnet_deploy.build.request import BuildListener, BuildRequest
+    from resnet_deploy.builder.request import BuildListener, BuildRequest
     from resnet_deploy.card import ModelCard
-    from resnet_deploy.classifier_onnx import CleanReport
+    from resnet_deploy.foreign.graph import CleanReport
     from resnet_deploy.targets.base import Target
 
 
@@ -65,8 +65,8 @@ def foreign_card(request: BuildRequest, say: BuildListener) -> ModelCard | None:
             raise UsageError("--mean/--std/--input-size/--resize-size/--interpolation/--classes describe an ONNX "
                              "without a model card (--onnx); an exported model gets its card from its checkpoint")
         return None
-    from resnet_deploy.classifier_card import card_from_flags, has_card
-    from resnet_deploy.classifier_onnx import load_onnx
+    from resnet_deploy.foreign.card import card_from_flags, has_card
+    from resnet_deploy.foreign.graph import load_onnx
 
     model = load_onnx(request.onnx)
     if has_card(model):
@@ -85,8 +85,8 @@ def adopt_foreign(source: Path, card: ModelCard, path: Path, say: BuildListener)
     """Clean a foreign graph (BatchNorm folded, Identity dropped, constants folded, opset raised; verified
     against the original), give it `card`, and write it to `path`: the FP32 source of the rest of the build."""
     from resnet_deploy.atomic import sha256_file
-    from resnet_deploy.classifier_card import attach_card
-    from resnet_deploy.classifier_onnx import classifier_io, clean_graph, load_onnx, save_onnx
+    from resnet_deploy.foreign.card import attach_card
+    from resnet_deploy.foreign.graph import classifier_io, clean_graph, load_onnx, save_onnx
 
     say.info(f"{source}: no model card; cleaning the graph and carding it from the flags → {path}")
     report = clean_graph(source, path, input_size=card.preprocessing.input_size)

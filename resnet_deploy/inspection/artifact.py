@@ -17,8 +17,8 @@ from typing import Any
 
 from resnet_deploy.artifacts import manifest_path, read_manifest
 from resnet_deploy.errors import UsageError
-from resnet_deploy.manifest_summary import hash_checks, manifest_rows
-from resnet_deploy.onnx_summary import TensorSummary
+from resnet_deploy.inspection.manifest import hash_checks, manifest_rows
+from resnet_deploy.inspection.onnx import TensorSummary
 
 # OpenVINO element types (and the XML's port precisions) in numpy's words, as `inspect x.onnx` writes them.
 _DTYPES = {"f32": "float32", "fp32": "float32", "f16": "float16", "fp16": "float16", "bf16": "bfloat16",

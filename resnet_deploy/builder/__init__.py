@@ -18,10 +18,10 @@ its `Backend` declaration; the precision is one declared `Precision` (`BuildRequ
 | report | `BuildReport` |
 """
 
-from resnet_deploy.build.finetuned import build_finetuned_int8
-from resnet_deploy.build.pipeline import build
-from resnet_deploy.build.report import BuildReport
-from resnet_deploy.build.request import (
+from resnet_deploy.builder.finetuned import build_finetuned_int8
+from resnet_deploy.builder.pipeline import build
+from resnet_deploy.builder.report import BuildReport
+from resnet_deploy.builder.request import (
     CALIB_METHODS,
     CHECK_IMAGES,
     CPU_TARGETS,
@@ -35,7 +35,7 @@ from resnet_deploy.build.request import (
     precision_flags,
     precision_from_flags,
 )
-from resnet_deploy.build.sources import (
+from resnet_deploy.builder.sources import (
     adopt_foreign,
     check_output,
     default_output,
@@ -44,7 +44,7 @@ from resnet_deploy.build.sources import (
     foreign_card,
     refuse_foreign_file,
 )
-from resnet_deploy.build.stages import (
+from resnet_deploy.builder.stages import (
     compile_artifact,
     compile_checked,
     cpu_target_for,

@@ -15,7 +15,8 @@ from typing import Any
 from resnet_deploy.artifact_checks import metadata_of
 from resnet_deploy.atomic import sha256_file
 from resnet_deploy.card import CARD_METADATA_KEY, ModelCard, Preprocessing, stamp_lineage
-from resnet_deploy.classifier_onnx import (
+from resnet_deploy.errors import UsageError
+from resnet_deploy.foreign.graph import (
     ClassifierIO,
     ImportResult,
     classifier_io,
@@ -23,7 +24,6 @@ from resnet_deploy.classifier_onnx import (
     load_onnx,
     save_onnx,
 )
-from resnet_deploy.errors import UsageError
 
 INTERPOLATIONS = ("bilinear", "bicubic", "nearest")  # what --interpolation takes
 

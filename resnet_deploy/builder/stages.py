@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from resnet_deploy.artifacts import manifest_path
-from resnet_deploy.build.request import CHECK_IMAGES, BuildListener, BuildRequest, precision_flags
+from resnet_deploy.builder.request import CHECK_IMAGES, BuildListener, BuildRequest, precision_flags
 from resnet_deploy.targets.base import BuildResult, Target, TargetRequest
 
 if TYPE_CHECKING:

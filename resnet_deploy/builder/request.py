@@ -12,7 +12,7 @@ from resnet_deploy import registry
 from resnet_deploy.errors import UsageError
 
 if TYPE_CHECKING:
-    from resnet_deploy.classifier_card import CardFlags
+    from resnet_deploy.foreign.card import CardFlags
 
 TARGETS = ("auto", *registry.target_names())
 CPU_TARGETS = tuple(b.name for b in registry.backends() if b.verified_on_cpu)  # judged on this CPU (verify.py)
@@ -54,7 +54,7 @@ class BuildRequest:
     device: str = "cpu"
     output: Path | None = None
     options: dict[str, Any] = field(default_factory=dict)  # target-only options given (TARGET_FLAGS keys)
-    card_flags: CardFlags | None = None  # preprocessing of an ONNX without a model card (classifier_onnx)
+    card_flags: CardFlags | None = None  # preprocessing of an ONNX without a model card (foreign/)
 
     @property
     def spec(self) -> registry.Precision:

@@ -13,7 +13,7 @@ fuses Conv+BatchNorm) run in turns until the graph stops changing. The cleaned g
 the original on ONNX Runtime and refused if its logits moved; what changed comes back as lines.
 
 The model card such a graph gets (`import-onnx`, or the preprocessing flags of build-engine, validate and
-bench) is `classifier_card.py`'s.
+bench) is `foreign/card.py`'s.
 """
 
 from __future__ import annotations

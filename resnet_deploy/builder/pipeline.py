@@ -6,10 +6,10 @@ import tempfile
 from pathlib import Path
 
 from resnet_deploy.artifacts import manifest_path, onnx_stem
-from resnet_deploy.build.finetuned import build_finetuned_int8
-from resnet_deploy.build.report import BuildReport
-from resnet_deploy.build.request import BuildListener, BuildRequest, check_for_target, check_request
-from resnet_deploy.build.sources import (
+from resnet_deploy.builder.finetuned import build_finetuned_int8
+from resnet_deploy.builder.report import BuildReport
+from resnet_deploy.builder.request import BuildListener, BuildRequest, check_for_target, check_request
+from resnet_deploy.builder.sources import (
     adopt_foreign,
     card_source,
     check_output,
@@ -18,7 +18,7 @@ from resnet_deploy.build.sources import (
     foreign_card,
     refuse_foreign_file,
 )
-from resnet_deploy.build.stages import (
+from resnet_deploy.builder.stages import (
     compile_artifact,
     compile_checked,
     cpu_target_for,
