@@ -148,7 +148,7 @@ def run_demo(options: DemoOptions, hooks: DemoHooks) -> DemoResult:
     card = _train(options, data_dir, hooks, result)
     fp32 = _export(card, data_dir, Path(f"{stem}.onnx"), hooks, result)
     result.artifacts += [card, fp32]
-    _build_steps(options, data_dir / "train", fp32, stem, hooks, result)
+    _build_steps(options, data_dir / "train", card, fp32, stem, hooks, result)
     _validate(options, data_dir, data_description["test_split"], environment, hooks, result)
     _bench(options, hooks, result)
     result.seconds = time.perf_counter() - started
@@ -222,7 +222,7 @@ def _build_step(name: str, title: str, argv: list[str], request: Any, hooks: Dem
     result.artifacts.append(Path(request.output))
 
 
-def _build_steps(options: DemoOptions, train_dir: Path, fp32: Path, stem: Path, hooks: DemoHooks,
+def _build_steps(options: DemoOptions, train_dir: Path, card: Path, fp32: Path, stem: Path, hooks: DemoHooks,
                  result: DemoResult) -> None:
     from resnet_deploy import registry
     from resnet_deploy.builder import BuildRequest
@@ -241,18 +241,23 @@ def _build_steps(options: DemoOptions, train_dir: Path, fp32: Path, stem: Path, 
         if target == "onnxruntime":
             continue
         usable, reason = target_usable(target)
-        suffix = registry.backend(target).default_suffix()
+        spec = registry.backend(target)
+        from_card = spec.source == "card"  # it compiles the PyTorch model (AOTInductor), not the ONNX
+        source = ["--checkpoint", str(card)] if from_card else ["--onnx", str(fp32)]
         for precision, flags in (("fp32", []), ("int8", ["--int8"])):
-            output = f"{stem}.{target}{'.int8' if flags else ''}{suffix}"
-            argv = ["build-engine", "--onnx", str(fp32), *flags, *common, "--target", target, "--output", output]
+            if precision not in spec.precisions:  # its declaration says it never computes this one
+                continue
+            output = f"{stem}.{target}{'.int8' if flags else ''}{spec.default_suffix()}"
+            argv = ["build-engine", *source, *flags, *common, "--target", target, "--output", output]
             title = f"{target} engine ({precision})"
             if not usable:
                 result.steps.append(StepResult(f"{target}-{precision}", title, argv, 0, 0.0, None,
                                                skipped_reason=reason))
                 hooks.announce(f"[yellow]skipped[/yellow] {escape(title)}: {escape(reason)}")
                 continue
-            request = BuildRequest(onnx=fp32, precision=precision, calib_data=train_dir,
-                                   calib_samples=options.calib_samples, target=target, output=Path(output))
+            request = BuildRequest(onnx=None if from_card else fp32, checkpoint=card if from_card else None,
+                                   precision=precision, calib_data=train_dir, calib_samples=options.calib_samples,
+                                   target=target, output=Path(output))
             _build_step(f"{target}-{precision}", title, argv, request, hooks, result)
 
 
