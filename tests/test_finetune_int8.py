@@ -120,10 +120,9 @@ def test_build_engine_takes_the_finetuned_model_without_calibrating(finetuned, d
     assert manifest["precision_check"]["qdq_vs_module"]["passed"]
     assert not list(tmp_path.glob("*.calib-*.json"))  # no calibration cache: nothing was calibrated
     # The artifact computes what the fine-tuned Q/DQ model computes, on real images.
-    from resnet_deploy.onnx_check import run_logits
-    from resnet_deploy.precision.qat_export import qdq_session
+    from resnet_deploy.onnx_check import arithmetic_session, run_logits
 
-    reference = run_logits(qdq_session(finetuned.output), digits.images, batch=64)
+    reference = run_logits(arithmetic_session(finetuned.output), digits.images, batch=64)
     if target == "onnxruntime":
         from resnet_deploy.onnx_check import session
 

@@ -371,8 +371,8 @@ class _Finetune:
         from resnet_deploy.compare import compare_logits
         from resnet_deploy.data import open_dataset, sample_labelled
         from resnet_deploy.gates import build_gate_for, judge, render_gate
-        from resnet_deploy.onnx_check import run_logits
-        from resnet_deploy.precision.qat_export import check_qdq, export_qdq, qdq_session
+        from resnet_deploy.onnx_check import arithmetic_session, run_logits
+        from resnet_deploy.precision.qat_export import check_qdq, export_qdq
 
         cfg, card = self.cfg, self.loaded.card
         test = open_dataset(self.data.root, split=self.data.test_split)
@@ -399,7 +399,7 @@ class _Finetune:
                 raise CheckFailed(f"{cfg.output}: the exported Q/DQ model does not compute what the fine-tuned "
                                   f"module computes ({check.agreement:.2f}% top-1 agreement, max |Δ logit| "
                                   f"{check.max_abs_logit_diff:.3g} on {check.images} images); nothing was written")
-            int8 = run_logits(qdq_session(staged), images, batch=64)
+            int8 = run_logits(arithmetic_session(staged), images, batch=64)
             comparison = compare_logits(teacher, int8)
             result.vs_fp32 = comparison.to_dict()
             result.fp32_top1 = 100.0 * float(np.mean(teacher.argmax(1) == labels))

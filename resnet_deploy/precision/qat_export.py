@@ -133,11 +133,6 @@ def constants_to_initializers(proto: Any) -> int:
     return moved
 
 
-def qdq_session(path: Path) -> Any:
-    """The Q/DQ nodes run as written (the reference arithmetic): the library's one arithmetic session."""
-    return arithmetic_session(path)
-
-
 @torch.no_grad()
 def module_logits(model: QatResNet, images: np.ndarray, batch: int = 64) -> np.ndarray:
     """The fake-quant module's logits in float32 on the CPU (no autocast)."""
@@ -152,7 +147,7 @@ def check_qdq(path: Path, model: QatResNet, images: np.ndarray) -> QdqCheck:
     from resnet_deploy.onnx_check import run_logits
 
     reference = module_logits(model, images)
-    onnx_logits = run_logits(qdq_session(path), images, batch=64)
+    onnx_logits = run_logits(arithmetic_session(path), images, batch=64)
     step = float(model.logits_q.scale.detach().abs())
     tolerance = MAX_LOGIT_STEPS * step + 1e-6
     comparison: LogitComparison = compare_logits(reference, onnx_logits, tolerance=tolerance)
