@@ -51,10 +51,13 @@ def test_fake_quant_model_and_onnx_compute_the_same(digits, tmp_path):
 
     loaded = load_model(digits.root / "digits.safetensors")
     calib = torch.from_numpy(digits.images[:128])
-    for bits, levels in ((8, 127), (7, 64)):
+    for bits, levels, clipped in ((8, 127, False), (7, 64, False), (7, 64, True)):
         model = QatResNet(loaded.model.eval(), bits)
+        if clipped:  # clipped channels: the file must store them clipped (QuantizeLinear saturates at ±127)
+            model.fit_weight_clipping()
+            assert float(model.stem.clip.min()) < 1.0
         calibrate(model, [calib[:64], calib[64:]])
-        path = export_qdq(model, tmp_path / f"m{bits}.onnx", card=loaded.card, props={},
+        path = export_qdq(model, tmp_path / f"m{bits}{clipped}.onnx", card=loaded.card, props={},
                           quantization={"qat": {}, "weight_bits": bits})
         check = check_qdq(path, model, digits.images)
         assert check.passed and check.disagreements == 0 and check.agreement >= 99.5, check
@@ -70,6 +73,7 @@ def test_fake_quant_model_and_onnx_compute_the_same(digits, tmp_path):
         scale = inits["stem.export_scale"]
         q = np.round(weight / scale.reshape(-1, 1, 1, 1))
         assert np.abs(q).max() == levels
+        assert np.allclose(scale, model.stem.weight_scale().numpy(), rtol=1e-6)
         assert float(inits["input_q.export_scale"]) == pytest.approx(float(model.input_q.scale.detach()), rel=1e-7)
         ops = [n.op_type for n in proto.graph.node]
         assert ops.count("Conv") == 19 and ops.count("Gemm") == 1
@@ -146,10 +150,32 @@ def test_resume_is_exact(digits, tmp_path):
     resumed = finetune_int8(_config(digits, tmp_path / "b" / "m.onnx", iters=6, max_iters=4, check_images=50,
                                     resume=True))
     assert resumed.iterations == 4
-    a = torch.load(tmp_path / "a" / "m.finetune.pt", weights_only=True)["student"]
-    b = torch.load(tmp_path / "b" / "m.finetune.pt", weights_only=True)["student"]
-    assert a.keys() == b.keys()
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    for part in ("student", "ema"):  # the weights and their moving average, which is what gets exported
+        a = torch.load(tmp_path / "a" / "m.finetune.pt", weights_only=True)[part]
+        b = torch.load(tmp_path / "b" / "m.finetune.pt", weights_only=True)[part]
+        assert a.keys() == b.keys()
+        assert all(torch.equal(a[k], b[k]) for k in a), part
+    assert not torch.equal(a["module.stem.weight"], torch.load(tmp_path / "a" / "m.finetune.pt",
+                                                               weights_only=True)["student"]["stem.weight"])
+
+
+def test_weight_clipping_lowers_each_channels_error(digits):
+    """fit_weight_clipping: per channel, clipped rounding error never above the max rule's, below it somewhere."""
+    from resnet_deploy.checkpoints import load_model
+    from resnet_deploy.precision.qat import QatResNet, QConv, QLinear
+
+    model = QatResNet(load_model(digits.root / "digits.safetensors").model.eval(), 7)
+
+    def errors() -> list[torch.Tensor]:
+        with torch.no_grad():
+            return [((m.quantized_weight("quant") - m.weight) ** 2).reshape(m.weight.shape[0], -1).sum(1)
+                    for m in model.modules() if isinstance(m, (QConv, QLinear))]
+
+    before = errors()
+    model.fit_weight_clipping()
+    after = errors()
+    assert all(bool((a <= b + 1e-12).all()) for a, b in zip(after, before))
+    assert sum(float(b.sum() - a.sum()) for a, b in zip(after, before)) > 0
 
 
 def test_bad_input_is_one_error_line(digits, tmp_path, cli):

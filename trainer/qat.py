@@ -21,18 +21,16 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from resnet_deploy.atomic import atomic_path, sha256_file
 from resnet_deploy.errors import CheckFailed, UsageError
@@ -40,19 +38,20 @@ from trainer import distributed
 from trainer.progress import Reporter
 from trainer.safety import TrainingInterrupted, sigterm_as_interrupt
 
-STATE_FORMAT = "resnet_deploy.finetune_int8/1"
+STATE_FORMAT = "resnet_deploy.finetune_int8/2"  # /2: per-channel weight clip factors
 DEFAULT_ITERS = 1000
 DEFAULT_BATCH = 128
 DEFAULT_LR = 0.001
 DEFAULT_TEMPERATURE = 1.0
 DEFAULT_CE_WEIGHT = 0.0  # labels pull the student off the teacher's mistakes: agreement is the goal
 DEFAULT_CALIB_SAMPLES = 512
+DEFAULT_EMA_DECAY = 0.99  # the exported weights: an average over ~100 iterations, not the last step's
 DEFAULT_CHECK_IMAGES = 1000
 MOMENTUM = 0.9
 AMP_MODES = ("auto", "off", "bf16")
 # Options that define a run: on --resume they must match the saved ones (the state continues that run).
 RUN_DEFINING = ("iters", "batch_size", "lr", "temperature", "ce_weight", "seed", "weight_bits",
-                "quantize_logits")
+                "quantize_logits", "ema_decay")
 
 
 @dataclass
@@ -78,6 +77,7 @@ class FinetuneConfig:
     amp: str = "auto"
     workers: int | None = None
     quantize_logits: bool = False  # the Gemm's output: float by default (its int8 grid alone flips near-ties)
+    ema_decay: float = DEFAULT_EMA_DECAY  # 0: export the last iteration's weights
 
     def check(self) -> None:
         positive = {"--iters": self.iters, "--max-iters": self.max_iters, "--lr": self.lr,
@@ -87,6 +87,8 @@ class FinetuneConfig:
         for flag, value in positive.items():
             if value is not None and not (math.isfinite(value) and value > 0):
                 raise UsageError(f"{flag} must be a positive number, got {value}")
+        if not (math.isfinite(self.ema_decay) and 0 <= self.ema_decay < 1):
+            raise UsageError(f"--ema-decay must be at least 0 and below 1, got {self.ema_decay}")
         if not (math.isfinite(self.ce_weight) and self.ce_weight >= 0):
             raise UsageError(f"--ce-weight must be 0 or more, got {self.ce_weight}")
         if self.amp not in AMP_MODES:
@@ -188,8 +190,10 @@ class _Finetune:
             start, self.train_seconds = int(resume["iteration"]), float(resume["train_seconds"])
             self.reporter.message(f"resuming {cfg.state_path} at iteration {start} of {total}")
         else:
+            self.student.fit_weight_clipping()  # before training: the clip factors then stay (resume: in the state)
             self.calibration = self._calibrate()
             start, self.train_seconds = 0, 0.0
+        self.ema = self._average(resume)
         stop = min(total, cfg.max_iters or total)
         if start >= stop:
             raise UsageError(f"nothing to do: {cfg.state_path} is at iteration {start} and the run stops at {stop} "
@@ -199,9 +203,25 @@ class _Finetune:
                                 round(self.train_seconds, 2), ips, loss, self.calibration, notes=self.notes,
                                 is_main=ctx.is_main)
         if result.completed and ctx.is_main:
-            self._finish(result)
+            from trainer.qat_finish import finish
+
+            finish(self, result)
         distributed.barrier(ctx)
         return result
+
+    def _average(self, resume: dict[str, Any] | None) -> AveragedModel | None:
+        """The exponential moving average of the student's weights (torch's AveragedModel), what is exported:
+        it keeps the last iterations' noise out of the artifact. Made after the clip factors and scales are set."""
+        if not self.cfg.ema_decay:
+            return None
+        ema = AveragedModel(self.student, multi_avg_fn=get_ema_multi_avg_fn(self.cfg.ema_decay))
+        if resume is not None:
+            ema.load_state_dict(resume["ema"])
+        return ema
+
+    def final_module(self) -> nn.Module:
+        """The fake-quant module the artifact is exported from: the weight average, else the last weights."""
+        return self.ema.module if self.ema is not None else self.student
 
     def _load_state(self, bits: int) -> dict[str, Any]:
         from resnet_deploy.checkpoints import torch_load_untrusted
@@ -344,6 +364,8 @@ class _Finetune:
         loss.backward()
         self.optimizer.step()
         self.scheduler.step()
+        if self.ema is not None:
+            self.ema.update_parameters(self.student)
         return loss.detach()
 
     def _save(self, iteration: int) -> None:
@@ -355,96 +377,23 @@ class _Finetune:
             "student": {k: v.detach().cpu().clone() for k, v in self.student.state_dict().items()},
             "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
             "calibration": self.calibration, "teacher_sha256": self.card_sha256,
+            "ema": self.ema.state_dict() if self.ema is not None else None,
             "config": {**{k: getattr(cfg, k) for k in RUN_DEFINING if k != "weight_bits"},
                        "weight_bits": self.bits},
         }
         with atomic_path(cfg.state_path) as tmp:
             torch.save(state, tmp)
 
-    # --- the end -----------------------------------------------------------------------------------
-
-    def _finish(self, result: FinetuneResult) -> None:
-        """Export, check the Q/DQ arithmetic against the module, judge INT8 vs FP32, then write `output`."""
-        import onnx
-
-        from resnet_deploy.artifacts import VERIFICATION_KEY
-        from resnet_deploy.compare import compare_logits
-        from resnet_deploy.data import open_dataset, sample_labelled
-        from resnet_deploy.gates import build_gate_for, judge, render_gate
-        from resnet_deploy.onnx_check import arithmetic_session, run_logits
-        from resnet_deploy.precision.qat_export import check_qdq, export_qdq
-
-        cfg, card = self.cfg, self.loaded.card
-        test = open_dataset(self.data.root, split=self.data.test_split)
-        images, labels = sample_labelled(test, card.preprocessing, min(cfg.check_images, len(test)), cfg.seed)
-        self.student.eval()
-        with torch.no_grad():
-            teacher = torch.cat([self.teacher(torch.from_numpy(images[i:i + 128]).to(self.ctx.device)).float().cpu()
-                                 for i in range(0, len(images), 128)]).numpy()
-        lineage = self._lineage(result)
-        quantization = {
-            "format": "QDQ", "weights": f"int8 ({self.bits}-bit range), per-channel (output channel), symmetric",
-            "weight_bits": self.bits, "cpu_target": self.cpu_target,
-            "activations": "int8, per-tensor, symmetric (zero point 0)", "bias": "float", "remainder": "fp32",
-            "logits": "int8" if cfg.quantize_logits else "float (the Gemm's inputs int8, its output float)",
-            "tool": f"torch {torch.__version__} fake-quant export (finetune-int8)", "float_by_rule": [],
-            "qat": lineage,
-        }
-        with tempfile.TemporaryDirectory(prefix="resnet-deploy-finetune-", dir=cfg.output.parent) as tmp:
-            staged = Path(tmp) / cfg.output.name
-            export_qdq(self.student, staged, card=card, props=self._props(lineage), quantization=quantization)
-            check = check_qdq(staged, self.student, images)
-            result.qdq_check = check.to_dict()
-            if not check.passed:
-                raise CheckFailed(f"{cfg.output}: the exported Q/DQ model does not compute what the fine-tuned "
-                                  f"module computes ({check.agreement:.2f}% top-1 agreement, max |Δ logit| "
-                                  f"{check.max_abs_logit_diff:.3g} on {check.images} images); nothing was written")
-            int8 = run_logits(arithmetic_session(staged), images, batch=64)
-            comparison = compare_logits(teacher, int8)
-            result.vs_fp32 = comparison.to_dict()
-            result.fp32_top1 = 100.0 * float(np.mean(teacher.argmax(1) == labels))
-            result.int8_top1 = 100.0 * float(np.mean(int8.argmax(1) == labels))
-            gate = build_gate_for("int8", min_agreement=cfg.min_agreement)
-            result.gate = render_gate(gate)
-            random_weights = bool(card.lineage.get("random_weights"))
-            if not random_weights and not judge(gate, agreement=comparison.agreement,
-                                                finite=comparison.finite).passed:
-                raise CheckFailed(
-                    f"{cfg.output}: after {result.iterations} iterations the INT8 model agrees with FP32 on "
-                    f"{comparison.agreement:.2f}% of {len(images)} held-out images, below the build gate: "
-                    f"{render_gate(gate)}; nothing was written ({cfg.state_path} is kept). Try more --iters "
-                    "(a new run: delete the state), or lower --min-agreement if this difference is acceptable")
-            verification = {"reference": "FP32 card in PyTorch", "data": f"held-out images ({self.data.test_split})",
-                            **comparison.to_dict(), "fp32_top1": result.fp32_top1, "int8_top1": result.int8_top1,
-                            "qdq_vs_module": check.to_dict()}
-            model = onnx.load(str(staged))
-            entry = model.metadata_props.add()
-            entry.key, entry.value = VERIFICATION_KEY, json.dumps(verification)
-            with atomic_path(cfg.output) as final:
-                onnx.save(model, str(final))
-        result.output = cfg.output
-
-    def _lineage(self, result: FinetuneResult) -> dict[str, Any]:
+    def lineage(self, result: FinetuneResult) -> dict[str, Any]:
         cfg = self.cfg
         return {
             "format": STATE_FORMAT, "teacher_card": str(cfg.card), "teacher_card_sha256": self.card_sha256,
             "iterations": result.iterations, "batch_size": cfg.batch_size, "world_size": self.ctx.world_size,
             "global_batch": self.plan.global_batch, "lr": cfg.lr, "schedule": "cosine", "momentum": MOMENTUM,
             "temperature": cfg.temperature, "ce_weight": cfg.ce_weight, "seed": cfg.seed, "data": str(cfg.data),
-            "quantize_logits": cfg.quantize_logits, "train_images": len(self.data.train_rows),
+            "quantize_logits": cfg.quantize_logits, "ema_decay": cfg.ema_decay,
+            "train_images": len(self.data.train_rows),
             "amp": str(self.amp_dtype).replace("torch.", "") if self.amp_dtype else "off",
             "device": str(self.ctx.device), "train_seconds": round(self.train_seconds, 2),
             "calibration": self.calibration, "weight_bits": self.bits, "cpu_target": self.cpu_target,
         }
-
-    def _props(self, lineage: dict[str, Any]) -> dict[str, str]:
-        """The card metadata of an exported model (export.card_metadata_props), the card's lineage extended."""
-        import onnx
-
-        from resnet_deploy.card import stamp_lineage
-        from resnet_deploy.export import card_metadata_props
-
-        card = stamp_lineage(self.loaded.card, int8_finetune=lineage)
-        return {**card_metadata_props(card, source_sha256=self.card_sha256, batch=None),
-                "random_weights": "true" if card.lineage.get("random_weights") else "false",
-                "torch_version": torch.__version__, "onnx_version": onnx.__version__}

@@ -40,6 +40,9 @@ def finetune_int8(  # noqa: PLR0913 - a training command has many knobs
     ce_weight: Annotated[float, typer.Option("--ce-weight", help="Weight of the cross-entropy on the labels "
                                              "(0: the teacher alone; agreement is the goal).",
                                              rich_help_panel=PANEL_TRAIN)] = 0.0,
+    ema_decay: Annotated[float, typer.Option(
+        "--ema-decay", help="Export the moving average of the weights with this decay per iteration (0: the last "
+        "iteration's weights).", rich_help_panel=PANEL_TRAIN)] = 0.99,
     amp: Annotated[str, typer.Option(
         "--amp", help="auto (bf16 on GPUs and CPUs with native bf16), off or bf16.",
         rich_help_panel=PANEL_TRAIN)] = "auto",
@@ -73,7 +76,7 @@ def finetune_int8(  # noqa: PLR0913 - a training command has many knobs
         card=card, data=data, output=output, cpu=cpu, iters=iters, max_iters=max_iters, resume=resume, lr=lr,
         batch_size=batch_size, temperature=temperature, ce_weight=ce_weight, calib_samples=calib_samples,
         check_images=check_images, min_agreement=min_agreement, seed=seed, device=device, amp=amp, workers=workers,
-        quantize_logits=quantize_logits)
+        quantize_logits=quantize_logits, ema_decay=ema_decay)
     result = finetune_int8(config, Reporter() if quiet() else RichReporter(stderr, make_progress=training_bar))
     if not result.is_main:
         return

@@ -4,7 +4,8 @@
 export, whose BatchNorms are folded into the convolutions. On a ResNet that puts:
 
 * per-channel symmetric weights on axis 0 (Conv and Gemm), float weights behind a Q/DQ pair,
-  scale = max|w| / 127 per output channel (/ 64 with 7-bit weights, `isa.weight_bits_for`);
+  scale = max|w| / 127 per output channel (/ 64 with 7-bit weights, `isa.weight_bits_for`); fine-tuning
+  keeps that form but clips each channel where it costs least (`fit_weight_clipping`: scale = clip · max|w| / levels);
 * per-tensor symmetric int8 activations (zero point 0, scale = calibrated threshold / 127) on the
   model input, every Conv output, every Relu output, every residual Add output, the Gemm input
   (after the global pool and flatten) and the logits (`quantize_logits=False`, finetune-int8's default,
@@ -16,8 +17,9 @@ export, whose BatchNorms are folded into the convolutions. On a ResNet that puts
 as a conv bias), a `QuantAct` at each activation place, weights quantized per channel in `QConv` /
 `QLinear`. Rounding is ONNX QuantizeLinear's: x / scale, rounded half to even (`torch.round`),
 saturated to [-128, 127]; dequantized as q · scale. Gradients pass the rounding straight through;
-activation scales are learned (LSQ's gradient, scaled by 1/sqrt(numel · 127)); weight scales follow
-the weights (max |w| per channel, as the post-training quantizer computes them).
+activation scales stay where calibration put them; weight scales follow
+the weights (clip · max |w| per channel; clip fitted once, before training). Clipped 7-bit weights are
+exported clipped: QuantizeLinear saturates at ±127, the 7-bit range is ±64.
 
 `export_qdq` writes the model with torch's own `fake_quantize_per_tensor_affine` /
 `fake_quantize_per_channel_affine`, which torch's TorchScript exporter (`dynamo=False`; torch 2.14
@@ -28,7 +30,6 @@ Runtime with graph optimizations off (the Q/DQ arithmetic itself) and compares i
 from __future__ import annotations
 
 import copy
-import math
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -46,6 +47,7 @@ PERCENTILE = 99.999  # the post-training default (calibration.CALIBRATOR_SETTING
 HISTOGRAM_BINS = 2048
 CALIBRATION_METHODS = ("percentile", "minmax")
 MIN_SCALE = 1e-8
+CLIP_MIN, CLIP_STEPS = 0.5, 51  # the weight clip factors fit_weight_clipping tries
 
 
 def weight_levels(bits: int) -> int:
@@ -63,7 +65,9 @@ class QuantAct(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.scale = nn.Parameter(torch.tensor(1.0))
+        # Set by `calibrate`, then kept: learning it (LSQ's gradient, or Adam at a rate per scale) did not raise
+        # agreement in a fine-tuning this short (docs/BENCHMARKS.md). A parameter still, so the state holds it.
+        self.scale = nn.Parameter(torch.tensor(1.0), requires_grad=False)
         self.mode = "quant"
         self.observed_max = 0.0
         self.histogram: torch.Tensor | None = None  # of |x| over [0, observed_max], second calibration pass
@@ -79,16 +83,11 @@ class QuantAct(nn.Module):
             if not torch.is_grad_enabled():
                 return torch.clamp(torch.round(x / self.scale.clamp_min(MIN_SCALE)), ACT_QMIN, ACT_QMAX) * \
                     self.scale.clamp_min(MIN_SCALE)
-            # torch's fused LSQ kernel: x · (1/scale) rounded half to even, straight-through gradients, the
-            # scale's gradient scaled by 1/sqrt(numel · 127). Three times faster than the elementwise chain.
-            factor = 1.0 / math.sqrt(x[0].numel() * ACT_LEVELS)
-            with torch.no_grad():
-                self.scale.clamp_(min=MIN_SCALE)
-            return torch._fake_quantize_learnable_per_tensor_affine(
-                x, self.scale.reshape(1), self._zero(x), ACT_QMIN, ACT_QMAX, factor)
-
-    def _zero(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.zeros(1, dtype=torch.float32, device=x.device)
+            # torch's fused kernel: x / scale rounded half to even, the gradient passed straight through inside
+            # the int8 range (none where it saturates). Several times faster than the elementwise chain.
+            zero = torch.zeros(1, dtype=torch.int32, device=x.device)
+            return torch.fake_quantize_per_tensor_affine(x, self.scale.clamp_min(MIN_SCALE).reshape(1), zero,
+                                                         ACT_QMIN, ACT_QMAX)
 
     def _observe(self, x: torch.Tensor) -> None:
         magnitude = x.float().abs()
@@ -108,22 +107,42 @@ class QuantAct(nn.Module):
 
 
 class _QWeight(nn.Module):
-    """Per-channel (axis 0) symmetric weight quantization shared by QConv and QLinear."""
+    """Per-channel (axis 0) symmetric weight quantization shared by QConv and QLinear.
+
+    scale = clip · max|w| / levels per output channel: `clip` is 1 (the post-training rule) until
+    `fit_weight_clipping` sets each channel's factor that minimizes its rounding + clipping error."""
 
     levels: int
+    clip: torch.Tensor
+
+    def _init_clip(self, channels: int) -> None:
+        self.register_buffer("clip", torch.ones(channels))
 
     def weight_scale(self) -> torch.Tensor:
         w = self.weight.detach()
-        return (w.abs().reshape(w.shape[0], -1).amax(1) / self.levels).clamp_min(MIN_SCALE)
+        return (w.abs().reshape(w.shape[0], -1).amax(1) * self.clip / self.levels).clamp_min(MIN_SCALE)
+
+    @torch.no_grad()
+    def fit_clip(self) -> None:
+        """Each channel's clip factor in [CLIP_MIN, 1] with the least squared weight error (a grid search)."""
+        w = self.weight.detach().reshape(self.weight.shape[0], -1)
+        top = w.abs().amax(1).clamp_min(MIN_SCALE)
+        best_error = torch.full_like(top, float("inf"))
+        for factor in torch.linspace(CLIP_MIN, 1.0, CLIP_STEPS, dtype=w.dtype).tolist():
+            step = (top * factor / self.levels)[:, None]
+            error = ((torch.clamp(torch.round(w / step), -self.levels, self.levels) * step - w) ** 2).sum(1)
+            better = error < best_error
+            best_error = torch.where(better, error, best_error)
+            self.clip.copy_(torch.where(better, torch.full_like(top, factor), self.clip))
 
     def quantized_weight(self, mode: str) -> torch.Tensor:
         if mode == "export":  # constants set by `freeze_for_export`
             return torch.fake_quantize_per_channel_affine(self.weight, self.export_scale, self.export_zero, 0,
                                                           ACT_QMIN, ACT_QMAX)
         scale = self.weight_scale()
-        if torch.is_grad_enabled():  # torch's fused kernel, straight-through gradient (no value is clamped)
+        if torch.is_grad_enabled():  # torch's fused kernel: straight-through gradient inside ±levels, none outside
             zero = torch.zeros(scale.shape, dtype=torch.int32, device=scale.device)
-            return torch.fake_quantize_per_channel_affine(self.weight, scale, zero, 0, ACT_QMIN, ACT_QMAX)
+            return torch.fake_quantize_per_channel_affine(self.weight, scale, zero, 0, -self.levels, self.levels)
         shape = (-1,) + (1,) * (self.weight.dim() - 1)
         s = scale.reshape(shape)
         return torch.clamp(torch.round(self.weight / s), -self.levels, self.levels) * s
@@ -145,6 +164,7 @@ class QConv(_QWeight):
         self.stride, self.padding, self.dilation, self.groups = conv.stride, conv.padding, conv.dilation, conv.groups
         self.levels = levels
         self.mode = "quant"
+        self._init_clip(weight.shape[0])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = self.quantized_weight(self.mode) if self.mode != "observe" else self.weight
@@ -161,6 +181,7 @@ class QLinear(_QWeight):
         self.bias = nn.Parameter(linear.bias.detach().clone().float())
         self.levels = levels
         self.mode = "quant"
+        self._init_clip(linear.weight.shape[0])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = self.quantized_weight(self.mode) if self.mode != "observe" else self.weight
@@ -242,6 +263,12 @@ class QatResNet(nn.Module):
     def quantizers(self) -> list[QuantAct]:
         return [m for m in self.modules() if isinstance(m, QuantAct)]
 
+    def fit_weight_clipping(self) -> None:
+        """Per-channel weight clip factors with the least rounding + clipping error (`_QWeight.fit_clip`)."""
+        for module in self.modules():
+            if isinstance(module, (QConv, QLinear)):
+                module.fit_clip()
+
     @torch.no_grad()
     def freeze_for_export(self) -> None:
         """Every scale and zero point as a constant buffer, and export mode: the exporter then writes plain
@@ -252,6 +279,9 @@ class QatResNet(nn.Module):
                 module.register_buffer("export_zero", torch.zeros((), dtype=torch.int32))
             elif isinstance(module, (QConv, QLinear)):
                 scale = module.weight_scale().clone()
+                # QuantizeLinear saturates at ±127, not ±levels: clipped weights are stored clipped
+                bound = (scale * module.levels).reshape((-1,) + (1,) * (module.weight.dim() - 1))
+                module.weight.copy_(torch.maximum(torch.minimum(module.weight, bound), -bound))
                 module.register_buffer("export_scale", scale)
                 module.register_buffer("export_zero", torch.zeros(scale.shape, dtype=torch.int32))
         self.set_mode("export")
