@@ -174,8 +174,8 @@ def test_weight_clipping_lowers_each_channels_error(digits):
     before = errors()
     model.fit_weight_clipping()
     after = errors()
-    assert all(bool((a <= b + 1e-12).all()) for a, b in zip(after, before))
-    assert sum(float(b.sum() - a.sum()) for a, b in zip(after, before)) > 0
+    assert all(bool((a <= b + 1e-12).all()) for a, b in zip(after, before, strict=True))
+    assert sum(float(b.sum() - a.sum()) for a, b in zip(after, before, strict=True)) > 0
 
 
 def test_bad_input_is_one_error_line(digits, tmp_path, cli):

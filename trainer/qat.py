@@ -5,17 +5,20 @@
 1. The card's model is the teacher (FP32, frozen). Its twin `precision.qat.QatResNet` has BatchNorm
    folded and INT8 quantizers where post-training INT8 puts them, with 7- or 8-bit weights for the
    CPU class (`precision.isa`).
-2. Activation scales start from a calibration pass over `--calib-samples` training images through
-   the card's evaluation transform (percentile of |x|, the post-training default).
+2. Each weight channel's clip factor is fitted (least rounding + clipping error), then the activation
+   scales come from a calibration pass over `--calib-samples` training images through the card's
+   evaluation transform (percentile of |x|, the post-training default); both then stay fixed.
 3. Training: the trainer's batches (`trainer.data.BatchPlan`: batch i is a pure function of the seed
    and i; CIFAR-sized cards decode once and augment on the device, others use worker processes),
    loss = T² · KL(teacher ‖ student at temperature T) + ce_weight · cross-entropy on the labels,
    SGD with momentum and a cosine schedule, bf16 autocast where the device computes it fast, DDP
    when launched by torchrun (gloo on CPUs, NCCL on GPUs). The state (`<output>.finetune.pt`) is
    written atomically every `save_every` iterations and at the end: `--resume` continues exactly.
-4. At the end of the schedule: export (`precision.qat_export`), the Q/DQ file checked against the
-   module on held-out images with ONNX Runtime's graph optimizations off, and the INT8 model's
-   agreement with the teacher judged by the INT8 build gate. Only then is `output` written.
+   An exponential moving average of the weights (torch's AveragedModel, `ema_decay`) is kept beside them.
+4. At the end of the schedule (`trainer.qat_finish`): the average exported (`precision.qat_export`),
+   the Q/DQ file checked against it on held-out images with ONNX Runtime's graph optimizations off,
+   and the INT8 model's agreement with the teacher judged by the INT8 build gate. Only then is
+   `output` written.
 """
 
 from __future__ import annotations

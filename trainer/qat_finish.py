@@ -40,7 +40,8 @@ def finish(run: _Finetune, result: FinetuneResult) -> None:
                              for i in range(0, len(images), 128)]).numpy()
     lineage = run.lineage(result)
     quantization = {
-        "format": "QDQ", "weights": f"int8 ({run.bits}-bit range), per-channel (output channel), symmetric",
+        "format": "QDQ", "weights": f"int8 ({run.bits}-bit range), per-channel (output channel), symmetric, "
+                                    "each channel clipped where its rounding + clipping error is least",
         "weight_bits": run.bits, "cpu_target": run.cpu_target,
         "activations": "int8, per-tensor, symmetric (zero point 0)", "bias": "float", "remainder": "fp32",
         "logits": "int8" if cfg.quantize_logits else "float (the Gemm's inputs int8, its output float)",
