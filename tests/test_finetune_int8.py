@@ -181,7 +181,8 @@ def test_weight_clipping_lowers_each_channels_error(digits):
 def test_bad_input_is_one_error_line(digits, tmp_path, cli):
     card = str(digits.root / "digits.safetensors")
     for args in (["--data", str(tmp_path / "missing")], ["--data", str(digits.root), "--cpu", "sparc"],
-                 ["--data", str(digits.root), "--iters", "0"], ["--data", str(digits.root), "--resume"]):
+                 ["--data", str(digits.root), "--iters", "0"], ["--data", str(digits.root), "--resume"],
+                 ["--data", str(digits.root), "--ema-decay", "1"]):
         run = cli("finetune-int8", card, "-o", str(tmp_path / "m.onnx"), *args)
         assert run.returncode == 2, (args, run.stderr)
         lines = [line for line in run.stderr.splitlines() if line.strip()]
@@ -190,19 +191,17 @@ def test_bad_input_is_one_error_line(digits, tmp_path, cli):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=False, reason="issue 24's 99 % goal is not met yet: 98.70 % after 200 iterations (old "
-                   "defaults), 98.75 % after 80 (T 1, no cross-entropy, float logits; AMD EPYC Zen 3); the "
-                   "assertion stays the goal")
+@pytest.mark.xfail(strict=False, reason="issue 24's 99 % goal is at the edge: the default run (1,000 iterations, "
+                   "weight clipping, EMA) gave 99.2 % on 1,000 held-out images but 98.87 % (ONNX Runtime) / 98.99 % "
+                   "(OpenVINO) on all 10,000 (AMD EPYC Zen 3); the assertion stays the goal")
 def test_cifar10_resnet20_agreement(cifar10_dir, tmp_path):
-    """The ResNet-20 card fine-tuned on CIFAR-10: at least 99 % top-1 agreement with FP32 on held-out images.
-
-    The issue's goal, not yet met: 200 iterations (batch 128, defaults) gave 98.70 % on these 2,000 images,
-    against 98.65 % for the calibrated model before any training (AMD EPYC Zen 3, 2 shared cores)."""
+    """The ResNet-20 card fine-tuned on CIFAR-10 with the defaults: at least 99 % top-1 agreement with FP32 on
+    2,000 held-out images (the issue's goal; docs/BENCHMARKS.md has the 10,000-image figures)."""
     from trainer.qat import FinetuneConfig, finetune_int8
 
     card = Path(__file__).parent / "data" / "resnet20_cifar10.safetensors"
     result = finetune_int8(FinetuneConfig(card=card, data=cifar10_dir, output=tmp_path / "r20.qat.onnx",
-                                          cpu="portable", iters=300, batch_size=128, check_images=2000,
+                                          cpu="portable", check_images=2000,
                                           min_agreement=0.0, device="cpu"))
     assert result.qdq_check["passed"]
     assert result.vs_fp32["agreement"] >= 99.0, result.vs_fp32
