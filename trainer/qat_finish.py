@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import torch
@@ -16,10 +16,27 @@ from resnet_deploy.atomic import atomic_path
 from resnet_deploy.errors import CheckFailed
 
 if TYPE_CHECKING:
-    from trainer.qat import FinetuneResult, _Finetune
+    from trainer.qat_config import FinetuneResult
 
 
-def finish(run: _Finetune, result: FinetuneResult) -> None:
+class FinishingRun(Protocol):
+    """What the end needs of a run (`trainer.qat._Finetune`); a protocol so this module need not import it."""
+
+    cfg: Any
+    loaded: Any
+    teacher: torch.nn.Module
+    ctx: Any
+    data: Any
+    bits: int
+    cpu_target: str
+    card_sha256: str
+
+    def final_module(self) -> torch.nn.Module: ...
+
+    def lineage(self, result: FinetuneResult) -> dict[str, Any]: ...
+
+
+def finish(run: FinishingRun, result: FinetuneResult) -> None:
     """Export, check the Q/DQ arithmetic against the module, judge INT8 vs FP32, then write `output`."""
     import onnx
 
@@ -82,7 +99,7 @@ def finish(run: _Finetune, result: FinetuneResult) -> None:
             onnx.save(model, str(final))
     result.output = cfg.output
 
-def card_props(run: _Finetune, lineage: dict[str, Any]) -> dict[str, str]:
+def card_props(run: FinishingRun, lineage: dict[str, Any]) -> dict[str, str]:
     """The card metadata of an exported model (export.card_metadata_props), the card's lineage extended."""
     import onnx
 
