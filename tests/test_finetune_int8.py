@@ -150,13 +150,13 @@ def test_resume_is_exact(digits, tmp_path):
     resumed = finetune_int8(_config(digits, tmp_path / "b" / "m.onnx", iters=6, max_iters=4, check_images=50,
                                     resume=True))
     assert resumed.iterations == 4
+    whole_state = torch.load(tmp_path / "a" / "m.finetune.pt", weights_only=True)
+    resumed_state = torch.load(tmp_path / "b" / "m.finetune.pt", weights_only=True)
     for part in ("student", "ema"):  # the weights and their moving average, which is what gets exported
-        a = torch.load(tmp_path / "a" / "m.finetune.pt", weights_only=True)[part]
-        b = torch.load(tmp_path / "b" / "m.finetune.pt", weights_only=True)[part]
+        a, b = whole_state[part], resumed_state[part]
         assert a.keys() == b.keys()
         assert all(torch.equal(a[k], b[k]) for k in a), part
-    assert not torch.equal(a["module.stem.weight"], torch.load(tmp_path / "a" / "m.finetune.pt",
-                                                               weights_only=True)["student"]["stem.weight"])
+    assert not torch.equal(whole_state["ema"]["module.stem.weight"], whole_state["student"]["stem.weight"])
 
 
 def test_weight_clipping_lowers_each_channels_error(digits):

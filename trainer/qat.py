@@ -36,7 +36,7 @@ from resnet_deploy.atomic import atomic_path, sha256_file
 from resnet_deploy.errors import CheckFailed, UsageError
 from trainer import distributed
 from trainer.progress import Reporter
-from trainer.qat_config import (  # noqa: F401  (FinetuneConfig: part of this module's face, as before)
+from trainer.qat_config import (
     MOMENTUM,
     RUN_DEFINING,
     STATE_FORMAT,

@@ -70,6 +70,7 @@ class FinetuneConfig:
             raise UsageError(f"-o {self.output}: the fine-tuned model is an ONNX file (name it .onnx)")
         if self.output.is_dir():
             raise UsageError(f"-o {self.output} is a folder; give a file name")
+
     @property
     def state_path(self) -> Path:
         """model.qat.onnx → model.qat.finetune.pt beside it."""

@@ -99,6 +99,7 @@ def finish(run: FinishingRun, result: FinetuneResult) -> None:
             onnx.save(model, str(final))
     result.output = cfg.output
 
+
 def card_props(run: FinishingRun, lineage: dict[str, Any]) -> dict[str, str]:
     """The card metadata of an exported model (export.card_metadata_props), the card's lineage extended."""
     import onnx
