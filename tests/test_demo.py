@@ -42,6 +42,13 @@ def test_demo_end_to_end_reduced(tmp_path: Path, cli) -> None:
     assert "(bench.png)" in report and (out / "bench.png").is_file()
     assert "resnet-deploy train --arch resnet20" in report and "resnet-deploy validate" in report
     assert "| onnxruntime | int8 |" in report and "PASS" in report
+    # INT8 two ways: the fine-tuned model is built for ONNX Runtime (no calibration) and validated beside the
+    # calibrated one
+    assert "finetune-int8" in names and "qat-onnxruntime" in names
+    assert any(a.endswith("resnet20.qat.int8.cpu.onnx") for a in summary["artifacts"])
+    assert "`resnet20.qat.int8.cpu.onnx` | onnxruntime | int8 |" in report
+    assert "side by side" in report and "onnxruntime: calibrated" in report
+    assert "resnet-deploy finetune-int8" in report
 
 
 def _demo_result(tmp_path: Path):

@@ -27,13 +27,17 @@ def demo(
     bench_duration: Annotated[float, typer.Option(
         "--bench-duration", help="Seconds of timed calls per backend, precision and batch size.")] = 2.0,
     calib_samples: Annotated[int, typer.Option("--calib-samples", help="INT8 calibration images.")] = 256,
+    qat_iters: Annotated[int, typer.Option(
+        "--qat-iters", help="Quantization-aware fine-tuning iterations for the INT8 beside the calibrated one "
+                            "(0 leaves it out).")] = 60,
     force: Annotated[bool, typer.Option(
         "--force", help="Start over in an --output folder that holds an earlier run, replacing its outputs.")] = False,
     json_output: JsonOption = False,
 ) -> None:
     """Run the whole pipeline, one report.
 
-    Train, export, make FP16/INT8 and engines, validate and bench: one report in --output/report.md.
+    Train, export, make FP16/INT8 (calibrated and fine-tuned) and engines, validate and bench: one report in
+    --output/report.md.
     """
     from resnet_deploy.builder import BuildListener
     from resnet_deploy.demo.report import write_report
@@ -48,9 +52,11 @@ def demo(
         raise UsageError(str(exc.args[0])) from None
     if train_iters < 1 or batch_size < 1 or calib_samples < 1 or bench_duration <= 0:
         raise UsageError("--train-iters, --batch-size, --calib-samples and --bench-duration must be positive")
+    if qat_iters < 0:
+        raise UsageError(f"--qat-iters must be 0 (no fine-tuning) or more, got {qat_iters}")
     options = DemoOptions(out=out, data=data, arch=name, train_iters=train_iters, batch_size=batch_size,
                           bench_batch_sizes=bench_batch_sizes, bench_duration=bench_duration,
-                          calib_samples=calib_samples, force=force)
+                          calib_samples=calib_samples, qat_iters=qat_iters, force=force)
     from trainer.progress import RichReporter
 
     # soft_wrap: the command lines stay whole, so they can be copied and pasted.

@@ -82,11 +82,35 @@ def _accuracy_section(result: DemoResult, base: Path) -> list[str]:
             f"{_pct(row.get('top1'))} | {_pct(row.get('top5'))} | {_delta(row.get('top1_delta'))} | "
             f"{_pct(row.get('agreement'))} | {'—' if diff is None else f'{diff:.2e}'} | {gate_text} |"
         )
+    lines += _int8_side_by_side(result, data.get("results", []))
     for row in data.get("results", []):
         for failure in row.get("failures") or []:
             lines.append(f"\n- `{Path(str(row.get('artifact'))).name}`: {failure}")
     lines += ["", f"Full report: [{_rel(base / 'validate.md', base)}]({_rel(base / 'validate.md', base)})", ""]
     return lines
+
+
+def _int8_side_by_side(result: DemoResult, rows: list[dict[str, Any]]) -> list[str]:
+    """Post-training (calibrated) and fine-tuned INT8 of each target, one sentence: their agreement and top-1."""
+    by_path = {str(row.get("artifact")): row for row in rows}
+    finetune = result.step("finetune-int8")
+    pairs = []
+    for step in result.steps:
+        if not step.name.startswith("qat-") or step.output is None:
+            continue
+        target = step.name.removeprefix("qat-")
+        calibrated = result.step("int8" if target == "onnxruntime" else f"{target}-int8")
+        tuned_row = by_path.get(str(_written_file(step.output)))
+        calibrated_row = by_path.get(str(_written_file(calibrated.output or {}))) if calibrated else None
+        if tuned_row and calibrated_row:
+            pairs.append(f"{target}: calibrated {_pct(calibrated_row.get('agreement'))} % agreement (top-1 "
+                         f"{_delta(calibrated_row.get('top1_delta'))}), fine-tuned {_pct(tuned_row.get('agreement'))} "
+                         f"% (top-1 {_delta(tuned_row.get('top1_delta'))})")
+    if not pairs or finetune is None:
+        return []
+    iters = (finetune.output or {}).get("iterations", "?")
+    return ["", f"INT8 two ways, side by side: post-training calibration, and quantization-aware fine-tuning "
+                f"({iters} iterations with the card as teacher, {finetune.seconds:.0f} s): " + "; ".join(pairs) + "."]
 
 
 def _bench_section(result: DemoResult, base: Path) -> list[str]:

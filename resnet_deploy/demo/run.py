@@ -33,6 +33,7 @@ class DemoOptions:
     bench_batch_sizes: str = "1,32"
     bench_duration: float = 2.0
     calib_samples: int = 256
+    qat_iters: int = 60  # quantization-aware fine-tuning beside post-training INT8; 0 leaves it out
     targets: tuple[str, ...] = registry.target_names()  # every declared target (registry/backends.py)
     force: bool = False  # start over in an --output folder that holds an earlier run (see demo/outputs.py)
 
@@ -149,6 +150,8 @@ def run_demo(options: DemoOptions, hooks: DemoHooks) -> DemoResult:
     fp32 = _export(card, data_dir, Path(f"{stem}.onnx"), hooks, result)
     result.artifacts += [card, fp32]
     _build_steps(options, data_dir / "train", card, fp32, stem, hooks, result)
+    if options.qat_iters:
+        _finetune_steps(options, data_dir, card, stem, hooks, result)
     _validate(options, data_dir, data_description["test_split"], environment, hooks, result)
     _bench(options, hooks, result)
     result.seconds = time.perf_counter() - started
@@ -259,6 +262,46 @@ def _build_steps(options: DemoOptions, train_dir: Path, card: Path, fp32: Path, 
                                    precision=precision, calib_data=train_dir, calib_samples=options.calib_samples,
                                    target=target, output=Path(output))
             _build_step(f"{target}-{precision}", title, argv, request, hooks, result)
+
+
+def _finetune_steps(options: DemoOptions, data_dir: Path, card: Path, stem: Path, hooks: DemoHooks,
+                    result: DemoResult) -> None:
+    """INT8 by quantization-aware fine-tuning (the card as teacher), built for every target that compiles an ONNX
+    in INT8, so validate and bench put it beside the post-training INT8 of the same target."""
+    from resnet_deploy import registry
+    from resnet_deploy.builder import BuildRequest
+    from resnet_deploy.targets.base import target_usable
+
+    qat = Path(f"{stem}.qat.onnx")
+    argv = ["finetune-int8", str(card), "--data", str(data_dir), "--output", str(qat), "--iters",
+            str(options.qat_iters), "--batch-size", str(options.batch_size), "--calib-samples",
+            str(options.calib_samples)]
+
+    def call() -> tuple[dict[str, Any], int]:
+        from trainer.qat import FinetuneConfig, finetune_int8
+
+        config = FinetuneConfig(card=card, data=data_dir, output=qat, iters=options.qat_iters,
+                                batch_size=options.batch_size, calib_samples=options.calib_samples)
+        return finetune_int8(config, hooks.train_reporter).to_dict(), 0
+
+    step = _run_step("finetune-int8", "Quantization-aware fine-tuned INT8 (the FP32 card as teacher)", argv, hooks,
+                     call)
+    result.steps.append(step)
+    _require(step)
+    for target in options.targets:
+        spec = registry.backend(target)
+        if spec.source == "card" or "int8" not in spec.precisions:
+            continue
+        usable, reason = target_usable(target)
+        output = f"{stem}.qat.int8.cpu.onnx" if target == "onnxruntime" else \
+            f"{stem}.qat.{target}.int8{spec.default_suffix()}"
+        argv = ["build-engine", "--onnx", str(qat), "--int8", "--target", target, "--output", output]
+        title = f"Fine-tuned INT8 ({target})"
+        if not usable:
+            result.steps.append(StepResult(f"qat-{target}", title, argv, 0, 0.0, None, skipped_reason=reason))
+            continue
+        request = BuildRequest(onnx=qat, precision="int8", target=target, output=Path(output))
+        _build_step(f"qat-{target}", title, argv, request, hooks, result)
 
 
 def _validate(options: DemoOptions, data_dir: Path, split: str, environment: dict[str, Any], hooks: DemoHooks,
