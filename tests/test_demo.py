@@ -112,3 +112,10 @@ def test_the_readme_excerpt_has_the_columns_the_demo_writes(tmp_path: Path) -> N
     excerpt = [line.removeprefix("> ") for line in readme if line.startswith("> | ")]
     assert excerpt and excerpt[0] == header
     assert len(excerpt[2].split(" | ")) == len(header.split(" | "))  # a row has every column
+
+
+def test_negative_qat_iters_is_one_error_line(tmp_path: Path, cli) -> None:
+    result = cli("demo", "--output", str(tmp_path / "demo"), "--qat-iters", "-1")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == ["error: --qat-iters must be 0 (no fine-tuning) or more, got -1"]
+    assert not (tmp_path / "demo").exists()
