@@ -299,6 +299,7 @@ def _finetune_steps(options: DemoOptions, data_dir: Path, card: Path, stem: Path
         title = f"Fine-tuned INT8 ({target})"
         if not usable:
             result.steps.append(StepResult(f"qat-{target}", title, argv, 0, 0.0, None, skipped_reason=reason))
+            hooks.announce(f"[yellow]skipped[/yellow] {escape(title)}: {escape(reason)}")
             continue
         request = BuildRequest(onnx=qat, precision="int8", target=target, output=Path(output))
         _build_step(f"qat-{target}", title, argv, request, hooks, result)
